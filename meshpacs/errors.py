@@ -1,0 +1,134 @@
+"""The one exception tree of meshpacs.
+
+Every error the library raises on purpose is a ``MeshError``, so a daemon can catch one
+type at its edges and turn it into a DICOM status, a CLI message or a log line. Messages
+never carry PHI (patient names, IDs, UIDs, dates) nor key material: they name fragments by
+share number, instances by their position in a bundle, and recovery-phrase groups by
+their position.
+
+::
+
+    MeshError
+    ├── KeyMaterialError            keys that are malformed or do not fit
+    │   ├── PhraseError             a recovery phrase that does not check (names the groups)
+    │   ├── ShamirError             escrow shares that cannot be combined
+    │   └── WrongKey                a key failed to authenticate (unwrap or decrypt)
+    ├── FormatError                 bytes that do not parse as the format they claim
+    │   ├── UnknownVersion          a version byte this reader does not know
+    │   ├── CorruptFragment         one fragment failed a check (``reason``, ``share``)
+    │   └── CorruptBundle           a decrypted bundle whose index or contents do not add up
+    ├── LimitExceeded               a length or count over a named bound, refused before allocating
+    ├── InputChanged                an instance did not match the size or digest declared for it
+    └── Unrecoverable               fewer than k good fragments (``missing``, ``rejected``)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+__all__ = [
+    "CorruptBundle",
+    "CorruptFragment",
+    "FormatError",
+    "InputChanged",
+    "KeyMaterialError",
+    "LimitExceeded",
+    "MeshError",
+    "PhraseError",
+    "ShamirError",
+    "UnknownVersion",
+    "Unrecoverable",
+    "WrongKey",
+]
+
+
+class MeshError(Exception):
+    """Root of every error meshpacs raises on purpose."""
+
+
+class KeyMaterialError(MeshError):
+    """Key material is malformed, inconsistent or does not fit the data."""
+
+
+class PhraseError(KeyMaterialError):
+    """A recovery phrase that does not check.
+
+    ``bad_groups`` holds the 1-based positions of the groups that failed their own check,
+    so the operator knows which group to re-read from the paper copy.
+    """
+
+    def __init__(self, message: str, bad_groups: Iterable[int] = ()) -> None:
+        super().__init__(message)
+        self.bad_groups: tuple[int, ...] = tuple(bad_groups)
+
+
+class ShamirError(KeyMaterialError):
+    """Escrow shares that are too few, inconsistent, or do not reproduce the secret."""
+
+
+class WrongKey(KeyMaterialError):
+    """A key did not authenticate the data: the wrong key, never garbage bytes."""
+
+
+class FormatError(MeshError):
+    """Bytes that do not parse as the format they claim to be."""
+
+
+class UnknownVersion(FormatError):
+    """A version byte this reader does not know; refused rather than guessed at."""
+
+    def __init__(self, what: str, version: int, known: Iterable[int]) -> None:
+        known_list = ", ".join(str(v) for v in known)
+        super().__init__(f"{what} has format version {version}; this reader knows {known_list}")
+        self.what = what
+        self.version = version
+
+
+class CorruptFragment(FormatError):
+    """One fragment failed a check and is rejected; the others may still decode."""
+
+    def __init__(self, reason: str, share: int | None = None) -> None:
+        where = f"fragment {share}" if share is not None else "fragment"
+        super().__init__(f"{where} rejected: {reason}")
+        self.reason = reason
+        self.share = share
+
+
+class CorruptBundle(FormatError):
+    """A bundle that decrypted but whose index or contents do not add up."""
+
+
+class LimitExceeded(MeshError):
+    """A length or count over a named bound, refused before anything was allocated."""
+
+
+class InputChanged(MeshError):
+    """An instance read for bundling did not match the size or SHA-256 declared for it."""
+
+
+class Unrecoverable(MeshError):
+    """Fewer than k good fragments of a bundle could be found.
+
+    ``missing`` lists the share numbers that nobody offered; ``rejected`` maps each
+    offered-but-refused fragment (by its position in the input) to the reason.
+    """
+
+    def __init__(
+        self,
+        k: int,
+        good: int,
+        missing: Iterable[int],
+        rejected: Mapping[int, str],
+    ) -> None:
+        self.k = k
+        self.good = good
+        self.missing: tuple[int, ...] = tuple(sorted(missing))
+        self.rejected: dict[int, str] = dict(rejected)
+        parts = [f"need {k} good fragments, have {good}"]
+        if self.missing:
+            parts.append("missing shares " + ", ".join(str(s) for s in self.missing))
+        if self.rejected:
+            parts.append(
+                "rejected: " + "; ".join(f"#{i}: {why}" for i, why in sorted(self.rejected.items()))
+            )
+        super().__init__("unrecoverable bundle: " + "; ".join(parts))

@@ -157,10 +157,11 @@ class SegmentDecoder:
         try:
             header = _read_header(source)
             self._offered.add(header.share)
-            trailer, claimed = _read_trailer(source, header)
-            expected = self.header.for_share(header.share)
-            if header != expected:
+            # Compared with the recorded bundle before the trailer is read, so a hostile
+            # header cannot make us read a trailer sized by its own claims.
+            if header != self.header.for_share(header.share):
                 raise CorruptFragment("belongs to another bundle or encoding", header.share)
+            trailer, claimed = _read_trailer(source, header)
             if claimed != self.ref.set_hash:
                 raise CorruptFragment(
                     "share roots do not match the recorded set hash", header.share

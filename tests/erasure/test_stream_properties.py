@@ -7,14 +7,17 @@ import itertools
 import random
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from meshpacs.erasure import SegmentDecoder, verify_fragment
 from meshpacs.erasure.layout import HEADER_SIZE
-from meshpacs.errors import CorruptFragment, FormatError, Unrecoverable
+from meshpacs.errors import CorruptFragment, FormatError, LimitExceeded, Unrecoverable
 
 from .helpers import SEGMENT, encode_bytes, streams
+
+# What verifying a damaged fragment may raise: a bad field, or a bound it claims to exceed.
+REJECTED = (FormatError, LimitExceeded)
 
 SIZES = [0, 1, SEGMENT - 1, SEGMENT, SEGMENT + 1, 3 * SEGMENT, 3 * SEGMENT + 17]
 
@@ -35,6 +38,11 @@ def decode(record, fragments) -> bytes:  # type: ignore[no-untyped-def]
 
 @PROPERTY
 @given(size=st.sampled_from(SIZES) | st.integers(0, 5 * SEGMENT), kn=k_n(), seed=st.integers())
+@example(size=0, kn=(1, 1), seed=0)
+@example(size=1, kn=(1, 5), seed=0)
+@example(size=SEGMENT, kn=(5, 5), seed=0)
+@example(size=SEGMENT + 1, kn=(3, 7), seed=0)
+@example(size=SEGMENT - 1, kn=(7, 7), seed=0)
 def test_every_k_subset_decodes_exactly(size: int, kn: tuple[int, int], seed: int) -> None:
     k, n = kn
     data = random.Random(seed).randbytes(size)
@@ -78,7 +86,7 @@ def test_a_flipped_bit_anywhere_rejects_that_fragment_only(
     bad[int(where * len(bad))] ^= 1 << bit
     corrupted = [bytes(bad) if i == victim else f for i, f in enumerate(fragments)]
 
-    with pytest.raises(FormatError):
+    with pytest.raises(REJECTED):
         verify_fragment(io.BytesIO(corrupted[victim]), record.ref.set_hash)
 
     # Made to use it: k fragments, the bad one among them.
@@ -104,7 +112,7 @@ def test_truncated_fragments_are_rejected(
     record, fragments = encode_bytes(random.Random(seed).randbytes(size), k, n)
     victim = data.draw(st.integers(0, n - 1))
     cut = data.draw(st.integers(0, len(fragments[victim]) - 1))
-    with pytest.raises(FormatError):
+    with pytest.raises(REJECTED):
         verify_fragment(io.BytesIO(fragments[victim][:cut]))
     offered = streams([fragments[victim][:cut], *fragments[:victim], *fragments[victim + 1 :]])
     if n > k:
@@ -150,3 +158,22 @@ def test_duplicate_good_copy_replaces_a_corrupt_one_of_the_same_share() -> None:
     decoder = SegmentDecoder(record.ref, record.data_key, offered)
     assert b"".join(bytes(s) for s in decoder.segments()) == data
     assert list(decoder.rejected) == [0]
+
+
+@pytest.mark.parametrize(("k", "n"), [(1, 2), (2, 3), (3, 3)])
+def test_every_single_bit_flip_in_a_small_fragment_is_caught(k: int, n: int) -> None:
+    """Exhaustive over every byte of a fragment: header, blocks, block hashes, share roots."""
+    data = random.Random(5).randbytes(SEGMENT + 300)  # two segments, the last one short
+    record, fragments = encode_bytes(data, k, n)
+    original = fragments[0]
+    for offset in range(len(original)):
+        bad = bytearray(original)
+        bad[offset] ^= 1 << (offset % 8)
+        with pytest.raises(REJECTED):
+            verify_fragment(io.BytesIO(bytes(bad)), record.ref.set_hash)
+        offered = streams([bytes(bad), *fragments[1:]])
+        if n > k:
+            assert decode(record, offered) == data
+        else:
+            with pytest.raises(Unrecoverable):
+                decode(record, offered)

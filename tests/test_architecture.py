@@ -1,0 +1,74 @@
+"""The design's one-way imports, and each module's public names, checked mechanically."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "meshpacs"
+
+# Top to bottom, as the developers' guide draws it: a room may import only rooms below it.
+RANK = {
+    "errors": 0,
+    "keys": 1,
+    "testing": 1,  # generates DICOM with pydicom; imports nothing of meshpacs
+    "erasure": 2,
+    "dht": 2,
+    "store": 3,
+    "transport": 4,
+    "metadata": 5,
+    "dicom": 6,
+    "backup": 7,
+    "recovery": 7,
+    "node": 8,
+    "selftest": 8,
+    "cli": 9,
+}
+
+
+def room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def modules() -> list[tuple[str, Path]]:
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent).with_suffix("")
+        name = ".".join(p for p in rel.parts if p != "__init__")
+        found.append((name, path))
+    return found
+
+
+def internal_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return {n for n in names if n == "meshpacs" or n.startswith("meshpacs.")}
+
+
+@pytest.mark.parametrize(("name", "path"), modules(), ids=[m for m, _ in modules()])
+def test_imports_point_down_only(name: str, path: Path) -> None:
+    here = room(name)
+    if not here:
+        return  # meshpacs/__init__.py
+    assert here in RANK, f"{name}: room {here!r} has no place in the layering; add it to RANK"
+    for imported in internal_imports(path):
+        there = room(imported)
+        if there in ("", here):
+            continue
+        assert RANK[there] < RANK[here], f"{name} imports {imported}: {here} may not use {there}"
+
+
+@pytest.mark.parametrize(("name", "path"), modules(), ids=[m for m, _ in modules()])
+def test_public_names_exist(name: str, path: Path) -> None:
+    module = importlib.import_module(name)
+    for public in getattr(module, "__all__", []):
+        assert hasattr(module, public), f"{name}.__all__ names {public!r}, which does not exist"

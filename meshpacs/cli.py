@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from meshpacs import __version__
+from meshpacs.errors import MeshError
+from meshpacs.node.config import load_config
+from meshpacs.node.daemon import configure_logging, run_node
+from meshpacs.node.site import create_site, load_site_secret
 from meshpacs.selftest import run_selftest
 
 app = typer.Typer(
@@ -90,6 +96,131 @@ def selftest(
             typer.echo(f"FAILED: {failure}", err=True)
         typer.echo("selftest passed" if result.ok else "selftest FAILED")
     raise typer.Exit(0 if result.ok else 1)
+
+
+_PHRASE_WARNING = (
+    "Write this recovery phrase down on paper and keep it in a safe. It is the only way to"
+    " rebuild this site's keys if this machine is lost. It is not stored anywhere."
+)
+
+
+@app.command()
+def init(
+    site_id: Annotated[
+        str,
+        typer.Option(
+            "--site-id",
+            help=(
+                "This hospital's name in the federation, agreed with the partner sites:"
+                " 1-64 characters a-z, 0-9 and '-', e.g. st-marys."
+            ),
+        ),
+    ],
+    ae_title: Annotated[
+        str,
+        typer.Option(
+            "--ae-title",
+            help=(
+                "The AE title your PACS will send studies to, e.g. MESH_STMARYS:"
+                " 1-16 characters, unique in your DICOM network."
+            ),
+        ),
+    ],
+    directory: Annotated[
+        Path,
+        typer.Option(
+            "--dir",
+            help=(
+                "New or empty directory for the site's config, key and data. It will hold"
+                " patient data: use an encrypted, access-controlled disk."
+            ),
+        ),
+    ],
+    dicom_port: Annotated[
+        int, typer.Option("--dicom-port", help="TCP port the node listens on for DICOM.")
+    ] = 11112,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print one JSON object (config, fingerprint, recovery_phrase)."
+        ),
+    ] = False,
+) -> None:
+    """Set up a new meshpacs site in a new or empty directory.
+
+    Writes config.toml, with every setting explained in comments (review it
+    before starting the node), creates the data directories and generates
+    the site key, kept in site.key and readable only by this user.
+
+    Prints the site's recovery phrase once. Write the recovery phrase down on
+    paper and keep it in a safe: it is the only way to rebuild the site's
+    keys, and so to restore its backups, if this machine is lost. meshpacs
+    does not store it anywhere. The fingerprint printed with it lets you
+    check later that a typed phrase belongs to this site.
+    """
+    try:
+        created = create_site(directory, site_id, ae_title, dicom_port)
+    except MeshError as exc:
+        typer.echo(f"meshpacs init: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        payload = {
+            "config": str(created.config_path),
+            "fingerprint": created.fingerprint,
+            "recovery_phrase": created.phrase,
+        }
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    typer.echo(f"Created a meshpacs site in {created.config_path.parent}")
+    typer.echo(f"  config:      {created.config_path}")
+    typer.echo(f"  fingerprint: {created.fingerprint}")
+    typer.echo("")
+    typer.echo("Recovery phrase (shown only now):")
+    typer.echo("")
+    typer.echo(f"    {created.phrase}")
+    typer.echo("")
+    typer.echo(textwrap.fill(_PHRASE_WARNING, width=78))
+    typer.echo("Note the fingerprint with it: a phrase typed back must give the same one.")
+    typer.echo("")
+    typer.echo(
+        textwrap.fill(
+            f"Next: review {created.config_path}, then register this machine on your PACS"
+            " as a DICOM destination with the AE title and port set there.",
+            width=78,
+        )
+    )
+
+
+node_app = typer.Typer(
+    help="Run this site's node: the DICOM AE your PACS sends studies to.",
+    no_args_is_help=True,
+)
+app.add_typer(node_app, name="node")
+
+
+@node_app.command("run")
+def node_run(
+    config: Annotated[
+        Path, typer.Option("--config", help="The site's config.toml, as written by meshpacs init.")
+    ],
+) -> None:
+    """Run the node in the foreground until stopped.
+
+    Listens for DICOM associations from your PACS (C-ECHO, C-STORE) on the AE
+    title and port in the config, keeps every instance exactly as received and
+    acknowledges it only once it is safely on disk. Logs go to standard error;
+    SIGTERM or Ctrl-C stops the node after the transfers in flight finish
+    (those still running after 10 s are aborted; the PACS sends them again).
+    Suitable for a systemd service with Type=simple.
+    """
+    try:
+        node_config = load_config(config)
+        load_site_secret(node_config.key_file)  # refuse a site whose key is missing or exposed
+    except MeshError as exc:
+        typer.echo(f"meshpacs node run: {exc}", err=True)
+        raise typer.Exit(2) from None
+    configure_logging(node_config.logging.level)
+    asyncio.run(run_node(node_config))
 
 
 def main() -> None:

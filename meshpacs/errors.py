@@ -19,7 +19,12 @@ their position.
     │   └── CorruptBundle           a decrypted bundle whose index or contents do not add up
     ├── LimitExceeded               a length or count over a named bound, refused before allocating
     ├── InputChanged                an instance did not match the size or digest declared for it
-    └── Unrecoverable               fewer than k good fragments (``missing``, ``rejected``)
+    ├── ConfigError                 a config file, site directory or key file the node cannot use
+    ├── Unrecoverable               fewer than k good fragments (``missing``, ``rejected``)
+    └── CatalogError                the site catalog could not open, migrate or write
+        ├── SchemaTooNew            a catalog written by a newer meshpacs; never downgraded
+        └── InvalidQuery            a C-FIND/C-MOVE identifier the catalog cannot match
+            └── QueryTooLarge       a query value or UID list over its bound (also a LimitExceeded)
 """
 
 from __future__ import annotations
@@ -27,14 +32,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 __all__ = [
+    "CatalogError",
+    "ConfigError",
     "CorruptBundle",
     "CorruptFragment",
     "FormatError",
     "InputChanged",
+    "InvalidQuery",
     "KeyMaterialError",
     "LimitExceeded",
     "MeshError",
     "PhraseError",
+    "QueryTooLarge",
+    "SchemaTooNew",
     "ShamirError",
     "UnknownVersion",
     "Unrecoverable",
@@ -106,6 +116,14 @@ class InputChanged(MeshError):
     """An instance read for bundling did not match the size or SHA-256 declared for it."""
 
 
+class ConfigError(MeshError):
+    """A node config file, site directory or site key file the node cannot use as it stands.
+
+    The message names the file and, for a config setting, the key (``dicom.port``), and
+    says what to change: these are mistakes an administrator fixes, never tracebacks.
+    """
+
+
 class Unrecoverable(MeshError):
     """Fewer than k good fragments of a bundle could be found.
 
@@ -132,3 +150,30 @@ class Unrecoverable(MeshError):
                 "rejected: " + "; ".join(f"#{i}: {why}" for i, why in sorted(self.rejected.items()))
             )
         super().__init__("unrecoverable bundle: " + "; ".join(parts))
+
+
+class CatalogError(MeshError):
+    """The site catalog could not be opened, migrated or written; nothing was committed."""
+
+
+class SchemaTooNew(CatalogError):
+    """The catalog's schema is newer than this reader: refused, because guessing loses data."""
+
+    def __init__(self, found: int, newest: int) -> None:
+        super().__init__(
+            f"catalog schema version {found} is newer than this meshpacs knows ({newest}); "
+            "upgrade meshpacs instead of opening it with an older one"
+        )
+        self.found = found
+        self.newest = newest
+
+
+class InvalidQuery(CatalogError):
+    """A query identifier the catalog cannot match: bad level, malformed date or number.
+
+    The message names the attribute keyword, never the value (which may be PHI).
+    """
+
+
+class QueryTooLarge(InvalidQuery, LimitExceeded):
+    """A query value, UID list or result set over its bound, refused before running it."""

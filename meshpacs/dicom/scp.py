@@ -1,0 +1,125 @@
+"""The node's DICOM Application Entity: who may connect, what it accepts, how it stops.
+
+Storage is accepted for every SOP class, known or not (``UNRESTRICTED_STORAGE_SERVICE``:
+otherwise pynetdicom aborts the whole association at the first private SOP class, losing
+every object behind it), in every transfer syntax except Deflated Explicit VR Little Endian,
+which the node would have to inflate to catalogue and so could be made to inflate a bomb.
+Datasets are streamed to disk as received and never decoded for storage.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from meshpacs.dicom.ingest import IngestService
+from meshpacs.dicom.nodelay import install_tcp_nodelay
+
+__all__ = ["AeSettings", "DicomAE", "configure_pynetdicom", "storage_transfer_syntaxes"]
+
+LOG = logging.getLogger("meshpacs.dicom")
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def storage_transfer_syntaxes() -> list[str]:
+    return [str(ts) for ts in ALL_TRANSFER_SYNTAXES if str(ts) != DEFLATED]
+
+
+@dataclass(frozen=True)
+class AeSettings:
+    """What the AE needs from the node's configuration."""
+
+    ae_title: str
+    bind: str = "0.0.0.0"
+    port: int = 11112
+    max_associations: int = 10
+    max_pdu: int = 65536
+    allowed_calling_aets: Sequence[str] = field(default_factory=tuple)
+    network_timeout: float = 60
+    acse_timeout: float = 30
+    dimse_timeout: float = 30
+    max_instance_bytes: int = 4 * 1024**3
+
+
+def configure_pynetdicom(*, log_phi: bool = False) -> None:
+    """Process-wide pynetdicom settings the node depends on; idempotent."""
+    _config.UNRESTRICTED_STORAGE_SERVICE = True
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    # pynetdicom logs C-FIND identifiers (names, IDs, dates) by default.
+    _config.LOG_REQUEST_IDENTIFIERS = log_phi
+    _config.LOG_RESPONSE_IDENTIFIERS = log_phi
+    install_tcp_nodelay()
+    if not log_phi:
+        # At INFO pynetdicom logs every DIMSE message, with UIDs in them.
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+class DicomAE:
+    """The node's SCP: start it, read its bound port, stop it."""
+
+    def __init__(self, settings: AeSettings, ingest: IngestService) -> None:
+        self.settings = settings
+        self._ingest = ingest
+        self._server: ThreadedAssociationServer | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the DICOM AE is not running")
+        return int(self._server.server_address[1])
+
+    def start(self) -> int:
+        """Start listening; returns the bound port (useful with port 0 in tests)."""
+        s = self.settings
+        ae = AE(ae_title=s.ae_title)
+        ae.maximum_associations = s.max_associations
+        ae.maximum_pdu_size = s.max_pdu
+        ae.network_timeout = s.network_timeout
+        ae.acse_timeout = s.acse_timeout
+        ae.dimse_timeout = s.dimse_timeout
+        ae.require_called_aet = True
+        if s.allowed_calling_aets:
+            ae.require_calling_aet = list(s.allowed_calling_aets)
+        ae.add_supported_context(Verification)
+        syntaxes = storage_transfer_syntaxes()
+        for context in AllStoragePresentationContexts:
+            if context.abstract_syntax is not None:
+                ae.add_supported_context(context.abstract_syntax, syntaxes)
+        handlers: list[Any] = [
+            (evt.EVT_C_ECHO, _echo),
+            (evt.EVT_C_STORE, self._ingest.handle_store),
+        ]
+        server = ae.start_server((s.bind, s.port), block=False, evt_handlers=handlers)
+        with self._lock:
+            self._server = server
+        LOG.info("DICOM AE %s listening on %s:%d", s.ae_title, s.bind, self.port)
+        return self.port
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting, let associations in flight finish for ``grace`` s, then abort them."""
+        with self._lock:
+            server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()  # stops accepting and closes the listening socket
+        active = server.active_associations
+        deadline = time.monotonic() + grace
+        while any(a.is_alive() for a in active) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for assoc in active:
+            if assoc.is_alive():
+                LOG.warning("aborting an association from %s at shutdown", assoc.requestor.ae_title)
+                assoc.abort()
+
+
+def _echo(event: Any) -> int:
+    return 0x0000

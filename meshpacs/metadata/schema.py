@@ -1,0 +1,218 @@
+"""The catalog's SQLite schema, as versioned migrations from the first schema on.
+
+A catalog file outlives the software that wrote it (it is restored from peers after a
+disaster), so every schema change is a new entry in :data:`MIGRATIONS`, never an edit of
+an old one. :func:`migrate` applies the missing ones in order, each in its own
+``BEGIN IMMEDIATE`` transaction together with its row in ``schema_version``, so a crash
+leaves the file at a whole version. A file from a newer meshpacs is refused
+(:class:`~meshpacs.errors.SchemaTooNew`): an older reader could misread or damage it.
+
+Version 1::
+
+    schema_version (version PK, applied_at)
+    patients     (id, patient_id, issuer, name, name_fold, birth_date, sex)
+                  UNIQUE(patient_id, issuer)
+    studies      (id, study_uid UNIQUE, patient_ref -> patients, date, time, accession,
+                  study_id, description, referring, referring_fold, state,
+                  first_received, last_received)
+    series       (id, series_uid UNIQUE, study_ref -> studies, modality, number,
+                  description, body_part)
+    instances    (id, sop_instance_uid, sop_class_uid, transfer_syntax_uid, instance_number,
+                  size, sha256, calling_ae, received_at, series_ref -> series (NULL when
+                  unparsed), parse_error, conflict)  UNIQUE(sop_instance_uid, sha256)
+    backup_queue (id, study_ref -> studies UNIQUE, queued_at)
+
+``*_fold`` columns hold the case-folded person names that PN matching compares against.
+Foreign-key columns are named ``*_ref`` so they are not mistaken for DICOM's Patient ID
+and Study ID. Only features of SQLite 3.30 are used (no STRICT tables, no RETURNING).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+
+import aiosqlite
+
+from meshpacs.errors import CatalogError, SchemaTooNew
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "current_version",
+    "migrate",
+    "rollback_quietly",
+    "split_statements",
+]
+
+_V1 = """
+CREATE TABLE schema_version (
+    version     INTEGER PRIMARY KEY,
+    applied_at  REAL NOT NULL
+);
+
+CREATE TABLE patients (
+    id          INTEGER PRIMARY KEY,
+    patient_id  TEXT NOT NULL,
+    issuer      TEXT NOT NULL DEFAULT '',
+    name        TEXT NOT NULL DEFAULT '',
+    name_fold   TEXT NOT NULL DEFAULT '',
+    birth_date  TEXT NOT NULL DEFAULT '',
+    sex         TEXT NOT NULL DEFAULT '',
+    UNIQUE (patient_id, issuer)
+);
+CREATE INDEX patients_name_fold ON patients (name_fold);
+CREATE INDEX patients_birth_date ON patients (birth_date);
+
+CREATE TABLE studies (
+    id              INTEGER PRIMARY KEY,
+    study_uid       TEXT NOT NULL UNIQUE,
+    patient_ref     INTEGER NOT NULL REFERENCES patients (id),
+    date            TEXT NOT NULL DEFAULT '',
+    time            TEXT NOT NULL DEFAULT '',
+    accession       TEXT NOT NULL DEFAULT '',
+    study_id        TEXT NOT NULL DEFAULT '',
+    description     TEXT NOT NULL DEFAULT '',
+    referring       TEXT NOT NULL DEFAULT '',
+    referring_fold  TEXT NOT NULL DEFAULT '',
+    state           TEXT NOT NULL DEFAULT 'receiving'
+                    CHECK (state IN ('receiving', 'stable', 'queued', 'protected')),
+    first_received  REAL NOT NULL,
+    last_received   REAL NOT NULL
+);
+CREATE INDEX studies_patient ON studies (patient_ref);
+CREATE INDEX studies_date ON studies (date);
+CREATE INDEX studies_accession ON studies (accession);
+CREATE INDEX studies_state ON studies (state, last_received);
+
+CREATE TABLE series (
+    id           INTEGER PRIMARY KEY,
+    series_uid   TEXT NOT NULL UNIQUE,
+    study_ref    INTEGER NOT NULL REFERENCES studies (id),
+    modality     TEXT NOT NULL DEFAULT '',
+    number       INTEGER,
+    description  TEXT NOT NULL DEFAULT '',
+    body_part    TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX series_study ON series (study_ref, number);
+CREATE INDEX series_modality ON series (modality);
+
+CREATE TABLE instances (
+    id                   INTEGER PRIMARY KEY,
+    sop_instance_uid     TEXT NOT NULL,
+    sop_class_uid        TEXT NOT NULL,
+    transfer_syntax_uid  TEXT NOT NULL,
+    instance_number      INTEGER,
+    size                 INTEGER NOT NULL CHECK (size >= 0),
+    sha256               BLOB NOT NULL CHECK (length(sha256) = 32),
+    calling_ae           TEXT NOT NULL,
+    received_at          REAL NOT NULL,
+    series_ref           INTEGER REFERENCES series (id),
+    parse_error          TEXT,
+    conflict             INTEGER NOT NULL DEFAULT 0 CHECK (conflict IN (0, 1)),
+    UNIQUE (sop_instance_uid, sha256)
+);
+CREATE INDEX instances_series ON instances (series_ref, instance_number);
+CREATE INDEX instances_unplaced ON instances (id) WHERE series_ref IS NULL;
+CREATE INDEX instances_conflict ON instances (sop_instance_uid) WHERE conflict = 1;
+
+CREATE TABLE backup_queue (
+    id         INTEGER PRIMARY KEY,
+    study_ref  INTEGER NOT NULL UNIQUE REFERENCES studies (id),
+    queued_at  REAL NOT NULL
+);
+"""
+
+# (version, script) in ascending order. Append only: a released entry is never edited.
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1),)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def split_statements(script: str) -> list[str]:
+    """Split a migration script into single statements, trigger bodies kept whole.
+
+    ``executescript`` would do this itself, but it commits any open transaction first,
+    which would put each migration outside the transaction that records it.
+    """
+    statements: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    if pending.strip():
+        raise ValueError("migration script ends inside a statement")
+    return statements
+
+
+def _check_migrations(migrations: Sequence[tuple[int, str]]) -> None:
+    versions = [v for v, _ in migrations]
+    if not versions or versions != list(range(1, len(versions) + 1)):
+        raise ValueError("migrations must be numbered 1, 2, 3, ... without gaps")
+
+
+async def rollback_quietly(conn: aiosqlite.Connection) -> None:
+    """Undo the open transaction, if there still is one.
+
+    SQLite rolls back by itself on some errors (disk full, I/O), and a cancelled COMMIT
+    may have gone through; either way a failing ROLLBACK must not hide the first error.
+    """
+    with contextlib.suppress(sqlite3.Error):
+        await conn.execute("ROLLBACK")
+
+
+async def current_version(conn: aiosqlite.Connection) -> int:
+    """The catalog's schema version; 0 for a file that has no catalog yet."""
+    rows = list(
+        await conn.execute_fetchall(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        )
+    )
+    if not rows:
+        return 0
+    found = list(await conn.execute_fetchall("SELECT MAX(version) FROM schema_version"))
+    value = found[0][0] if found else None
+    return int(value) if value is not None else 0
+
+
+async def migrate(
+    conn: aiosqlite.Connection,
+    *,
+    migrations: Sequence[tuple[int, str]] = MIGRATIONS,
+    clock: Callable[[], float] = time.time,
+) -> int:
+    """Bring the catalog on ``conn`` to the newest version; returns that version.
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``): the transactions here
+    are explicit. Each step re-reads the version after taking the write lock, so two
+    processes opening the same file cannot apply a migration twice.
+    """
+    _check_migrations(migrations)
+    newest = migrations[-1][0]
+    while True:
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = await current_version(conn)
+            if version > newest:
+                raise SchemaTooNew(version, newest)
+            if version == newest:
+                await conn.execute("COMMIT")
+                return version
+            step, script = migrations[version]  # numbered 1.. so index == version
+            for statement in split_statements(script):
+                await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                (step, clock()),
+            )
+            await conn.execute("COMMIT")
+        except BaseException as exc:
+            await rollback_quietly(conn)
+            if isinstance(exc, sqlite3.Error):
+                raise CatalogError(
+                    f"catalog schema migration failed ({type(exc).__name__}): {exc}"
+                ) from exc
+            raise

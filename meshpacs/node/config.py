@@ -1,0 +1,588 @@
+"""The node's configuration file, read into frozen dataclasses and checked as a whole.
+
+The file is TOML, edited by a PACS administrator, so every mistake in it is reported as a
+``ConfigError`` naming the file and the dotted key (``dicom.port``) and saying what is
+allowed, never as a traceback. Keys this module does not know are refused, with the
+nearest known key suggested: a misspelt ``max_instance_byte`` silently left at its default
+would be a limit the administrator believes is set and is not.
+
+Validation happens here, in ``parse_config``; the dataclasses trust their arguments, so
+code and tests can build them directly. ``sample-config.toml`` next to this module is the
+documented sample (``render_config`` fills it in for ``meshpacs init``); a test checks that
+it documents every field of these dataclasses and that its values are their defaults.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+from meshpacs.errors import ConfigError
+
+__all__ = [
+    "AE_TITLE_MAX_LENGTH",
+    "LOG_LEVELS",
+    "SITE_ID_MAX_LENGTH",
+    "CatalogConfig",
+    "Destination",
+    "DicomConfig",
+    "LoggingConfig",
+    "NodeConfig",
+    "SiteConfig",
+    "load_config",
+    "parse_config",
+    "render_config",
+    "sample_config",
+    "validate_ae_title",
+    "validate_port",
+    "validate_site_id",
+]
+
+AE_TITLE_MAX_LENGTH = 16
+SITE_ID_MAX_LENGTH = 64
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+# Bounds that catch typos (a size in KiB where bytes were meant, a timeout in ms) while
+# leaving room for every sane deployment; each is stated in the sample's comments.
+_PORT_RANGE = (1, 65535)
+_MAX_ASSOCIATIONS_RANGE = (1, 1000)
+_MAX_PDU_RANGE = (4096, 16 * 1024 * 1024)
+_MAX_INSTANCE_BYTES_RANGE = (1024 * 1024, 1024**4)
+_MAX_TIMEOUT = 86400.0
+_MAX_STABLE_AFTER = 7 * 86400.0
+
+_SITE_ID = re.compile(r"[a-z0-9-]+")
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,252})")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_SAMPLE_RESOURCE = "sample-config.toml"
+
+
+class Destination(NamedTuple):
+    """Where a C-MOVE destination AE listens: ``(host, port)``."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """``[site]``: who this site is in the federation and where its data lives."""
+
+    id: str
+    data_dir: Path
+
+    @property
+    def instances_dir(self) -> Path:
+        """The exact bytes of every instance received from the PACS."""
+        return self.data_dir / "instances"
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.data_dir / "catalog.sqlite"
+
+    @property
+    def key_file(self) -> Path:
+        """The site secret (mode 0600), see ``meshpacs.node.site``."""
+        return self.data_dir / "site.key"
+
+    @property
+    def fragments_dir(self) -> Path:
+        """Fragments partner sites store with this node."""
+        return self.data_dir / "fragments"
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Files being written, renamed into place when complete (same file system)."""
+        return self.data_dir / "tmp"
+
+
+def _no_destinations() -> Mapping[str, Destination]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class DicomConfig:
+    """``[dicom]``: the node's DICOM AE. ``ae_title`` is stored without its outer spaces."""
+
+    ae_title: str
+    bind: str = "0.0.0.0"
+    port: int = 11112
+    max_associations: int = 10
+    max_pdu: int = 65536
+    allowed_calling_aets: tuple[str, ...] = ()
+    network_timeout: float = 60.0
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 30.0
+    max_instance_bytes: int = 4 * 1024**3
+    destinations: Mapping[str, Destination] = field(default_factory=_no_destinations, hash=False)
+
+    def __post_init__(self) -> None:
+        # Normalise, not validate: keep the frozen object immutable all the way down.
+        object.__setattr__(self, "allowed_calling_aets", tuple(self.allowed_calling_aets))
+        object.__setattr__(self, "destinations", MappingProxyType(dict(self.destinations)))
+
+
+@dataclass(frozen=True)
+class CatalogConfig:
+    """``[catalog]``: when a study counts as complete."""
+
+    stable_after_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """``[logging]``. ``log_phi`` is a debug switch the node warns about at start."""
+
+    level: str = "INFO"
+    log_phi: bool = False
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """The whole config file. The path properties are those of ``site``."""
+
+    site: SiteConfig
+    dicom: DicomConfig
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.site.data_dir
+
+    @property
+    def instances_dir(self) -> Path:
+        return self.site.instances_dir
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.site.catalog_path
+
+    @property
+    def key_file(self) -> Path:
+        return self.site.key_file
+
+    @property
+    def fragments_dir(self) -> Path:
+        return self.site.fragments_dir
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.site.tmp_dir
+
+
+# --- single values: each returns the problem in words, or None ------------------------
+
+
+def _site_id_problem(value: str) -> str | None:
+    if not value:
+        return "must not be empty"
+    if len(value) > SITE_ID_MAX_LENGTH:
+        return f"must be at most {SITE_ID_MAX_LENGTH} characters, not {len(value)}"
+    if not _SITE_ID.fullmatch(value):
+        return 'may contain only lower-case letters a-z, digits 0-9 and "-", e.g. "st-marys"'
+    return None
+
+
+def _ae_title_problem(value: str) -> str | None:
+    """PS3.5 VR AE: 1-16 default-repertoire characters, no backslash, not only spaces."""
+    title = value.strip(" ")
+    if not title:
+        return "must not be empty or only spaces"
+    if len(title) > AE_TITLE_MAX_LENGTH:
+        return (
+            f"must be at most {AE_TITLE_MAX_LENGTH} characters (spaces at the ends do not"
+            f" count), not {len(title)}"
+        )
+    if "\\" in title:
+        return "must not contain a backslash"
+    if any(not " " <= char <= "~" for char in title):
+        return (
+            "may contain only printable ASCII characters"
+            " (no tabs, line breaks, control or accented characters)"
+        )
+    return None
+
+
+def _port_problem(value: int) -> str | None:
+    low, high = _PORT_RANGE
+    if not low <= value <= high:
+        return f"must be a TCP port from {low} to {high}, not {value}"
+    return None
+
+
+def _host_problem(value: str) -> str | None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        pass
+    else:
+        return None
+    if _HOST_NAME.fullmatch(value):
+        return None
+    return f"{_shown(value)} is neither an IP address nor a host name"
+
+
+def _shown(value: str) -> str:
+    """A user's value quoted for a message, cut short so a pasted blob stays readable."""
+    text = value if len(value) <= 60 else value[:57] + "..."
+    return '"' + text.encode("unicode_escape").decode("ascii").replace('"', '\\"') + '"'
+
+
+def validate_site_id(value: str) -> str:
+    """Return ``value`` if it is a valid site ID, else raise ``ConfigError`` saying why."""
+    problem = _site_id_problem(value)
+    if problem is not None:
+        raise ConfigError(f"site ID {_shown(value)}: {problem}")
+    return value
+
+
+def validate_ae_title(value: str) -> str:
+    """Return the AE title without its (insignificant) outer spaces, or raise ``ConfigError``."""
+    problem = _ae_title_problem(value)
+    if problem is not None:
+        raise ConfigError(f"AE title {_shown(value)}: {problem}")
+    return value.strip(" ")
+
+
+def validate_port(value: int) -> int:
+    """Return ``value`` if it is a usable TCP port (1-65535), else raise ``ConfigError``."""
+    problem = _port_problem(value)
+    if problem is not None:
+        raise ConfigError(f"DICOM port: {problem}")
+    return value
+
+
+# --- reading the TOML document ---------------------------------------------------------
+
+_REQUIRED: Any = object()
+
+_TOML_TYPES: tuple[tuple[type, str], ...] = (
+    (bool, "true or false"),
+    (int, "a whole number"),
+    (float, "a decimal number"),
+    (str, "text in quotes"),
+    (list, "a list"),
+    (dict, "a table"),
+)
+
+
+def _describe(value: object) -> str:
+    for kind, words in _TOML_TYPES:
+        if isinstance(value, kind):
+            return words
+    return "a date or time"
+
+
+class _Section:
+    """One table of the document: typed reads that raise ``ConfigError`` naming the key."""
+
+    def __init__(
+        self, source: str, name: str, values: Mapping[str, object], known: Collection[str]
+    ) -> None:
+        self.source = source
+        self.name = name
+        self.values = values
+        for key in values:
+            if key not in known:
+                raise self._unknown(key, known)
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {self.key_name(key)}: {problem}")
+
+    def key_name(self, key: str) -> str:
+        shown = key if _BARE_KEY.fullmatch(key) else _shown(key)
+        return f"{self.name}.{shown}" if self.name else shown
+
+    def _unknown(self, key: str, known: Collection[str]) -> ConfigError:
+        hint = ""
+        close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+        if close:
+            hint = f" (did you mean {self.key_name(close[0])}?)"
+        elif self.name == "":
+            home = [t for t, keys in _SECTION_KEYS.items() if key in keys]
+            if home:
+                hint = f" (it belongs in the [{home[0]}] table)"
+        what = "table" if isinstance(self.values[key], dict) else "setting"
+        return ConfigError(
+            f"{self.source}: unknown {what} {self.key_name(key)}{hint};"
+            " fix the spelling or remove it"
+        )
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        if key not in self.values:
+            if default is _REQUIRED:
+                raise self.error(key, "missing; this setting is required")
+            return default
+        value = self.values[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int in Python, never in TOML: `port = true` is a mistake.
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            wanted = " or ".join(words for k, words in _TOML_TYPES if k in kinds)
+            shown = f" ({_shown(value)})" if isinstance(value, str) else ""
+            raise self.error(key, f"must be {wanted}, not {_describe(value)}{shown}")
+        return value
+
+    def table(self, key: str, known: Collection[str] | None, required: bool) -> _Section:
+        values = self.get(key, dict, _REQUIRED if required else {})
+        name = self.key_name(key)
+        return _Section(self.source, name, values, values.keys() if known is None else known)
+
+    def string(self, key: str, default: Any = _REQUIRED) -> str:
+        value: str = self.get(key, str, default)
+        return value
+
+    def integer(self, key: str, bounds: tuple[int, int], default: int) -> int:
+        value: int = self.get(key, int, default)
+        low, high = bounds
+        if not low <= value <= high:
+            raise self.error(key, f"must be from {low} to {high}, not {value}")
+        return value
+
+    def seconds(self, key: str, maximum: float, default: float) -> float:
+        value = float(self.get(key, (int, float), default))
+        if not 0 < value <= maximum:
+            raise self.error(key, f"must be more than 0 and at most {maximum:g} seconds")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value: bool = self.get(key, bool, default)
+        return value
+
+
+def _names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls))
+
+
+_SECTION_KEYS: dict[str, frozenset[str]] = {
+    "site": _names(SiteConfig),
+    "dicom": _names(DicomConfig),
+    "catalog": _names(CatalogConfig),
+    "logging": _names(LoggingConfig),
+}
+
+
+def load_config(path: Path) -> NodeConfig:
+    """Read and check the config file at ``path``; ``ConfigError`` says what is wrong."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory, not a config file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
+    return parse_config(text, path.absolute().parent, str(path))
+
+
+def parse_config(text: str, base_dir: Path, source: str) -> NodeConfig:
+    """Parse a config document. ``base_dir`` anchors a relative ``site.data_dir``;
+    ``source`` names the document in every message (normally the file's path)."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    root = _Section(source, "", document, _SECTION_KEYS)
+    return NodeConfig(
+        site=_site(root.table("site", _SECTION_KEYS["site"], required=True), base_dir),
+        dicom=_dicom(root.table("dicom", _SECTION_KEYS["dicom"], required=True)),
+        catalog=_catalog(root.table("catalog", _SECTION_KEYS["catalog"], required=False)),
+        logging=_logging(root.table("logging", _SECTION_KEYS["logging"], required=False)),
+    )
+
+
+def _site(section: _Section, base_dir: Path) -> SiteConfig:
+    site_id = section.string("id")
+    problem = _site_id_problem(site_id)
+    if problem is not None:
+        raise section.error("id", problem)
+    raw = section.string("data_dir")
+    if not raw.strip():
+        raise section.error("data_dir", 'must not be empty; use "." for this file\'s directory')
+    if "\0" in raw:
+        raise section.error("data_dir", "must not contain a NUL character")
+    if raw.startswith("~"):
+        raise section.error("data_dir", '"~" is not expanded; write the full path')
+    # Lexical normalisation of "." and "..": symlinks the administrator chose stay as they are.
+    data_dir = Path(os.path.normpath(base_dir.absolute() / raw))
+    return SiteConfig(id=site_id, data_dir=data_dir)
+
+
+def _dicom(section: _Section) -> DicomConfig:
+    defaults = DicomConfig(ae_title="DEFAULTS")
+    ae_title = _ae_title(section, "ae_title", section.string("ae_title"))
+    bind = section.string("bind", defaults.bind)
+    problem = _host_problem(bind)
+    if problem is not None:
+        raise section.error("bind", f'{problem}; use an address of this machine or "0.0.0.0"')
+    raw_callers = section.get("allowed_calling_aets", list, [])
+    callers = []
+    for index, caller in enumerate(raw_callers, start=1):
+        if not isinstance(caller, str):
+            raise section.error(
+                "allowed_calling_aets",
+                f"entry {index} must be an AE title in quotes, not {_describe(caller)}",
+            )
+        problem = _ae_title_problem(caller)
+        if problem is not None:
+            raise section.error(
+                "allowed_calling_aets", f"entry {index} ({_shown(caller)}) {problem}"
+            )
+        callers.append(caller.strip(" "))
+    return DicomConfig(
+        ae_title=ae_title,
+        bind=bind,
+        port=section.integer("port", _PORT_RANGE, defaults.port),
+        max_associations=section.integer(
+            "max_associations", _MAX_ASSOCIATIONS_RANGE, defaults.max_associations
+        ),
+        max_pdu=section.integer("max_pdu", _MAX_PDU_RANGE, defaults.max_pdu),
+        allowed_calling_aets=tuple(callers),
+        network_timeout=section.seconds("network_timeout", _MAX_TIMEOUT, defaults.network_timeout),
+        acse_timeout=section.seconds("acse_timeout", _MAX_TIMEOUT, defaults.acse_timeout),
+        dimse_timeout=section.seconds("dimse_timeout", _MAX_TIMEOUT, defaults.dimse_timeout),
+        max_instance_bytes=section.integer(
+            "max_instance_bytes", _MAX_INSTANCE_BYTES_RANGE, defaults.max_instance_bytes
+        ),
+        destinations=_destinations(section.table("destinations", None, required=False)),
+    )
+
+
+def _ae_title(section: _Section, key: str, value: str) -> str:
+    problem = _ae_title_problem(value)
+    if problem is not None:
+        raise section.error(key, problem)
+    return value.strip(" ")
+
+
+def _destinations(section: _Section) -> dict[str, Destination]:
+    found: dict[str, Destination] = {}
+    for key in section.values:
+        title = _ae_title(section, key, key)
+        if title in found:
+            raise section.error(key, f"AE title {title} is listed twice")
+        problem, destination = _parse_destination(section.string(key))
+        if destination is None:
+            raise section.error(key, problem)
+        found[title] = destination
+    return found
+
+
+def _parse_destination(text: str) -> tuple[str, Destination | None]:
+    usage = 'must be "host:port", e.g. "10.1.2.20:104" or "[fd00::5]:104"'
+    bracketed = re.fullmatch(r"\[([^\]]*)\]:([^:]*)", text)
+    if bracketed:
+        host, port_text = bracketed.groups()
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"{_shown(host)} in brackets is not an IPv6 address", None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            return f"{usage}, not {_shown(text)}", None
+        if ":" in host:
+            return (
+                f'put an IPv6 address in brackets, as in "[fd00::5]:104", not {_shown(text)}',
+                None,
+            )
+        problem = _host_problem(host)
+        if problem is not None:
+            return problem, None
+    if not port_text.isascii() or not port_text.isdigit():
+        return f"{usage}; the port {_shown(port_text)} is not a number", None
+    port = int(port_text)
+    problem = _port_problem(port)
+    if problem is not None:
+        return f"the port {problem}", None
+    return "", Destination(host, port)
+
+
+def _catalog(section: _Section) -> CatalogConfig:
+    default = CatalogConfig().stable_after_seconds
+    return CatalogConfig(
+        stable_after_seconds=section.seconds("stable_after_seconds", _MAX_STABLE_AFTER, default)
+    )
+
+
+def _logging(section: _Section) -> LoggingConfig:
+    defaults = LoggingConfig()
+    level = section.string("level", defaults.level)
+    if level.upper() not in LOG_LEVELS:
+        raise section.error("level", f"must be one of {', '.join(LOG_LEVELS)}, not {_shown(level)}")
+    return LoggingConfig(level=level.upper(), log_phi=section.boolean("log_phi", defaults.log_phi))
+
+
+# --- the sample ------------------------------------------------------------------------
+
+
+def sample_config() -> str:
+    """The documented sample config shipped with meshpacs, as text."""
+    return resources.files("meshpacs.node").joinpath(_SAMPLE_RESOURCE).read_text("utf-8")
+
+
+def render_config(site_id: str, ae_title: str, data_dir: str | Path, dicom_port: int) -> str:
+    """The sample config, comments kept, with this site's values filled in.
+
+    Raises ``ConfigError`` for a site ID, AE title or port that would not load.
+    """
+    validate_site_id(site_id)
+    title = validate_ae_title(ae_title)
+    validate_port(dicom_port)
+    data_dir_text = str(data_dir)
+    if not data_dir_text:
+        raise ConfigError("data directory must not be empty")
+    values = {
+        ("site", "id"): _toml_string(site_id),
+        ("site", "data_dir"): _toml_string(data_dir_text),
+        ("dicom", "ae_title"): _toml_string(title),
+        ("dicom", "port"): str(dicom_port),
+    }
+    lines = sample_config().splitlines(keepends=True)
+    table = ""
+    done: set[tuple[str, str]] = set()
+    for index, line in enumerate(lines):
+        header = re.match(r"\[([^\]]+)\]\s*$", line)
+        if header:
+            table = header.group(1).strip()
+            continue
+        setting = re.match(r"([A-Za-z0-9_]+) = ", line)
+        if setting and (table, setting.group(1)) in values:
+            place = (table, setting.group(1))
+            lines[index] = f"{place[1]} = {values[place]}\n"
+            done.add(place)
+    missing = set(values) - done
+    if missing:  # pragma: no cover - the sample and this function are edited together
+        raise AssertionError(f"sample config lacks {sorted(missing)}")
+    return "".join(lines)
+
+
+def _toml_string(value: str) -> str:
+    """A TOML basic string: escape quotes, backslashes and every control character."""
+    out = ['"']
+    for char in value:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif char < " " or char == "\x7f":
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    out.append('"')
+    return "".join(out)

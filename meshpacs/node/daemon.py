@@ -1,0 +1,133 @@
+"""The node daemon: the DICOM AE, its instance store and catalog, wired and run until told to stop.
+
+Run in the foreground under systemd (or a terminal): logs go to stderr, SIGTERM and SIGINT
+stop it cleanly. On stop the AE refuses new associations, lets those in flight finish for a
+grace period and aborts the rest; an instance is acknowledged only once durable, so an
+aborted one is simply sent again by the PACS.
+
+pynetdicom runs associations in its own threads; the catalog and its group-commit writer
+run on this module's event loop, and the C-STORE handler hands records across.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from meshpacs.dicom.ingest import CatalogWriter, IngestService
+from meshpacs.dicom.scp import AeSettings, DicomAE, configure_pynetdicom
+from meshpacs.dicom.storage import InstanceStore
+from meshpacs.metadata.catalog import Catalog
+from meshpacs.node.config import NodeConfig
+
+__all__ = ["NodeStarted", "configure_logging", "run_node"]
+
+LOG = logging.getLogger("meshpacs.node")
+# How long associations in flight may finish after a stop request before they are aborted.
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class NodeStarted:
+    """Told to the caller once the node accepts associations."""
+
+    dicom_port: int
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _ae_settings(config: NodeConfig) -> AeSettings:
+    d = config.dicom
+    return AeSettings(
+        ae_title=d.ae_title,
+        bind=d.bind,
+        port=d.port,
+        max_associations=d.max_associations,
+        max_pdu=d.max_pdu,
+        allowed_calling_aets=d.allowed_calling_aets,
+        network_timeout=d.network_timeout,
+        acse_timeout=d.acse_timeout,
+        dimse_timeout=d.dimse_timeout,
+        max_instance_bytes=d.max_instance_bytes,
+    )
+
+
+async def run_node(
+    config: NodeConfig,
+    *,
+    stop: asyncio.Event | None = None,
+    started: Callable[[NodeStarted], None] = lambda _: None,
+    handle_signals: bool = True,
+) -> None:
+    """Run the node until ``stop`` is set or SIGTERM/SIGINT arrives."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if handle_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    if config.logging.log_phi:
+        LOG.warning("PHI LOGGING IS ON: patient names, IDs and UIDs will appear in this log. "
+                    "Turn [logging] log_phi off as soon as debugging is done.")  # fmt: skip
+    configure_pynetdicom(log_phi=config.logging.log_phi)
+    store = InstanceStore(config.instances_dir, config.tmp_dir)
+    swept = store.sweep_tmp()
+    if swept:
+        LOG.info("removed %d partial files left by an earlier run", swept)
+    # pynetdicom streams each incoming dataset to a temporary file: keep those on the same
+    # filesystem as the store so they are renamed into place, not copied.
+    tempfile.tempdir = str(config.tmp_dir)
+
+    catalog = await Catalog.open(config.catalog_path)
+    writer = CatalogWriter(catalog, store)
+    writer.start()
+    ingest = IngestService(store, writer, loop, max_instance_bytes=config.dicom.max_instance_bytes)
+    ae = DicomAE(_ae_settings(config), ingest)
+    stability: asyncio.Task[None] | None = None
+    try:
+        port = await asyncio.to_thread(ae.start)
+        LOG.info("site %s: node running, DICOM AE %s on port %d",
+                 config.site.id, config.dicom.ae_title, port)  # fmt: skip
+        stability = loop.create_task(_watch_stability(catalog, config.catalog.stable_after_seconds))
+        started(NodeStarted(dicom_port=port))
+        await stop.wait()
+        LOG.info(
+            "stopping: finishing associations in flight (up to %.0f s)", SHUTDOWN_GRACE_SECONDS
+        )
+    finally:
+        await asyncio.to_thread(ae.stop, SHUTDOWN_GRACE_SECONDS)
+        if stability is not None:
+            stability.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stability
+        await writer.stop()
+        await catalog.close()
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        LOG.info("node stopped")
+
+
+async def _watch_stability(catalog: Catalog, quiet_seconds: float) -> None:
+    """Promote studies that stopped receiving to stable and queue them for backup."""
+    interval = max(0.5, min(quiet_seconds / 4, 5.0))
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            queued = await catalog.mark_stable(quiet_seconds)
+        except Exception:
+            LOG.exception("could not update study stability; will retry")
+            continue
+        if queued:
+            LOG.info("%d studies stable and queued for backup", len(queued))

@@ -1,0 +1,367 @@
+"""The node config file: defaults, and a clear ConfigError naming file and key for every mistake."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from meshpacs.errors import ConfigError, MeshError
+from meshpacs.node.config import (
+    CatalogConfig,
+    Destination,
+    DicomConfig,
+    LoggingConfig,
+    NodeConfig,
+    load_config,
+    parse_config,
+)
+
+SOURCE = "/etc/meshpacs/config.toml"
+BASE = Path("/etc/meshpacs")
+
+MINIMAL = """
+[site]
+id = "st-marys"
+data_dir = "/var/lib/meshpacs"
+[dicom]
+ae_title = "MESHPACS"
+"""
+
+
+def parse(text: str) -> NodeConfig:
+    return parse_config(text, BASE, SOURCE)
+
+
+def with_dicom(lines: str) -> str:
+    return MINIMAL + lines + "\n"
+
+
+def refused(text: str, key: str, *words: str) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        parse(text)
+    message = str(caught.value)
+    assert SOURCE in message
+    assert key in message, message
+    for word in words:
+        assert word in message, message
+    assert "Traceback" not in message
+    return caught.value
+
+
+def test_minimal_config_takes_every_default() -> None:
+    config = parse(MINIMAL)
+    assert config.site.id == "st-marys"
+    assert config.site.data_dir == Path("/var/lib/meshpacs")
+    assert config.dicom == DicomConfig(ae_title="MESHPACS")
+    assert config.dicom.bind == "0.0.0.0"
+    assert config.dicom.port == 11112
+    assert config.dicom.max_associations == 10
+    assert config.dicom.max_pdu == 65536
+    assert config.dicom.allowed_calling_aets == ()
+    assert (config.dicom.network_timeout, config.dicom.acse_timeout) == (60, 30)
+    assert config.dicom.dimse_timeout == 30
+    assert config.dicom.max_instance_bytes == 4294967296
+    assert dict(config.dicom.destinations) == {}
+    assert config.catalog == CatalogConfig(stable_after_seconds=60)
+    assert config.logging == LoggingConfig(level="INFO", log_phi=False)
+
+
+def test_full_config_is_read() -> None:
+    config = parse(
+        """
+[site]
+id = "st-marys-2"
+data_dir = "/srv/mesh"
+[dicom]
+ae_title = "  MESH_STM  "
+bind = "::"
+port = 104
+max_associations = 4
+max_pdu = 131072
+allowed_calling_aets = ["PACS01", " PACS02 "]
+network_timeout = 120
+acse_timeout = 12.5
+dimse_timeout = 45
+max_instance_bytes = 1073741824
+[dicom.destinations]
+ORTHANC = "127.0.0.1:4242"
+"VIEWER 3" = "viewer3.hospital.example:11112"
+V6 = "[fd00::5]:104"
+[catalog]
+stable_after_seconds = 300
+[logging]
+level = "debug"
+log_phi = true
+"""
+    )
+    dicom = config.dicom
+    assert dicom.ae_title == "MESH_STM"
+    assert (dicom.bind, dicom.port, dicom.max_associations, dicom.max_pdu) == ("::", 104, 4, 131072)
+    assert dicom.allowed_calling_aets == ("PACS01", "PACS02")
+    assert (dicom.network_timeout, dicom.acse_timeout, dicom.dimse_timeout) == (120, 12.5, 45)
+    assert dicom.max_instance_bytes == 1 << 30
+    assert dicom.destinations == {
+        "ORTHANC": ("127.0.0.1", 4242),
+        "VIEWER 3": ("viewer3.hospital.example", 11112),
+        "V6": ("fd00::5", 104),
+    }
+    assert isinstance(dicom.destinations["ORTHANC"], Destination)
+    assert str(dicom.destinations["V6"]) == "[fd00::5]:104"
+    assert config.catalog.stable_after_seconds == 300
+    assert config.logging == LoggingConfig(level="DEBUG", log_phi=True)
+
+
+def test_config_objects_are_frozen_all_the_way_down() -> None:
+    config = parse(with_dicom('[dicom.destinations]\nA = "h:1"'))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.dicom.port = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        config.dicom.destinations["B"] = Destination("h", 2)  # type: ignore[index]
+    assert hash(config) == hash(parse(with_dicom('[dicom.destinations]\nA = "h:1"')))
+
+
+def test_paths_derive_from_data_dir() -> None:
+    config = parse(MINIMAL)
+    root = Path("/var/lib/meshpacs")
+    for holder in (config, config.site):
+        assert holder.instances_dir == root / "instances"
+        assert holder.catalog_path == root / "catalog.sqlite"
+        assert holder.key_file == root / "site.key"
+        assert holder.fragments_dir == root / "fragments"
+        assert holder.tmp_dir == root / "tmp"
+
+
+@pytest.mark.parametrize(
+    ("data_dir", "expected"),
+    [
+        (".", "/etc/meshpacs"),
+        ("data", "/etc/meshpacs/data"),
+        ("./data/../store", "/etc/meshpacs/store"),
+        ("../var/mesh", "/etc/var/mesh"),
+        ("/abs/olute", "/abs/olute"),
+    ],
+)
+def test_relative_data_dir_is_taken_from_the_config_files_directory(
+    data_dir: str, expected: str
+) -> None:
+    text = MINIMAL.replace('"/var/lib/meshpacs"', f'"{data_dir}"')
+    assert parse(text).site.data_dir == Path(expected)
+
+
+def test_load_config_reads_the_file_and_resolves_relative_to_it(tmp_path: Path) -> None:
+    path = tmp_path / "conf" / "node.toml"
+    path.parent.mkdir()
+    path.write_text(MINIMAL.replace('"/var/lib/meshpacs"', '"data"'))
+    config = load_config(path)
+    assert config.site.data_dir == tmp_path / "conf" / "data"
+
+
+def test_load_config_errors_name_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match="does not exist") as caught:
+        load_config(missing)
+    assert str(missing) in str(caught.value)
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(MINIMAL.replace("st-marys", "st-mary\xe9s").encode("latin-1"))
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load_config(latin1)
+
+
+def test_config_error_is_a_mesh_error() -> None:
+    assert issubclass(ConfigError, MeshError)
+
+
+def test_invalid_toml_names_the_file_and_line() -> None:
+    refused(MINIMAL + "port = \n", "not valid TOML", "line")
+
+
+# --- unknown and missing keys ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "hint"),
+    [
+        (with_dicom("aetitle = 'X'"), "dicom.aetitle", "dicom.ae_title"),
+        (with_dicom("max_instance_byte = 5"), "dicom.max_instance_byte", "max_instance_bytes"),
+        (MINIMAL + "[logging]\nlog_phy = true\n", "logging.log_phy", "logging.log_phi"),
+        (MINIMAL + "[catalog]\nstable_after = 5\n", "catalog.stable_after", "stable_after"),
+        (MINIMAL + "[loging]\nlevel = 'INFO'\n", "loging", "logging"),
+        ("port = 104\n" + MINIMAL, "port", "[dicom]"),
+        (MINIMAL + "[backup]\nk = 4\n", "backup", "unknown table"),
+        (MINIMAL.replace("[dicom]", 'colour = "blue"\n[dicom]'), "site.colour", "unknown"),
+    ],
+)
+def test_unknown_keys_are_refused_with_a_suggestion(text: str, key: str, hint: str) -> None:
+    error = refused(text, key, "unknown", hint)
+    assert "fix the spelling or remove it" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (MINIMAL.replace('id = "st-marys"\n', ""), "site.id"),
+        (MINIMAL.replace('data_dir = "/var/lib/meshpacs"\n', ""), "site.data_dir"),
+        (MINIMAL.replace('ae_title = "MESHPACS"\n', ""), "dicom.ae_title"),
+        ('[dicom]\nae_title = "A"\n', "site"),
+        ('[site]\nid = "a"\ndata_dir = "."\n', "dicom"),
+    ],
+)
+def test_required_keys_are_named_when_missing(text: str, key: str) -> None:
+    refused(text, key, "required")
+
+
+# --- types and ranges -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "words"),
+    [
+        ('port = "11112"', "dicom.port", ("whole number", "text in quotes", '"11112"')),
+        ("port = 11112.0", "dicom.port", ("whole number", "decimal number")),
+        ("port = true", "dicom.port", ("whole number", "true or false")),
+        ("port = 0", "dicom.port", ("from 1 to 65535",)),
+        ("port = 65536", "dicom.port", ("65536",)),
+        ("max_associations = 0", "dicom.max_associations", ("from 1",)),
+        ("max_pdu = 0", "dicom.max_pdu", ("from 4096",)),
+        ("max_pdu = 1073741824", "dicom.max_pdu", ("16777216",)),
+        ("max_instance_bytes = 4096", "dicom.max_instance_bytes", ("1048576",)),
+        ("max_instance_bytes = -1", "dicom.max_instance_bytes", ("from",)),
+        ("network_timeout = 0", "dicom.network_timeout", ("more than 0",)),
+        ("acse_timeout = -1.5", "dicom.acse_timeout", ("more than 0",)),
+        ("dimse_timeout = 100000", "dicom.dimse_timeout", ("86400",)),
+        ("dimse_timeout = nan", "dicom.dimse_timeout", ("more than 0",)),
+        ("network_timeout = '60'", "dicom.network_timeout", ("a whole number or a decimal",)),
+        ('bind = "not a host!"', "dicom.bind", ("neither an IP address nor a host name",)),
+        ('bind = ""', "dicom.bind", ("neither",)),
+        ('allowed_calling_aets = "PACS"', "dicom.allowed_calling_aets", ("a list",)),
+        ("allowed_calling_aets = [1]", "dicom.allowed_calling_aets", ("entry 1",)),
+        ('allowed_calling_aets = ["OK", "  "]', "dicom.allowed_calling_aets", ("entry 2",)),
+        (
+            'allowed_calling_aets = ["SEVENTEEN_CHARS__"]',
+            "dicom.allowed_calling_aets",
+            ("at most 16",),
+        ),
+        ('destinations = "A=h:1"', "dicom.destinations", ("a table",)),
+    ],
+)
+def test_dicom_values_are_checked(line: str, key: str, words: tuple[str, ...]) -> None:
+    refused(with_dicom(line), key, *words)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        (MINIMAL.replace("st-marys", "St-Marys"), "site.id", ("lower-case",)),
+        (MINIMAL.replace("st-marys", "st marys"), "site.id", ("lower-case",)),
+        (MINIMAL.replace("st-marys", "st_marys"), "site.id", ("lower-case",)),
+        (MINIMAL.replace('"st-marys"', '""'), "site.id", ("empty",)),
+        (MINIMAL.replace("st-marys", "a" * 65), "site.id", ("at most 64",)),
+        (MINIMAL.replace('"st-marys"', "7"), "site.id", ("text in quotes",)),
+        (MINIMAL.replace('"/var/lib/meshpacs"', '""'), "site.data_dir", ("empty",)),
+        (MINIMAL.replace('"/var/lib/meshpacs"', '"~/mesh"'), "site.data_dir", ("~",)),
+        (MINIMAL.replace('"/var/lib/meshpacs"', '"a\\u0000b"'), "site.data_dir", ("NUL",)),
+        (MINIMAL + "[catalog]\nstable_after_seconds = 0\n", "catalog.stable_after_seconds", ()),
+        (MINIMAL + "[catalog]\nstable_after_seconds = 1e9\n", "catalog.stable_after_seconds", ()),
+        (MINIMAL + "[logging]\nlevel = 'LOUD'\n", "logging.level", ("DEBUG, INFO",)),
+        (MINIMAL + "[logging]\nlog_phi = 'no'\n", "logging.log_phi", ("true or false",)),
+        (MINIMAL + "[logging]\nlog_phi = 0\n", "logging.log_phi", ("true or false",)),
+        (MINIMAL + "logging = 'INFO'\n", "dicom.logging", ("unknown",)),
+        ('site = "x"\n[dicom]\nae_title = "A"\n', "site", ("a table",)),
+    ],
+)
+def test_other_values_are_checked(text: str, key: str, words: tuple[str, ...]) -> None:
+    refused(text, key, *words)
+
+
+def test_a_size_over_its_bound_is_refused_not_clamped() -> None:
+    refused(with_dicom("max_instance_bytes = 2199023255552"), "dicom.max_instance_bytes")
+    config = parse(with_dicom("max_instance_bytes = 1099511627776"))
+    assert config.dicom.max_instance_bytes == 1 << 40
+
+
+# --- AE titles (PS3.5 VR AE) --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("title", "words"),
+    [
+        ("", ("empty",)),
+        ("   ", ("only spaces",)),
+        ("A" * 17, ("at most 16", "17")),
+        ("MESH\\\\PACS", ("backslash",)),
+        ("MESH\\tPACS", ("printable ASCII",)),
+        ("MESH\\nPACS", ("printable ASCII",)),
+        ("MESH\\u001bPACS", ("printable ASCII",)),
+        ("MÉSH", ("printable ASCII",)),
+        ("\\tMESH", ("printable ASCII",)),
+    ],
+)
+def test_bad_ae_titles_are_refused(title: str, words: tuple[str, ...]) -> None:
+    refused(MINIMAL.replace('"MESHPACS"', f'"{title}"'), "dicom.ae_title", *words)
+
+
+@pytest.mark.parametrize(
+    ("title", "stored"),
+    [
+        ("A", "A"),
+        ("A" * 16, "A" * 16),
+        ("  " + "A" * 16 + "  ", "A" * 16),  # outer spaces are not significant
+        (" MESH PACS ", "MESH PACS"),  # inner spaces are allowed
+        ("mesh-pacs_1", "mesh-pacs_1"),
+        ("!#$%&'()*+,./:;<", "!#$%&'()*+,./:;<"),
+        ('=>?@[]^`{|}~"', '=>?@[]^`{|}~"'),
+    ],
+)
+def test_good_ae_titles_are_kept_without_outer_spaces(title: str, stored: str) -> None:
+    escaped = title.replace("\\", "\\\\").replace('"', '\\"')
+    assert parse(MINIMAL.replace('"MESHPACS"', f'"{escaped}"')).dicom.ae_title == stored
+
+
+# --- destinations ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ('ORTHANC = "127.0.0.1:4242"', ("127.0.0.1", 4242)),
+        ('ORTHANC = "pacs.hospital.example:104"', ("pacs.hospital.example", 104)),
+        ('ORTHANC = "[::1]:11112"', ("::1", 11112)),
+        ('"  ORTHANC " = "localhost:1"', ("localhost", 1)),
+    ],
+)
+def test_destinations_parse_into_host_and_port(entry: str, expected: tuple[str, int]) -> None:
+    config = parse(with_dicom(f"[dicom.destinations]\n{entry}"))
+    assert config.dicom.destinations == {"ORTHANC": expected}
+
+
+@pytest.mark.parametrize(
+    ("entry", "key", "words"),
+    [
+        ('ORTHANC = "127.0.0.1"', "dicom.destinations.ORTHANC", ("host:port",)),
+        ('ORTHANC = ":4242"', "dicom.destinations.ORTHANC", ("host:port",)),
+        ('ORTHANC = "host:"', "dicom.destinations.ORTHANC", ("not a number",)),
+        ('ORTHANC = "host:http"', "dicom.destinations.ORTHANC", ("not a number",)),
+        ('ORTHANC = "host:-1"', "dicom.destinations.ORTHANC", ("not a number",)),
+        ('ORTHANC = "host:0"', "dicom.destinations.ORTHANC", ("1 to 65535",)),
+        ('ORTHANC = "host:70000"', "dicom.destinations.ORTHANC", ("1 to 65535",)),
+        ('ORTHANC = "::1:104"', "dicom.destinations.ORTHANC", ("brackets",)),
+        ('ORTHANC = "[pacs]:104"', "dicom.destinations.ORTHANC", ("not an IPv6 address",)),
+        ('ORTHANC = "bad host:104"', "dicom.destinations.ORTHANC", ("neither",)),
+        ("ORTHANC = 4242", "dicom.destinations.ORTHANC", ("text in quotes",)),
+        ('SEVENTEEN_CHARS__ = "h:1"', "dicom.destinations.SEVENTEEN_CHARS__", ("at most 16",)),
+        ('"" = "h:1"', 'dicom.destinations.""', ("empty",)),
+        ('"A\\\\B" = "h:1"', "dicom.destinations.", ("backslash",)),
+        ('A = "h:1"\n" A" = "h:2"', "dicom.destinations", ("listed twice",)),
+    ],
+)
+def test_bad_destinations_are_refused(entry: str, key: str, words: tuple[str, ...]) -> None:
+    refused(with_dicom(f"[dicom.destinations]\n{entry}"), key, *words)
+
+
+def test_messages_about_long_values_stay_short() -> None:
+    error = refused(MINIMAL.replace("st-marys", "x" * 5000), "site.id")
+    assert len(str(error)) < 300

@@ -1,0 +1,120 @@
+"""The shipped sample config: it parses, its values are the defaults, it documents everything."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from meshpacs.errors import ConfigError
+from meshpacs.node.config import (
+    CatalogConfig,
+    DicomConfig,
+    LoggingConfig,
+    NodeConfig,
+    SiteConfig,
+    parse_config,
+    render_config,
+    sample_config,
+)
+
+SECTIONS: dict[str, type] = {
+    "site": SiteConfig,
+    "dicom": DicomConfig,
+    "catalog": CatalogConfig,
+    "logging": LoggingConfig,
+}
+TABLES = {("dicom", "destinations")}  # options written as a [table] rather than key = value
+
+
+def settings_by_table(text: str) -> dict[str, list[tuple[str, list[str]]]]:
+    """Table -> [(key, the comment lines right above it)] for every active setting line."""
+    found: dict[str, list[tuple[str, list[str]]]] = {}
+    table = ""
+    comments: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            comments.append(line)
+            continue
+        header = re.fullmatch(r"\[([a-z._]+)\]", line)
+        setting = re.match(r"([a-z_]+) = ", line)
+        if header:
+            table = header.group(1)
+            parent, _, leaf = table.rpartition(".")
+            if parent:
+                found.setdefault(parent, []).append((leaf, comments))
+        elif setting:
+            found.setdefault(table, []).append((setting.group(1), comments))
+        comments = []
+    return found
+
+
+def test_sample_is_valid_and_its_values_are_the_defaults() -> None:
+    config = parse_config(sample_config(), Path("/etc/meshpacs"), "sample")
+    assert config == NodeConfig(
+        site=SiteConfig(id="st-marys", data_dir=Path("/var/lib/meshpacs")),
+        dicom=DicomConfig(ae_title="MESHPACS"),
+    )
+
+
+def test_sample_documents_every_option_with_a_comment_of_its_own() -> None:
+    documented = settings_by_table(sample_config())
+    assert set(documented) == set(SECTIONS)
+    for table, cls in SECTIONS.items():
+        names = [name for name, _ in documented[table]]
+        assert sorted(names) == sorted(f.name for f in dataclasses.fields(cls)), table
+        for name, comments in documented[table]:
+            assert len(comments) >= 2, f"{table}.{name} needs an explanation above it"
+
+
+def test_sample_says_what_the_default_of_each_optional_setting_is() -> None:
+    documented = settings_by_table(sample_config())
+    for table, cls in SECTIONS.items():
+        optional = {
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        }
+        for name, comments in documented[table]:
+            explained = " ".join(comments).lower()
+            assert ("default" in explained) == (name in optional), f"{table}.{name}"
+
+
+def test_render_fills_in_the_site_and_keeps_every_comment(tmp_path: Path) -> None:
+    text = render_config("general-7", "MESH_GEN7", ".", 4104)
+    config = parse_config(text, tmp_path, "rendered")
+    assert config.site == SiteConfig(id="general-7", data_dir=tmp_path)
+    assert config.dicom == DicomConfig(ae_title="MESH_GEN7", port=4104)
+    assert config.catalog == CatalogConfig() and config.logging == LoggingConfig()
+    comments = [line for line in sample_config().splitlines() if line.startswith("#")]
+    assert [line for line in text.splitlines() if line.startswith("#")] == comments
+    assert settings_by_table(text) == settings_by_table(sample_config())
+    tomllib.loads(text)
+
+
+def test_render_writes_awkward_values_as_valid_toml(tmp_path: Path) -> None:
+    data_dir = tmp_path / 'we"ird\\dir \x7f'
+    text = render_config("a", " AE \"'` ", data_dir, 1)
+    config = parse_config(text, tmp_path, "rendered")
+    assert config.site.data_dir == data_dir
+    assert config.dicom.ae_title == "AE \"'`"
+
+
+@pytest.mark.parametrize(
+    ("site_id", "ae_title", "port", "words"),
+    [
+        ("St-Marys", "MESH", 104, "site ID"),
+        ("st-marys", "   ", 104, "AE title"),
+        ("st-marys", "A" * 17, 104, "AE title"),
+        ("st-marys", "MESH", 0, "port"),
+        ("st-marys", "MESH", 70000, "port"),
+    ],
+)
+def test_render_refuses_values_that_would_not_load(
+    site_id: str, ae_title: str, port: int, words: str
+) -> None:
+    with pytest.raises(ConfigError, match=words):
+        render_config(site_id, ae_title, ".", port)

@@ -79,7 +79,14 @@ def read_instance_record(
         return replace(unparsed, parse_error=str(exc))
     except Exception as exc:  # pydicom raises many types on bad input; all mean "unparsed"
         return replace(unparsed, parse_error=f"dataset could not be read ({type(exc).__name__})")
-    return replace(unparsed, instance_number=number, patient=patient, study=study, series=series)
+    return replace(
+        unparsed,
+        instance_number=number,
+        patient=patient,
+        study=study,
+        series=series,
+        parse_error=None,
+    )
 
 
 class _Unusable(Exception):

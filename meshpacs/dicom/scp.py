@@ -22,6 +22,13 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from meshpacs.dicom.ingest import IngestService
 from meshpacs.dicom.nodelay import install_tcp_nodelay
+from meshpacs.dicom.qr import (
+    FIND_MODELS,
+    GET_MODELS,
+    MOVE_MODELS,
+    QueryRetrieveService,
+    install_raw_retrieve,
+)
 
 __all__ = ["AeSettings", "DicomAE", "configure_pynetdicom", "storage_transfer_syntaxes"]
 
@@ -57,6 +64,7 @@ def configure_pynetdicom(*, log_phi: bool = False) -> None:
     _config.LOG_REQUEST_IDENTIFIERS = log_phi
     _config.LOG_RESPONSE_IDENTIFIERS = log_phi
     install_tcp_nodelay()
+    install_raw_retrieve()
     if not log_phi:
         # At INFO pynetdicom logs every DIMSE message, with UIDs in them.
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
@@ -65,9 +73,15 @@ def configure_pynetdicom(*, log_phi: bool = False) -> None:
 class DicomAE:
     """The node's SCP: start it, read its bound port, stop it."""
 
-    def __init__(self, settings: AeSettings, ingest: IngestService) -> None:
+    def __init__(
+        self,
+        settings: AeSettings,
+        ingest: IngestService,
+        qr: QueryRetrieveService | None = None,
+    ) -> None:
         self.settings = settings
         self._ingest = ingest
+        self._qr = qr
         self._server: ThreadedAssociationServer | None = None
         self._lock = threading.Lock()
 
@@ -93,11 +107,22 @@ class DicomAE:
         syntaxes = storage_transfer_syntaxes()
         for context in AllStoragePresentationContexts:
             if context.abstract_syntax is not None:
-                ae.add_supported_context(context.abstract_syntax, syntaxes)
+                # Role selection accepted as proposed: a C-GET requestor acts as storage SCP.
+                ae.add_supported_context(
+                    context.abstract_syntax, syntaxes, scu_role=True, scp_role=True
+                )
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, _echo),
             (evt.EVT_C_STORE, self._ingest.handle_store),
         ]
+        if self._qr is not None:
+            for model in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS):
+                ae.add_supported_context(model)
+            handlers += [
+                (evt.EVT_C_FIND, self._qr.handle_find),
+                (evt.EVT_C_MOVE, self._qr.handle_move),
+                (evt.EVT_C_GET, self._qr.handle_get),
+            ]
         server = ae.start_server((s.bind, s.port), block=False, evt_handlers=handlers)
         with self._lock:
             self._server = server

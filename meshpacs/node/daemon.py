@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshpacs.dicom.ingest import CatalogWriter, IngestService
+from meshpacs.dicom.qr import QueryRetrieveService
 from meshpacs.dicom.scp import AeSettings, DicomAE, configure_pynetdicom
 from meshpacs.dicom.storage import InstanceStore
 from meshpacs.metadata.catalog import Catalog
@@ -93,7 +94,9 @@ async def run_node(
     writer = CatalogWriter(catalog, store)
     writer.start()
     ingest = IngestService(store, writer, loop, max_instance_bytes=config.dicom.max_instance_bytes)
-    ae = DicomAE(_ae_settings(config), ingest)
+    destinations = {aet: (d.host, d.port) for aet, d in config.dicom.destinations.items()}
+    qr = QueryRetrieveService(catalog, store, loop, destinations)
+    ae = DicomAE(_ae_settings(config), ingest, qr)
     stability: asyncio.Task[None] | None = None
     try:
         port = await asyncio.to_thread(ae.start)

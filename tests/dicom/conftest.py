@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -12,11 +13,19 @@ from pathlib import Path
 import pytest
 
 from meshpacs.dicom.ingest import CatalogWriter, IngestService
+from meshpacs.dicom.qr import QueryRetrieveService
 from meshpacs.dicom.scp import AeSettings, DicomAE, configure_pynetdicom
 from meshpacs.dicom.storage import InstanceStore
 from meshpacs.metadata.catalog import Catalog
 
 AE_TITLE = "MESHTEST"
+RECEIVER_AE = "RECEIVER"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -27,6 +36,7 @@ class Node:
     writer: CatalogWriter
     ae: DicomAE
     root: Path
+    receiver_port: int  # where C-MOVE to RECEIVER_AE goes
 
 
 @pytest.fixture
@@ -37,10 +47,14 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
     writer = CatalogWriter(catalog, store)
     writer.start()
     ingest = IngestService(store, writer, asyncio.get_running_loop(), max_instance_bytes=64 << 20)
-    ae = DicomAE(AeSettings(ae_title=AE_TITLE, bind="127.0.0.1", port=0), ingest)
+    receiver_port = free_port()
+    qr = QueryRetrieveService(
+        catalog, store, asyncio.get_running_loop(), {RECEIVER_AE: ("127.0.0.1", receiver_port)}
+    )
+    ae = DicomAE(AeSettings(ae_title=AE_TITLE, bind="127.0.0.1", port=0), ingest, qr)
     port = await asyncio.to_thread(ae.start)
     try:
-        yield Node(port, store, catalog, writer, ae, tmp_path)
+        yield Node(port, store, catalog, writer, ae, tmp_path, receiver_port)
     finally:
         await asyncio.to_thread(ae.stop, 2.0)
         await writer.stop()

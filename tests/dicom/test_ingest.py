@@ -56,6 +56,7 @@ async def test_storescu_study_is_kept_byte_for_byte_and_catalogued(
     assert stored == {dataset_part(i.data) for i in instances}
     counts = await node.catalog.counts()
     assert (counts["studies"], counts["series"], counts["instances"]) == (1, 2, len(instances))
+    assert counts["unparsed"] == 0
     assert await node.catalog.study_state(instances[0].study_instance_uid) is StudyState.RECEIVING
     for path in stored_files(node):  # named by content, never by a DICOM value
         assert path.stem == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -154,6 +154,22 @@ class IngestService:
         self._log_stored(stored, record, result, calling_ae)
         return STATUS.SUCCESS
 
+    def discard_partial(self, event: Any) -> None:
+        """EVT_CONN_CLOSE: delete the dataset a vanished peer left half-written.
+
+        pynetdicom streams a dataset into a temporary file as it arrives and forgets it if
+        the connection ends mid-dataset; nothing of it was acknowledged or catalogued.
+        """
+        message = getattr(getattr(event.assoc, "dimse", None), "message", None)
+        partial = getattr(message, "_data_set_file", None)
+        if partial is None:
+            return
+        with contextlib.suppress(OSError):
+            partial.close()
+            Path(partial.name).unlink(missing_ok=True)
+            LOG.warning("association from %s ended mid-dataset: partial data discarded",
+                        str(event.assoc.requestor.ae_title).strip())  # fmt: skip
+
     @staticmethod
     def _log_stored(
         stored: StoredFile, record: InstanceRecord, result: AddResult, calling_ae: str

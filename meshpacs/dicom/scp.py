@@ -22,6 +22,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from meshpacs.dicom.ingest import IngestService
 from meshpacs.dicom.nodelay import install_tcp_nodelay
+from meshpacs.dicom.pdulimit import install_pdu_limit
 from meshpacs.dicom.qr import (
     FIND_MODELS,
     GET_MODELS,
@@ -64,6 +65,7 @@ def configure_pynetdicom(*, log_phi: bool = False) -> None:
     _config.LOG_REQUEST_IDENTIFIERS = log_phi
     _config.LOG_RESPONSE_IDENTIFIERS = log_phi
     install_tcp_nodelay()
+    install_pdu_limit()
     install_raw_retrieve()
     if not log_phi:
         # At INFO pynetdicom logs every DIMSE message, with UIDs in them.
@@ -114,6 +116,7 @@ class DicomAE:
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, _echo),
             (evt.EVT_C_STORE, self._ingest.handle_store),
+            (evt.EVT_CONN_CLOSE, self._ingest.discard_partial),
         ]
         if self._qr is not None:
             for model in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS):

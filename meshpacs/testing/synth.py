@@ -6,7 +6,7 @@ patients and other UIDs. UIDs live under pydicom's example root
 ``1.2.826.0.1.3680043.8.498.``, which is fine for synthetic data and never for real data.
 
 The images are cheap phantoms, not noise: a CT "head" (water cylinder, bone ring, a spherical
-lesion that grows and shrinks through the series, Gaussian-looking quantum noise) stored as
+lesion that grows and shrinks through the series, uniform per-pixel noise) stored as
 signed 16-bit with ``RescaleIntercept -1024``, and a T1-like MR head (scalp, skull, brain,
 ventricles, an enhancing lesion) stored as unsigned 16-bit with 12 bits used. The noise-free
 base image of each geometry is computed once and cached; each slice only adds fresh noise from
@@ -77,6 +77,7 @@ _DEFAULT_MATRIX: Final[dict[str, int]] = {"CT": 512, "MR": 256}
 _MIN_MATRIX: Final = 8
 _MAX_MATRIX: Final = 4096
 _MAX_SEED: Final = 2**64 - 1
+_MAX_STUDY: Final = 999  # 120 days apart: dates and PatientAge (AS, 3 digits) stay valid
 
 # Mixed into every hash and every noise seed, so that these streams never coincide with
 # anything else in the project that happens to hash the same integers.
@@ -346,10 +347,10 @@ def _layout(spec: StudySpec) -> str:
 
 
 def _study_context(seed: int, patient: int, study: int, spec: StudySpec) -> _StudyContext:
-    # Each patient gets a first-visit date; later studies follow 90-150 days apart, so the
-    # dates of one patient's studies are distinct and increasing with the study number.
+    # Each patient gets a first-visit date; study k falls in days [120k, 120k + 60) after it,
+    # so the dates of one patient's studies are distinct and increase with the study number.
     first = _dt.date(2012, 1, 1) + _dt.timedelta(days=_hash_int(seed, "first", patient) % 3000)
-    offset = sum(90 + _hash_int(seed, "gap", patient, k) % 61 for k in range(study))
+    offset = 120 * study + _hash_int(seed, "gap", patient, study) % 60
     minutes = 7 * 60 + _hash_int(seed, "time", patient, study) % (10 * 60)
     return _StudyContext(
         seed=seed,
@@ -524,7 +525,7 @@ def generate_study(
     """
     _check_index("seed", seed, _MAX_SEED)
     _check_index("patient", patient)
-    _check_index("study", study)
+    _check_index("study", study, _MAX_STUDY)
     if not isinstance(spec, StudySpec):
         raise ValueError("spec must be a StudySpec")
     return _generate_study(seed, spec, patient, study)
@@ -599,7 +600,7 @@ def generate_archive(
     """
     _check_index("seed", seed, _MAX_SEED)
     _check_index("patients", patients)
-    _check_index("studies_per_patient", studies_per_patient)
+    _check_index("studies_per_patient", studies_per_patient, _MAX_STUDY + 1)
     if not isinstance(spec, StudySpec):
         raise ValueError("spec must be a StudySpec")
     return (

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,26 +41,35 @@ class Node:
     receiver_port: int  # where C-MOVE to RECEIVER_AE goes
 
 
-@pytest.fixture
-async def node(tmp_path: Path) -> AsyncIterator[Node]:
+@contextlib.asynccontextmanager
+async def running_node(
+    root: Path, *, max_instance_bytes: int = 64 << 20, **settings: Any
+) -> AsyncIterator[Node]:
+    """A node on 127.0.0.1 port 0 under ``root``; ``settings`` override AeSettings."""
     configure_pynetdicom()
-    store = InstanceStore(tmp_path / "instances", tmp_path / "tmp")
-    catalog = await Catalog.open(tmp_path / "catalog.sqlite")
+    store = InstanceStore(root / "instances", root / "tmp")
+    catalog = await Catalog.open(root / "catalog.sqlite")
     writer = CatalogWriter(catalog, store)
     writer.start()
-    ingest = IngestService(store, writer, asyncio.get_running_loop(), max_instance_bytes=64 << 20)
+    loop = asyncio.get_running_loop()
+    ingest = IngestService(store, writer, loop, max_instance_bytes=max_instance_bytes)
     receiver_port = free_port()
-    qr = QueryRetrieveService(
-        catalog, store, asyncio.get_running_loop(), {RECEIVER_AE: ("127.0.0.1", receiver_port)}
-    )
-    ae = DicomAE(AeSettings(ae_title=AE_TITLE, bind="127.0.0.1", port=0), ingest, qr)
+    qr = QueryRetrieveService(catalog, store, loop, {RECEIVER_AE: ("127.0.0.1", receiver_port)})
+    options = {"ae_title": AE_TITLE, "bind": "127.0.0.1", "port": 0, **settings}
+    ae = DicomAE(AeSettings(**options), ingest, qr)
     port = await asyncio.to_thread(ae.start)
     try:
-        yield Node(port, store, catalog, writer, ae, tmp_path, receiver_port)
+        yield Node(port, store, catalog, writer, ae, root, receiver_port)
     finally:
         await asyncio.to_thread(ae.stop, 2.0)
         await writer.stop()
         await catalog.close()
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    async with running_node(tmp_path) as started:
+        yield started
 
 
 def dcmtk_env() -> dict[str, str]:

@@ -3,7 +3,8 @@
 Storage is accepted for every SOP class, known or not (``UNRESTRICTED_STORAGE_SERVICE``:
 otherwise pynetdicom aborts the whole association at the first private SOP class, losing
 every object behind it), in every transfer syntax except Deflated Explicit VR Little Endian,
-which the node would have to inflate to catalogue and so could be made to inflate a bomb.
+and the two JPIP Referenced Deflate syntaxes: the node would have to inflate their whole
+dataset to catalogue it, and so could be made to inflate a bomb.
 Datasets are streamed to disk as received and never decoded for storage.
 """
 
@@ -21,6 +22,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from meshpacs.dicom.ingest import IngestService
+from meshpacs.dicom.negotiation import install_storage_negotiation
 from meshpacs.dicom.nodelay import install_tcp_nodelay
 from meshpacs.dicom.pdulimit import install_pdu_limit
 from meshpacs.dicom.qr import (
@@ -34,11 +36,28 @@ from meshpacs.dicom.qr import (
 __all__ = ["AeSettings", "DicomAE", "configure_pynetdicom", "storage_transfer_syntaxes"]
 
 LOG = logging.getLogger("meshpacs.dicom")
-DEFLATED = "1.2.840.10008.1.2.1.99"
+# Syntaxes whose whole dataset is deflated (PS3.5 A.5, A.6): reading one for the catalog
+# means inflating whatever the peer sent. Deflated Image Frame Compression only deflates
+# pixel frames, which the node never decodes, so it stays accepted.
+DEFLATED_DATASET_SYNTAXES = frozenset(
+    {
+        "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+        "1.2.840.10008.1.2.4.95",  # JPIP Referenced Deflate
+        "1.2.840.10008.1.2.4.205",  # JPIP HTJ2K Referenced Deflate
+    }
+)
+
+
+# Identifiers are decoded, so they never come deflated.
+QUERY_TRANSFER_SYNTAXES = [
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
+]
 
 
 def storage_transfer_syntaxes() -> list[str]:
-    return [str(ts) for ts in ALL_TRANSFER_SYNTAXES if str(ts) != DEFLATED]
+    return [str(ts) for ts in ALL_TRANSFER_SYNTAXES if str(ts) not in DEFLATED_DATASET_SYNTAXES]
 
 
 @dataclass(frozen=True)
@@ -66,6 +85,7 @@ def configure_pynetdicom(*, log_phi: bool = False) -> None:
     _config.LOG_RESPONSE_IDENTIFIERS = log_phi
     install_tcp_nodelay()
     install_pdu_limit()
+    install_storage_negotiation(storage_transfer_syntaxes())
     install_raw_retrieve()
     if not log_phi:
         # At INFO pynetdicom logs every DIMSE message, with UIDs in them.
@@ -105,7 +125,7 @@ class DicomAE:
         ae.require_called_aet = True
         if s.allowed_calling_aets:
             ae.require_calling_aet = list(s.allowed_calling_aets)
-        ae.add_supported_context(Verification)
+        ae.add_supported_context(Verification, QUERY_TRANSFER_SYNTAXES)
         syntaxes = storage_transfer_syntaxes()
         for context in AllStoragePresentationContexts:
             if context.abstract_syntax is not None:
@@ -120,7 +140,7 @@ class DicomAE:
         ]
         if self._qr is not None:
             for model in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS):
-                ae.add_supported_context(model)
+                ae.add_supported_context(model, QUERY_TRANSFER_SYNTAXES)
             handlers += [
                 (evt.EVT_C_FIND, self._qr.handle_find),
                 (evt.EVT_C_MOVE, self._qr.handle_move),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Sequence
@@ -19,6 +18,7 @@ from meshpacs.dicom.qr import QueryRetrieveService
 from meshpacs.dicom.scp import AeSettings, DicomAE, configure_pynetdicom
 from meshpacs.dicom.storage import InstanceStore
 from meshpacs.metadata.catalog import Catalog
+from meshpacs.testing.dcmtk import dcmtk_env, dcmtk_tool
 
 AE_TITLE = "MESHTEST"
 RECEIVER_AE = "RECEIVER"
@@ -72,12 +72,14 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
         yield started
 
 
-def dcmtk_env() -> dict[str, str]:
-    # dcmtk leaves Nagle on unless told; every figure would measure delayed ACKs.
-    return {**os.environ, "TCP_NODELAY": "1"}
-
-
 async def dcmtk(args: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a dcmtk tool (dcmtk's own, never pynetdicom's namesake) with Nagle off."""
+    tool = dcmtk_tool(args[0]) or args[0]
     return await asyncio.to_thread(
-        subprocess.run, list(args), capture_output=True, text=True, timeout=timeout, env=dcmtk_env()
+        subprocess.run,
+        [tool, *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dcmtk_env(),
     )

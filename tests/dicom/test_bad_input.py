@@ -218,3 +218,20 @@ async def test_a_peer_vanishing_mid_dataset_leaves_nothing_behind(
     assert leftovers == [], "a partial dataset file was left behind"
     assert (await node.catalog.counts())["instances"] == 0
     await assert_store_still_works(node, tmp_path)
+
+
+async def test_deflated_datasets_are_not_accepted(node: Node, tmp_path: Path) -> None:
+    """The node would have to inflate them to catalogue them: a bomb it will not open."""
+
+    def propose_deflated() -> list[str]:
+        ae = AE(ae_title="DEFLATER")
+        ae.add_requested_context(CT, ["1.2.840.10008.1.2.1.99"])
+        assoc = ae.associate("127.0.0.1", node.port, ae_title=AE_TITLE)
+        try:
+            return [str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts]
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+    assert await asyncio.to_thread(propose_deflated) == []
+    await assert_store_still_works(node, tmp_path)

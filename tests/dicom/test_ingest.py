@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 import socket
 from pathlib import Path
 
@@ -15,10 +14,11 @@ from pynetdicom import AE
 from meshpacs.dicom.part10 import dataset_offset
 from meshpacs.metadata.records import StudyState
 from meshpacs.testing import SeriesSpec, StudySpec, generate_study, write_study
+from meshpacs.testing.dcmtk import dcmtk_tool
 
 from .conftest import AE_TITLE, Node, dcmtk
 
-pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk not installed")
+pytestmark = pytest.mark.skipif(dcmtk_tool("storescu") is None, reason="dcmtk not installed")
 
 STUDY = StudySpec(series=(SeriesSpec("CT", 4, 64, 64), SeriesSpec("MR", 3, 32, 32)))
 

@@ -8,7 +8,6 @@ datasets must be byte-identical to what the node received, in the same transfer 
 from __future__ import annotations
 
 import fnmatch
-import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -19,10 +18,12 @@ import pytest
 from pynetdicom import AllStoragePresentationContexts
 
 from meshpacs.dicom.part10 import dataset_offset
+from meshpacs.testing.dcmtk import dcmtk_tool
 
 from .conftest import AE_TITLE, RECEIVER_AE, Node, dcmtk, dcmtk_env
 
-pytestmark = pytest.mark.skipif(shutil.which("findscu") is None, reason="dcmtk not installed")
+TOOLS = {name: dcmtk_tool(name) or name for name in ("storescu", "storescp", "echoscu", "findscu")}
+pytestmark = pytest.mark.skipif(dcmtk_tool("findscu") is None, reason="dcmtk not installed")
 
 STANDARD_STORAGE = {str(c.abstract_syntax) for c in AllStoragePresentationContexts}
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -58,7 +59,7 @@ async def scu(
 
 @pytest.fixture
 async def loaded(node: Node) -> AsyncIterator[Node]:
-    args = ["storescu", "-aet", "LOADER", "-aec", AE_TITLE, "127.0.0.1", str(node.port)]
+    args = [TOOLS["storescu"], "-aet", "LOADER", "-aec", AE_TITLE, "127.0.0.1", str(node.port)]
     done = await dcmtk([*args, *map(str, HIERARCHY)])
     assert done.returncode == 0, done.stderr
     yield node
@@ -68,7 +69,7 @@ async def findscu(
     node: Node, root: str, level: str, *keys: str, out: Path
 ) -> list[pydicom.Dataset]:
     out.mkdir(parents=True, exist_ok=True)
-    args = ["findscu", root, "-aet", "FINDER", "-aec", AE_TITLE, "-X", "-od", str(out),
+    args = [TOOLS["findscu"], root, "-aet", "FINDER", "-aec", AE_TITLE, "-X", "-od", str(out),
             "-k", f"QueryRetrieveLevel={level}"]  # fmt: skip
     for key in keys:
         args += ["-k", key]
@@ -154,14 +155,14 @@ def receiver(node: Node, tmp_path: Path) -> Iterator[Path]:
     """dcmtk storescp as the C-MOVE destination, bit-preserving, accepting every syntax."""
     out = tmp_path / "received"
     out.mkdir()
-    args = ["storescp", "-aet", RECEIVER_AE, "+xa", "+B", "+uf", "-od", str(out),
+    args = [TOOLS["storescp"], "-aet", RECEIVER_AE, "+xa", "+B", "+uf", "-od", str(out),
             str(node.receiver_port)]  # fmt: skip
     proc = subprocess.Popen(
         args, env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 10
-    while subprocess.run(["echoscu", "-aec", RECEIVER_AE, "127.0.0.1", str(node.receiver_port)],
-                         env=dcmtk_env(), capture_output=True).returncode:  # fmt: skip
+    echo = [TOOLS["echoscu"], "-aec", RECEIVER_AE, "127.0.0.1", str(node.receiver_port)]
+    while subprocess.run(echo, env=dcmtk_env(), capture_output=True).returncode:
         assert time.monotonic() < deadline, "storescp did not start"
         time.sleep(0.05)
     try:
@@ -248,10 +249,10 @@ async def test_odd_files_and_compressed_syntaxes_come_back_byte_identical(
 async def test_c_find_with_an_over_long_value_fails_and_the_node_goes_on(
     node: Node, tmp_path: Path
 ) -> None:
-    done = await dcmtk(["findscu", "-v", "-P", "-aet", "FINDER", "-aec", AE_TITLE,
+    done = await dcmtk([TOOLS["findscu"], "-v", "-P", "-aet", "FINDER", "-aec", AE_TITLE,
                         "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=" + "A" * 5000,
                         "127.0.0.1", str(node.port)])  # fmt: skip
     report = (done.stdout + done.stderr).lower()
     assert "refused: outofresources" in report, report
-    echo = await dcmtk(["echoscu", "-aec", AE_TITLE, "127.0.0.1", str(node.port)])
+    echo = await dcmtk([TOOLS["echoscu"], "-aec", AE_TITLE, "127.0.0.1", str(node.port)])
     assert echo.returncode == 0

@@ -27,8 +27,10 @@ from meshpacs.dicom.part10 import dataset_offset
 from meshpacs.metadata.catalog import Catalog
 from meshpacs.node.site import create_site
 from meshpacs.testing import SeriesSpec, StudySpec, generate_study, write_study
+from meshpacs.testing.dcmtk import dcmtk_tool
 
-pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk not installed")
+TOOLS = {name: dcmtk_tool(name) or name for name in ("storescu", "storescp", "echoscu", "findscu")}
+pytestmark = pytest.mark.skipif(dcmtk_tool("storescu") is None, reason="dcmtk not installed")
 
 MESHPACS = shutil.which("meshpacs", path=str(Path(sys.executable).parent)) or "meshpacs"
 AE_TITLE = "MESHNODE"
@@ -57,7 +59,9 @@ def start_node(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         echo = subprocess.run(
-            ["echoscu", "-aec", AE_TITLE, "127.0.0.1", str(port)], env=ENV, capture_output=True
+            [TOOLS["echoscu"], "-aec", AE_TITLE, "127.0.0.1", str(port)],
+            env=ENV,
+            capture_output=True,
         )
         if echo.returncode == 0:
             return proc
@@ -88,7 +92,7 @@ def test_node_run_stores_and_stops_cleanly_on_sigterm(tmp_path: Path, study: lis
     node = start_node(config, port, log)
     try:
         push = subprocess.run(
-            ["storescu", "-aec", AE_TITLE, "127.0.0.1", str(port), *map(str, study[:20])],
+            [TOOLS["storescu"], "-aec", AE_TITLE, "127.0.0.1", str(port), *map(str, study[:20])],
             env=ENV, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert push.returncode == 0, push.stderr
@@ -110,7 +114,7 @@ def test_kill_9_loses_nothing_that_was_acknowledged(tmp_path: Path, study: list[
     log = tmp_path / "node.log"
     node = start_node(config, port, log)
     push = subprocess.Popen(
-        ["storescu", "-v", "-aec", AE_TITLE, "127.0.0.1", str(port), *map(str, study)],
+        [TOOLS["storescu"], "-v", "-aec", AE_TITLE, "127.0.0.1", str(port), *map(str, study)],
         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     acknowledged: list[Path] = []

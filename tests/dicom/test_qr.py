@@ -8,6 +8,7 @@ datasets must be byte-identical to what the node received, in the same transfer 
 from __future__ import annotations
 
 import fnmatch
+import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -190,6 +191,17 @@ async def test_movescu_brings_back_the_exact_bytes(loaded: Node, receiver: Path)
     originals = {str(h.SOPInstanceUID): dataset_part(p) for p, h in zip(HIERARCHY, hs, strict=True)
                  if h.StudyInstanceUID == study}  # fmt: skip
     assert received_datasets(receiver) == originals
+    if shutil.which("dciodvfy"):
+        # An independent validator finds nothing new to complain about after the round trip.
+        sources = {str(h.SOPInstanceUID): p for p, h in zip(HIERARCHY, hs, strict=True)}
+        for path in receiver.iterdir():
+            uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            assert dciodvfy_errors(path) <= dciodvfy_errors(sources[uid]), path.name
+
+
+def dciodvfy_errors(path: Path) -> set[str]:
+    done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return {line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")}
 
 
 async def test_movescu_to_an_unknown_destination_is_refused(loaded: Node) -> None:
@@ -216,11 +228,34 @@ async def test_getscu_brings_back_the_exact_bytes(loaded: Node, tmp_path: Path) 
     assert received_datasets(out) == originals
 
 
+def _pydicom_data() -> Path | None:
+    """The pydicom-data wheel's files: large real modalities (CR, MR, CT, US, SEG...)."""
+    try:
+        import data_store  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return Path(data_store.__file__).parent / "data"
+
+
+REAL_FILES = _pydicom_data()
+
+
+@pytest.mark.parametrize(
+    "folder",
+    [
+        pytest.param(TEST_FILES, id="pydicom-test-files"),
+        pytest.param(
+            REAL_FILES,
+            id="pydicom-data",
+            marks=pytest.mark.skipif(REAL_FILES is None, reason="pydicom-data not installed"),
+        ),
+    ],
+)
 async def test_odd_files_and_compressed_syntaxes_come_back_byte_identical(
-    node: Node, receiver: Path
+    node: Node, receiver: Path, folder: Path
 ) -> None:
-    """pydicom's own test files: many SOP classes and transfer syntaxes, some malformed."""
-    files = sorted(p for p in TEST_FILES.iterdir() if p.suffix == ".dcm")
+    """Many SOP classes and transfer syntaxes, some malformed, some large real modalities."""
+    files = sorted(p for p in folder.iterdir() if p.suffix == ".dcm")
     done = await dcmtk(["dcmsend", "-dn", "-nh", "-aet", "LOADER", "-aec", AE_TITLE,
                         "127.0.0.1", str(node.port), *map(str, files)], timeout=300)  # fmt: skip
     # Several test files share a SOP Instance UID in different syntaxes: versions, all kept.
@@ -231,9 +266,9 @@ async def test_odd_files_and_compressed_syntaxes_come_back_byte_identical(
             continue  # a malformed test file says SOP class '31': storescp rightly refuses it
         uid, syntax = str(meta.MediaStorageSOPInstanceUID), str(meta.TransferSyntaxUID)
         stored.append((uid, dataset_part(path), syntax))
-    # Of the 74 files with file meta, dcmsend itself refuses about ten malformed ones and a
-    # few others are byte-identical copies: about 58 distinct instances reach the node.
-    assert len(stored) >= 50, done.stdout + done.stderr
+    # dcmsend itself refuses the malformed files (about ten of pydicom's 74 with file meta)
+    # and a few are byte-identical copies of others.
+    assert len(stored) >= 0.6 * len(files), done.stdout + done.stderr
     syntaxes = {syntax for _, _, syntax in stored}
     assert len(syntaxes) >= 5, syntaxes  # several transfer syntaxes, compressed ones among them
 

@@ -27,6 +27,7 @@ from pynetdicom import _config, build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
+from meshpacs.dicom.reactor import pause_reactor
 from meshpacs.dicom.storage import InstanceStore
 from meshpacs.errors import InvalidQuery, LimitExceeded, MeshError
 from meshpacs.metadata.catalog import Catalog
@@ -90,6 +91,7 @@ def install_raw_retrieve() -> None:
 
     def send_c_store(self: Association, dataset: Any, *args: Any, **kwargs: Any) -> Dataset:
         if isinstance(dataset, StoredInstance):
+            pause_reactor(self)  # a C-MOVE sub-association: see reactor.py
             dataset = dataset.meshpacs_path
         return original(self, dataset, *args, **kwargs)
 

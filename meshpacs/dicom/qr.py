@@ -27,7 +27,7 @@ from pynetdicom import _config, build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
-from meshpacs.dicom.reactor import pause_reactor
+from meshpacs.dicom.reactor import install_counting_checkpoint, pause_reactor
 from meshpacs.dicom.storage import InstanceStore
 from meshpacs.errors import InvalidQuery, LimitExceeded, MeshError
 from meshpacs.metadata.catalog import Catalog
@@ -85,6 +85,7 @@ _MARK = "_meshpacs_raw_retrieve"
 def install_raw_retrieve() -> None:
     """Make ``send_c_store`` stream a :class:`StoredInstance` from its file, byte for byte."""
     _config.STORE_SEND_CHUNKED_DATASET = True
+    install_counting_checkpoint()
     if getattr(Association.send_c_store, _MARK, False):
         return
     original = Association.send_c_store

@@ -1,5 +1,20 @@
 """Closing a race in pynetdicom's association reactor before a C-STORE is sent.
 
+``send_c_store`` clears the reactor checkpoint and waits for ``_is_paused``, but the
+reactor sets that flag *before* it waits on the checkpoint, so the sender may see a stale
+``True`` while the reactor is about to poll the DIMSE queue once more. With
+``TCP_NODELAY`` the C-STORE-RSP is often back by then: the reactor takes it ("Received
+unexpected C-STORE service message") and the sender waits for the whole DIMSE timeout,
+then aborts. Seen here about once per 800 small instances.
+
+The fix needs to know that the reactor entered ``wait()`` *after* the checkpoint was
+cleared. Associations get a checkpoint that counts its ``wait()`` calls
+(:func:`install_counting_checkpoint`, wrapping ``Association.__init__`` before any reactor
+thread starts); :func:`pause_reactor` clears it, reads the count, and waits for one more
+call, which necessarily blocks. Deterministic: no dependence on catching the reactor's
+1 ms sleep between two GIL switches (an earlier version that watched ``_is_paused`` go
+False then True stalled for its full 1 s limit on about 1 send in 140).
+
 Used by every path that sends C-STOREs from another thread than the association's own:
 the C-STORE SCU (``scu.py``) and the C-MOVE sub-association (``qr.py``).
 """
@@ -10,23 +25,44 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["pause_reactor"]
+from pynetdicom.association import Association
+
+__all__ = ["CountingCheckpoint", "install_counting_checkpoint", "pause_reactor"]
+
+_MARK = "_meshpacs_counting_checkpoint"
+
+
+class CountingCheckpoint(threading.Event):
+    """The reactor's checkpoint, counting how often the reactor has waited on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits += 1  # only the reactor thread waits on its checkpoint
+        return super().wait(timeout)
+
+
+def install_counting_checkpoint() -> None:
+    """Give every new association a :class:`CountingCheckpoint` (idempotent)."""
+    if getattr(Association.__init__, _MARK, False):
+        return
+    original = Association.__init__
+
+    def __init__(self: Association, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        checkpoint = CountingCheckpoint()
+        if self._reactor_checkpoint.is_set():
+            checkpoint.set()
+        self._reactor_checkpoint = checkpoint
+
+    setattr(__init__, _MARK, True)
+    Association.__init__ = __init__  # type: ignore[method-assign]
 
 
 def pause_reactor(assoc: Any, limit: float = 1.0) -> None:
-    """Block pynetdicom's association reactor before a send, closing a race it leaves open.
-
-    ``send_c_store`` clears the reactor checkpoint and waits for ``_is_paused``, but the
-    reactor sets that flag *before* it waits on the checkpoint, so the sender may see a
-    stale ``True`` while the reactor is in fact about to poll the DIMSE queue once more.
-    With ``TCP_NODELAY`` the C-STORE-RSP is often back by then: the reactor takes it
-    ("Received unexpected C-STORE service message") and the sender waits for the whole
-    DIMSE timeout, then aborts. Seen here about once per 800 small instances. Clearing
-    the checkpoint ourselves and waiting until the flag has been seen ``False`` and then
-    ``True`` again proves the reactor went round its loop after the clear and is now
-    blocked on the checkpoint (at least a 1 ms sleep lies between the two).
-    ``send_c_store`` then finds it paused and sets the checkpoint again when it is done.
-    """
+    """Return once the association's reactor is blocked on its checkpoint (or is gone)."""
     if threading.current_thread() is assoc:
         return  # C-GET: sending from the association's own thread, its reactor is not running
     checkpoint = getattr(assoc, "_reactor_checkpoint", None)
@@ -34,6 +70,12 @@ def pause_reactor(assoc: Any, limit: float = 1.0) -> None:
         return  # a pynetdicom without this machinery: nothing to fix here
     checkpoint.clear()
     deadline = time.monotonic() + limit
+    if isinstance(checkpoint, CountingCheckpoint):
+        seen = checkpoint.waits
+        while checkpoint.waits == seen and assoc.is_established and time.monotonic() < deadline:
+            time.sleep(0.0001)
+        return
+    # A checkpoint someone else installed: watch the flag go False then True instead.
     seen_running = False
     while assoc.is_established and time.monotonic() < deadline:
         if not assoc._is_paused:

@@ -42,7 +42,7 @@ from pynetdicom import AE, _config, build_context
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
 from meshpacs.dicom.nodelay import install_tcp_nodelay
-from meshpacs.dicom.reactor import pause_reactor
+from meshpacs.dicom.reactor import install_counting_checkpoint, pause_reactor
 
 __all__ = [
     "MAX_CONTEXTS",
@@ -191,6 +191,7 @@ def _prepare_pynetdicom() -> None:
     """What this sender needs of pynetdicom's process-wide state; idempotent."""
     _config.STORE_SEND_CHUNKED_DATASET = True  # send from the file, never re-encode
     install_tcp_nodelay()
+    install_counting_checkpoint()
     pynetdicom_log = logging.getLogger("pynetdicom")
     if pynetdicom_log.level == logging.NOTSET:
         # At INFO pynetdicom logs every DIMSE message, UIDs included.

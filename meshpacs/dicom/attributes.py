@@ -4,14 +4,22 @@ Only the attributes Query/Retrieve needs are read, pixel data and large values a
 (``stop_before_pixels``, ``defer_size``), and a dataset that cannot be read still yields a
 record: the exact bytes are kept and the record says why they could not be catalogued.
 Error texts keep only the exception's type, since pydicom's messages may quote values.
+
+The header is parsed from the start of the file that :meth:`InstanceStore.adopt` already
+read while hashing; only when the parse needs more than that (a header longer than the
+head, or a file without pixel data) is the file itself read, from the beginning, so the
+result never depends on where the head ends.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from meshpacs.dicom.identifiers import is_valid_uid
@@ -44,9 +52,42 @@ READ_TAGS = [
 _DEFER = 4096
 
 
+def _tag(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    if tag is None:  # pragma: no cover - READ_TAGS holds dictionary keywords only
+        raise ValueError(f"unknown DICOM keyword {keyword}")
+    return tag
+
+
+# Looked up by tag number: a keyword lookup per attribute and file costs more.
+_TAGS = {keyword: _tag(keyword) for keyword in READ_TAGS}
+_READ_TAG_NUMBERS: list[int] = list(_TAGS.values())
+
+
+class _BeyondHead(Exception):
+    """The parse wanted bytes past the in-memory head of a longer file."""
+
+
+class _Head(io.BytesIO):
+    """The start of a file, which notes any read that runs past it."""
+
+    def __init__(self, head: bytes, complete: bool) -> None:
+        super().__init__(head)
+        self._end = len(head)
+        self._complete = complete
+        self.overrun = False
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if not self._complete and (size is None or size < 0 or self.tell() + size > self._end):
+            self.overrun = True  # pydicom swallows some errors: the flag is what counts
+            raise _BeyondHead
+        return super().read(size)
+
+
 def read_instance_record(
     path: Path,
     *,
+    head: bytes = b"",
     sop_class_uid: str,
     sop_instance_uid: str,
     transfer_syntax_uid: str,
@@ -55,7 +96,11 @@ def read_instance_record(
     calling_ae: str,
     received_at: float,
 ) -> InstanceRecord:
-    """A catalog record for the stored file at ``path`` (UIDs from the C-STORE request)."""
+    """A catalog record for the stored file at ``path`` (UIDs from the C-STORE request).
+
+    ``head`` is the start of that file as already read (``StoredFile.head``); it is
+    parsed instead of the file whenever it holds the whole header.
+    """
     unparsed = InstanceRecord(
         sop_instance_uid=sop_instance_uid,
         sop_class_uid=sop_class_uid,
@@ -71,10 +116,11 @@ def read_instance_record(
         parse_error="not read",
     )
     try:
-        ds = pydicom.dcmread(
-            path, stop_before_pixels=True, defer_size=_DEFER, specific_tags=READ_TAGS
-        )
-        patient, study, series, number = _hierarchy(ds)
+        parsed = _parse_head(head, size) if head else None
+        if parsed is None:
+            with path.open("rb") as f:
+                parsed = _hierarchy(_dcmread(f))
+        patient, study, series, number = parsed
     except _Unusable as exc:
         return replace(unparsed, parse_error=str(exc))
     except Exception as exc:  # pydicom raises many types on bad input; all mean "unparsed"
@@ -93,22 +139,53 @@ class _Unusable(Exception):
     """The dataset parsed, but lacks what the catalog needs to place it."""
 
 
+_Parsed = tuple[PatientInfo, StudyInfo, SeriesInfo, int | None]
+
+
+def _dcmread(f: io.BufferedIOBase) -> Dataset:
+    return pydicom.dcmread(
+        f, stop_before_pixels=True, defer_size=_DEFER, specific_tags=_READ_TAG_NUMBERS
+    )
+
+
+def _parse_head(head: bytes, size: int) -> _Parsed | None:
+    """The hierarchy from the head alone; None when reading the file is needed after all.
+
+    Deferred values are read from the same buffer, so the whole of ``_hierarchy`` runs
+    before the buffer is closed. Whatever the parse did, if any read ran past the head its
+    result is dropped: the file gives the answer then, errors included.
+    """
+    with _Head(head, complete=len(head) >= size) as fp:
+        try:
+            parsed = _hierarchy(_dcmread(fp))
+        except Exception:
+            if fp.overrun:
+                return None
+            raise
+        return None if fp.overrun else parsed
+
+
+def _value(ds: Dataset, keyword: str) -> Any:
+    element = ds.get(_TAGS[keyword])
+    return None if element is None else element.value
+
+
 def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
+    value = _value(ds, keyword)
     if value is None:
         return ""
     return str(value).strip()
 
 
 def _number(ds: Dataset, keyword: str) -> int | None:
-    value = ds.get(keyword)
+    value = _value(ds, keyword)
     try:
         return int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
 
 
-def _hierarchy(ds: Dataset) -> tuple[PatientInfo, StudyInfo, SeriesInfo, int | None]:
+def _hierarchy(ds: Dataset) -> _Parsed:
     study_uid = _text(ds, "StudyInstanceUID")
     series_uid = _text(ds, "SeriesInstanceUID")
     if not is_valid_uid(study_uid):

@@ -3,19 +3,22 @@
 pynetdicom calls :meth:`IngestService.handle_store` in one of its association threads. The
 dataset has already been streamed, as received, into a Part 10 temporary file whose file
 meta pynetdicom built from the association's presentation context
-(``STORE_RECV_CHUNKED_DATASET``): nothing is decoded or re-encoded. The handler hashes and
-fsyncs that file, renames it to its content address, reads the catalog attributes, and
-hands the record to the :class:`CatalogWriter` on the node's event loop, then blocks until
-the batch holding it is durable: directory entries fsynced, SQLite transaction committed
-(WAL, synchronous=FULL). Only then does the PACS get Success.
+(``STORE_RECV_CHUNKED_DATASET``): nothing is decoded or re-encoded. In that thread the
+handler hashes the file in one read and fsyncs it, renames it to its content address and
+fsyncs the directory entry (:meth:`InstanceStore.adopt`), parses the catalog attributes
+from the head of the file that the hashing read kept in memory, and hands the record to the
+:class:`CatalogWriter` on the node's event loop (one hop). It then blocks until the batch
+holding the record is committed (WAL, synchronous=FULL). Only then does the PACS get
+Success.
 
 Group commit: the writer takes every record waiting when it starts a batch, so parallel
-associations share one directory-fsync round and one commit instead of paying one each.
+associations share one commit (one WAL fsync) instead of paying one each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import time
@@ -27,7 +30,7 @@ from typing import Any
 from meshpacs.dicom.attributes import read_instance_record
 from meshpacs.dicom.identifiers import is_valid_uid
 from meshpacs.dicom.storage import InstanceStore, StoredFile
-from meshpacs.errors import LimitExceeded
+from meshpacs.errors import CatalogError, LimitExceeded
 from meshpacs.metadata.catalog import Catalog
 from meshpacs.metadata.records import AddResult, InstanceRecord
 
@@ -47,35 +50,71 @@ class STATUS:
 
 @dataclass
 class _Pending:
-    stored: StoredFile
     record: InstanceRecord
-    done: asyncio.Future[AddResult]
+    done: concurrent.futures.Future[AddResult]
+
+
+def _settle(pending: _Pending, outcome: AddResult | BaseException) -> None:
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        if isinstance(outcome, BaseException):
+            pending.done.set_exception(outcome)
+        else:
+            pending.done.set_result(outcome)
 
 
 class CatalogWriter:
-    """Commits records in batches on the event loop; callers wait for their batch."""
+    """Commits records in batches on the event loop; callers wait for their batch.
 
-    def __init__(self, catalog: Catalog, store: InstanceStore) -> None:
+    The instance files reach the writer already durable, directory entries included
+    (:meth:`InstanceStore.adopt`); the writer only commits their catalog rows.
+    """
+
+    def __init__(self, catalog: Catalog) -> None:
         self._catalog = catalog
-        self._store = store
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running = False
         self.batches = 0
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="catalog-writer")
+        self._loop = asyncio.get_running_loop()
+        self._running = True
+        self._task = self._loop.create_task(self._run(), name="catalog-writer")
 
     async def stop(self) -> None:
+        """Stop committing; whatever is still waiting fails at once (the PACS resends)."""
+        self._running = False
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        while not self._queue.empty():
+            _settle(self._queue.get_nowait(), CatalogError("the catalog writer has stopped"))
 
-    async def commit(self, stored: StoredFile, record: InstanceRecord) -> AddResult:
-        done: asyncio.Future[AddResult] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(stored, record, done))
-        return await done
+    def submit(self, record: InstanceRecord) -> concurrent.futures.Future[AddResult]:
+        """Queue ``record`` from any thread; the future resolves once it is committed.
+
+        One hop onto the loop (no task per record); the writer resolves the future from
+        the loop and the caller's thread wakes directly.
+        """
+        pending = _Pending(record, concurrent.futures.Future())
+        if self._loop is None:
+            _settle(pending, CatalogError("the catalog writer has not started"))
+        else:
+            self._loop.call_soon_threadsafe(self._enqueue, pending)
+        return pending.done
+
+    def _enqueue(self, pending: _Pending) -> None:
+        if self._running:
+            self._queue.put_nowait(pending)
+        else:
+            _settle(pending, CatalogError("the catalog writer has stopped"))
+
+    async def commit(self, record: InstanceRecord) -> AddResult:
+        """Queue ``record`` from the writer's loop and wait until it is committed."""
+        return await asyncio.wrap_future(self.submit(record))
 
     async def _run(self) -> None:
         while True:
@@ -83,17 +122,18 @@ class CatalogWriter:
             while not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                await asyncio.to_thread(self._store.sync_directories, [p.stored for p in batch])
                 results = await self._catalog.add_instances([p.record for p in batch])
+            except asyncio.CancelledError:
+                for pending in batch:
+                    _settle(pending, CatalogError("the catalog writer has stopped"))
+                raise
             except Exception as exc:
                 for pending in batch:
-                    if not pending.done.done():
-                        pending.done.set_exception(exc)
+                    _settle(pending, exc)
                 continue
             self.batches += 1
             for pending, result in zip(batch, results, strict=True):
-                if not pending.done.done():
-                    pending.done.set_result(result)
+                _settle(pending, result)
 
 
 class IngestService:
@@ -103,7 +143,6 @@ class IngestService:
         self,
         store: InstanceStore,
         writer: CatalogWriter,
-        loop: asyncio.AbstractEventLoop,
         *,
         max_instance_bytes: int,
         clock: Callable[[], float] = time.time,
@@ -111,7 +150,6 @@ class IngestService:
     ) -> None:
         self._store = store
         self._writer = writer
-        self._loop = loop
         self._max_bytes = max_instance_bytes
         self._clock = clock
         self._commit_timeout = commit_timeout
@@ -137,6 +175,7 @@ class IngestService:
             return STATUS.OUT_OF_RESOURCES
         record = read_instance_record(
             stored.path,
+            head=stored.head,
             sop_class_uid=sop_class,
             sop_instance_uid=sop_instance,
             transfer_syntax_uid=str(event.context.transfer_syntax),
@@ -145,9 +184,8 @@ class IngestService:
             calling_ae=calling_ae,
             received_at=self._clock(),
         )
-        future = asyncio.run_coroutine_threadsafe(self._writer.commit(stored, record), self._loop)
         try:
-            result = future.result(self._commit_timeout)
+            result = self._writer.submit(record).result(self._commit_timeout)
         except Exception as exc:
             LOG.error("catalog commit failed for instance %s: %s", stored.sha256.hex()[:12], exc)
             return STATUS.PROCESSING_FAILURE

@@ -1,10 +1,16 @@
 """The node's instance files: content-addressed, written durably, never named by DICOM values.
 
-Each instance is a Part 10 file at ``instances/ab/cd/<sha256>.dcm``, where the name is the
-SHA-256 of the file's bytes. Two versions of one SOP Instance UID therefore never overwrite
-each other, the same bytes received twice are one file, and no value a peer sends becomes
-a path. A file reaches its name only by ``rename`` after ``fsync``, so a crash leaves a
-whole file or none; the directory entries are fsynced before the catalog commits.
+Each instance is a Part 10 file at ``instances/ab/<sha256>.dcm``, where the name is the
+SHA-256 of the file's bytes and ``ab`` its first byte in hex. Two versions of one SOP
+Instance UID therefore never overwrite each other, the same bytes received twice are one
+file, and no value a peer sends becomes a path. A file reaches its name only by ``rename``
+after ``fsync``, and :meth:`InstanceStore.adopt` fsyncs the directory entry before it
+returns, so a crash leaves a whole file or none and the catalog never commits a row for a
+file whose name could still be lost.
+
+The 256 fan-out directories are created (and made durable) when the store is opened, so
+storing an instance never creates a directory: one level of 256 keeps a directory under
+40,000 entries up to 10 million instances, which ext4 and XFS index without trouble.
 """
 
 from __future__ import annotations
@@ -13,25 +19,32 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshpacs.errors import LimitExceeded
 
-__all__ = ["InstanceStore", "StoredFile"]
+__all__ = ["FANOUT", "HEAD_BYTES", "InstanceStore", "StoredFile"]
 
 _CHUNK = 1024 * 1024
+# How much of the start of each file adopt() keeps in memory for the caller (the Part 10
+# header of almost any dataset: the catalog attributes are read from it, not from disk).
+HEAD_BYTES = 64 * 1024
+# The fan-out directory names: the first byte of the digest, in hex.
+FANOUT = tuple(f"{i:02x}" for i in range(256))
 
 
 @dataclass(frozen=True)
 class StoredFile:
-    """An instance file in place and fsynced; its directory entry may still need a sync."""
+    """An instance file in place, its bytes and its directory entry fsynced."""
 
     sha256: bytes
     size: int
     path: Path
     existed: bool  # the same bytes were already stored
+    # The start of the file as read while hashing: at most HEAD_BYTES, all of it when
+    # ``len(head) == size``.
+    head: bytes = field(default=b"", repr=False, compare=False)
 
 
 class InstanceStore:
@@ -40,10 +53,11 @@ class InstanceStore:
         self.tmp_dir = tmp_dir
         instances_dir.mkdir(parents=True, exist_ok=True)
         tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._make_fanout_dirs()
 
     def path_for(self, sha256: bytes) -> Path:
         name = sha256.hex()
-        return self.instances_dir / name[:2] / name[2:4] / f"{name}.dcm"
+        return self.instances_dir / name[:2] / f"{name}.dcm"
 
     def sweep_tmp(self) -> int:
         """Remove what crashed or aborted transfers left behind; run before accepting peers."""
@@ -57,20 +71,25 @@ class InstanceStore:
     def adopt(self, temp_path: Path, max_bytes: int) -> StoredFile:
         """Move a received file into place under its digest, durably.
 
-        The file is hashed and fsynced here; it is renamed when on the same filesystem
-        (pynetdicom's temporary directory is set to ours) and copied otherwise.
+        The file is hashed (one read, which also keeps its head) and fsynced; it is renamed
+        when on the same filesystem (pynetdicom's temporary directory is set to ours) and
+        copied otherwise; then its directory is fsynced. All of it runs in the caller's
+        thread: hashing and fsync release the GIL.
         """
-        sha256, size = _hash_and_sync(temp_path, max_bytes)
+        sha256, size, head = _hash_and_sync(temp_path, max_bytes)
         target = self.path_for(sha256)
         if target.exists():
             temp_path.unlink(missing_ok=True)
-            return StoredFile(sha256, size, target, existed=True)
-        self._make_fanout_dirs(target.parent)
+            # The earlier copy may have been renamed into place by a process that died
+            # before its directory fsync: make sure its name is durable before it counts.
+            _fsync_dir(target.parent)
+            return StoredFile(sha256, size, target, existed=True, head=head)
         try:
             os.replace(temp_path, target)
         except OSError:
             self._copy_into_place(temp_path, target)
-        return StoredFile(sha256, size, target, existed=False)
+        _fsync_dir(target.parent)
+        return StoredFile(sha256, size, target, existed=False, head=head)
 
     def write(self, data: bytes) -> StoredFile:
         """Store bytes already in memory (small instances, tests)."""
@@ -79,18 +98,17 @@ class InstanceStore:
             out.write(data)
         return self.adopt(Path(name), max_bytes=len(data))
 
-    def sync_directories(self, files: Iterable[StoredFile]) -> None:
-        """fsync each directory that gained an entry, once per batch: group commit."""
-        for directory in sorted({f.path.parent for f in files if not f.existed}):
-            _fsync_dir(directory)
+    def _make_fanout_dirs(self) -> None:
+        """Create the missing fan-out directories; fsync their parent once, every start.
 
-    def _make_fanout_dirs(self, directory: Path) -> None:
-        """Create ab/cd on first use and make the new entries durable at once (rare)."""
-        if directory.is_dir():
-            return
-        directory.mkdir(parents=True, exist_ok=True)
-        _fsync_dir(directory.parent)
+        The fsync also covers directories a process created and then died before syncing.
+        """
+        present = set(os.listdir(self.instances_dir))
+        for name in FANOUT:
+            if name not in present:
+                (self.instances_dir / name).mkdir(exist_ok=True)
         _fsync_dir(self.instances_dir)
+        _fsync_dir(self.instances_dir.parent)
 
     def _copy_into_place(self, source: Path, target: Path) -> None:
         fd, name = _mkstemp(self.tmp_dir)
@@ -106,21 +124,22 @@ def _mkstemp(directory: Path) -> tuple[int, str]:
     return tempfile.mkstemp(dir=directory, suffix=".part")
 
 
-def _hash_and_sync(path: Path, max_bytes: int) -> tuple[bytes, int]:
-    hasher = hashlib.sha256()
-    size = 0
-    buffer = bytearray(_CHUNK)
-    view = memoryview(buffer)
-    with path.open("rb") as f:
-        if os.fstat(f.fileno()).st_size > max_bytes:
-            raise LimitExceeded(
-                f"instance of {os.fstat(f.fileno()).st_size} bytes, over {max_bytes}"
-            )
+def _hash_and_sync(path: Path, max_bytes: int) -> tuple[bytes, int, bytes]:
+    """SHA-256, size and first HEAD_BYTES bytes of the file, in one read; then fsync it."""
+    with path.open("rb", buffering=0) as f:
+        size_on_disk = os.fstat(f.fileno()).st_size
+        if size_on_disk > max_bytes:
+            raise LimitExceeded(f"instance of {size_on_disk} bytes, over {max_bytes}")
+        head = f.read(HEAD_BYTES) or b""  # may be short; the loop reads on to the end
+        hasher = hashlib.sha256(head)
+        size = len(head)
+        buffer = bytearray(_CHUNK)
+        view = memoryview(buffer)
         while n := f.readinto(buffer):
             hasher.update(view[:n])
             size += n
         os.fsync(f.fileno())
-    return hasher.digest(), size
+    return hasher.digest(), size, head
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar, cast
 
 import aiosqlite
 
@@ -49,6 +50,10 @@ __all__ = ["MAX_FIND_RESULTS", "Catalog"]
 MAX_FIND_RESULTS = 100_000
 
 _log = logging.getLogger("meshpacs.catalog")
+
+_T = TypeVar("_T")
+# A warning to log once the transaction that caused it has committed: message, arguments.
+_LogEntry = tuple[str, tuple[object, ...]]
 
 
 # Each SET clause writes the new value only where the stored one is empty (the first
@@ -105,7 +110,7 @@ def _integer(value: int | None) -> int | None:
     return value
 
 
-def _row_id(cursor: aiosqlite.Cursor) -> int:
+def _row_id(cursor: sqlite3.Cursor) -> int:
     row_id = cursor.lastrowid
     if row_id is None:  # pragma: no cover - SQLite always sets it after an INSERT
         raise CatalogError("catalog insert returned no row id")
@@ -124,8 +129,6 @@ class Catalog:
         self._clock = clock
         self._lock = asyncio.Lock()
         self.path = path
-        # Messages to log once the transaction that caused them has committed.
-        self._pending_log: list[tuple[str, tuple[object, ...]]] = []
 
     @classmethod
     async def open(cls, path: Path, *, clock: Callable[[], float] = time.time) -> Catalog:
@@ -167,7 +170,6 @@ class Catalog:
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction; committed on exit, rolled back on any exception."""
         async with self._lock:
-            self._pending_log.clear()
             try:
                 with _sqlite_errors("write"):
                     if self._conn.in_transaction:  # left open by a cancelled rollback
@@ -177,11 +179,7 @@ class Catalog:
                     await self._conn.execute("COMMIT")
             except BaseException:
                 await rollback_quietly(self._conn)
-                self._pending_log.clear()
                 raise
-            for message, args in self._pending_log:
-                _log.warning(message, *args)
-            self._pending_log.clear()
 
     async def add_instances(self, records: Sequence[InstanceRecord]) -> list[AddResult]:
         """Add received instances in one transaction; one result per record, in order.
@@ -190,31 +188,74 @@ class Catalog:
         empty attributes but never overwrites a non-empty one (the first non-empty value
         wins). A study receiving a new (not duplicate) instance goes back to RECEIVING,
         leaves the backup queue, and its ``last_received`` moves to now.
+
+        The whole transaction, BEGIN to COMMIT (or ROLLBACK), is one synchronous function
+        run in the connection's thread: one round trip per batch, not one per statement.
         """
         if not records:
             return []
-        async with self._write() as conn:
+        batch = list(records)
+        async with self._lock:
             now = self._clock()
-            return [await self._add_one(conn, record, now) for record in records]
+            with _sqlite_errors("write"):
+                results, messages = await self._in_sqlite_thread(
+                    lambda db: self._add_batch(db, batch, now)
+                )
+        for message, args in messages:
+            _log.warning(message, *args)
+        return results
 
-    async def _add_one(
-        self, conn: aiosqlite.Connection, record: InstanceRecord, now: float
+    async def _in_sqlite_thread(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``fn`` on the raw connection in aiosqlite's own thread, as one queued call.
+
+        aiosqlite has no public way to run a function in its thread; ``_execute`` is what
+        each of its own methods uses (checked against aiosqlite 0.22.1; a release that
+        drops it fails every test that stores an instance). The caller holds
+        ``self._lock``, and the thread runs one call at a time, so nothing interleaves.
+        """
+        conn = self._conn
+
+        def call() -> _T:
+            return fn(conn._conn)
+
+        result = await conn._execute(call)  # type: ignore[no-untyped-call]
+        return cast(_T, result)
+
+    def _add_batch(
+        self, db: sqlite3.Connection, records: Sequence[InstanceRecord], now: float
+    ) -> tuple[list[AddResult], list[_LogEntry]]:
+        """The add_instances transaction; runs in the connection's thread."""
+        log: list[_LogEntry] = []
+        if db.in_transaction:  # left open by a cancelled rollback
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            results = [self._add_one(db, record, now, log) for record in records]
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        return results, log
+
+    def _add_one(
+        self, db: sqlite3.Connection, record: InstanceRecord, now: float, log: list[_LogEntry]
     ) -> AddResult:
-        stored = list(
-            await conn.execute_fetchall(
-                "SELECT id, sha256 FROM instances WHERE sop_instance_uid = ? ORDER BY id",
-                (record.sop_instance_uid,),
-            )
-        )
+        stored = db.execute(
+            "SELECT id, sha256 FROM instances WHERE sop_instance_uid = ? ORDER BY id",
+            (record.sop_instance_uid,),
+        ).fetchall()
         if any(bytes(row[1]) == record.sha256 for row in stored):
             return AddResult.DUPLICATE
         study_ref: int | None = None
         series_ref: int | None = None
+        new_study = False
         if record.patient is not None and record.study is not None and record.series is not None:
-            patient_ref = await self._upsert_patient(conn, record.patient)
-            study_ref = await self._upsert_study(conn, record.study, patient_ref, now)
-            series_ref = await self._upsert_series(conn, record.series, study_ref)
-        cursor = await conn.execute(
+            patient_ref = self._upsert_patient(db, record.patient)
+            study_ref, new_study = self._upsert_study(db, record.study, patient_ref, now, log)
+            series_ref = self._upsert_series(db, record.series, study_ref, log)
+        cursor = db.execute(
             _INSERT_INSTANCE,
             (
                 record.sop_instance_uid,
@@ -230,19 +271,20 @@ class Catalog:
             ),
         )
         instance_ref = _row_id(cursor)
-        if study_ref is not None:
-            await conn.execute(
+        if study_ref is not None and not new_study:
+            # A study inserted by this record is already RECEIVING at ``now``, unqueued.
+            db.execute(
                 "UPDATE studies SET state = ?, last_received = max(last_received, ?) WHERE id = ?",
                 (StudyState.RECEIVING.value, now, study_ref),
             )
-            await conn.execute("DELETE FROM backup_queue WHERE study_ref = ?", (study_ref,))
+            db.execute("DELETE FROM backup_queue WHERE study_ref = ?", (study_ref,))
         if not stored:
             return AddResult.STORED
-        await conn.execute(
+        db.execute(
             "UPDATE instances SET conflict = 1 WHERE sop_instance_uid = ?",
             (record.sop_instance_uid,),
         )
-        self._pending_log.append(
+        log.append(
             (
                 "instance row %d has the SOP Instance UID of row(s) %s with different bytes;"
                 " all versions kept and flagged as conflicting",
@@ -251,16 +293,14 @@ class Catalog:
         )
         return AddResult.CONFLICT
 
-    async def _upsert_patient(self, conn: aiosqlite.Connection, patient: PatientInfo) -> int:
-        found = list(
-            await conn.execute_fetchall(
-                "SELECT id FROM patients WHERE patient_id = ? AND issuer = ?",
-                (patient.patient_id, patient.issuer),
-            )
-        )
+    def _upsert_patient(self, db: sqlite3.Connection, patient: PatientInfo) -> int:
+        found = db.execute(
+            "SELECT id FROM patients WHERE patient_id = ? AND issuer = ?",
+            (patient.patient_id, patient.issuer),
+        ).fetchone()
         fold = fold_person_name(patient.name)
-        if not found:
-            cursor = await conn.execute(
+        if found is None:
+            cursor = db.execute(
                 "INSERT INTO patients (patient_id, issuer, name, name_fold, birth_date, sex)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (
@@ -273,23 +313,27 @@ class Catalog:
                 ),
             )
             return _row_id(cursor)
-        patient_ref = int(found[0][0])
-        await conn.execute(
+        patient_ref = int(found[0])
+        db.execute(
             _PATIENT_UPDATE, (fold, patient.name, patient.birth_date, patient.sex, patient_ref)
         )
         return patient_ref
 
-    async def _upsert_study(
-        self, conn: aiosqlite.Connection, study: StudyInfo, patient_ref: int, now: float
-    ) -> int:
-        found = list(
-            await conn.execute_fetchall(
-                "SELECT id, patient_ref FROM studies WHERE study_uid = ?", (study.study_uid,)
-            )
-        )
+    def _upsert_study(
+        self,
+        db: sqlite3.Connection,
+        study: StudyInfo,
+        patient_ref: int,
+        now: float,
+        log: list[_LogEntry],
+    ) -> tuple[int, bool]:
+        """The study's row id, and whether this call inserted it."""
+        found = db.execute(
+            "SELECT id, patient_ref FROM studies WHERE study_uid = ?", (study.study_uid,)
+        ).fetchone()
         fold = fold_person_name(study.referring_physician)
-        if not found:
-            cursor = await conn.execute(
+        if found is None:
+            cursor = db.execute(
                 "INSERT INTO studies (study_uid, patient_ref, date, time, accession, study_id,"
                 " description, referring, referring_fold, state, first_received,"
                 " last_received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -308,17 +352,17 @@ class Catalog:
                     now,
                 ),
             )
-            return _row_id(cursor)
-        study_ref, filed_under = int(found[0][0]), int(found[0][1])
+            return _row_id(cursor), True
+        study_ref, filed_under = int(found[0]), int(found[1])
         if filed_under != patient_ref:
-            self._pending_log.append(
+            log.append(
                 (
                     "study row %d belongs to patient row %d; an instance naming patient row %d"
                     " was filed under it anyway",
                     (study_ref, filed_under, patient_ref),
                 )
             )
-        await conn.execute(
+        db.execute(
             _STUDY_UPDATE,
             (
                 study.date,
@@ -331,18 +375,16 @@ class Catalog:
                 study_ref,
             ),
         )
-        return study_ref
+        return study_ref, False
 
-    async def _upsert_series(
-        self, conn: aiosqlite.Connection, series: SeriesInfo, study_ref: int
+    def _upsert_series(
+        self, db: sqlite3.Connection, series: SeriesInfo, study_ref: int, log: list[_LogEntry]
     ) -> int:
-        found = list(
-            await conn.execute_fetchall(
-                "SELECT id, study_ref FROM series WHERE series_uid = ?", (series.series_uid,)
-            )
-        )
-        if not found:
-            cursor = await conn.execute(
+        found = db.execute(
+            "SELECT id, study_ref FROM series WHERE series_uid = ?", (series.series_uid,)
+        ).fetchone()
+        if found is None:
+            cursor = db.execute(
                 "INSERT INTO series (series_uid, study_ref, modality, number, description,"
                 " body_part) VALUES (?, ?, ?, ?, ?, ?)",
                 (
@@ -355,16 +397,16 @@ class Catalog:
                 ),
             )
             return _row_id(cursor)
-        series_ref, filed_under = int(found[0][0]), int(found[0][1])
+        series_ref, filed_under = int(found[0]), int(found[1])
         if filed_under != study_ref:
-            self._pending_log.append(
+            log.append(
                 (
                     "series row %d belongs to study row %d; an instance naming study row %d"
                     " was filed under it anyway",
                     (series_ref, filed_under, study_ref),
                 )
             )
-        await conn.execute(
+        db.execute(
             _SERIES_UPDATE,
             (
                 series.modality,

@@ -91,9 +91,9 @@ async def run_node(
     tempfile.tempdir = str(config.tmp_dir)
 
     catalog = await Catalog.open(config.catalog_path)
-    writer = CatalogWriter(catalog, store)
+    writer = CatalogWriter(catalog)
     writer.start()
-    ingest = IngestService(store, writer, loop, max_instance_bytes=config.dicom.max_instance_bytes)
+    ingest = IngestService(store, writer, max_instance_bytes=config.dicom.max_instance_bytes)
     destinations = {aet: (d.host, d.port) for aet, d in config.dicom.destinations.items()}
     qr = QueryRetrieveService(catalog, store, loop, destinations)
     ae = DicomAE(_ae_settings(config), ingest, qr)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,18 +50,21 @@ async def running_node(
     configure_pynetdicom()
     store = InstanceStore(root / "instances", root / "tmp")
     catalog = await Catalog.open(root / "catalog.sqlite")
-    writer = CatalogWriter(catalog, store)
+    writer = CatalogWriter(catalog)
     writer.start()
     loop = asyncio.get_running_loop()
-    ingest = IngestService(store, writer, loop, max_instance_bytes=max_instance_bytes)
+    ingest = IngestService(store, writer, max_instance_bytes=max_instance_bytes)
     receiver_port = free_port()
     qr = QueryRetrieveService(catalog, store, loop, {RECEIVER_AE: ("127.0.0.1", receiver_port)})
     options = {"ae_title": AE_TITLE, "bind": "127.0.0.1", "port": 0, **settings}
     ae = DicomAE(AeSettings(**options), ingest, qr)
+    # As the daemon does: pynetdicom streams datasets into the store's own tmp directory.
+    previous_tempdir, tempfile.tempdir = tempfile.tempdir, str(store.tmp_dir)
     port = await asyncio.to_thread(ae.start)
     try:
         yield Node(port, store, catalog, writer, ae, root, receiver_port)
     finally:
+        tempfile.tempdir = previous_tempdir
         await asyncio.to_thread(ae.stop, 2.0)
         await writer.stop()
         await catalog.close()

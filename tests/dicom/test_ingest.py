@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import os
 import socket
+import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pynetdicom import AE
 
+from meshpacs.dicom.attributes import read_instance_record
+from meshpacs.dicom.ingest import CatalogWriter
 from meshpacs.dicom.part10 import dataset_offset
-from meshpacs.metadata.records import StudyState
+from meshpacs.dicom.storage import FANOUT, HEAD_BYTES, InstanceStore
+from meshpacs.errors import CatalogError
+from meshpacs.metadata.catalog import Catalog
+from meshpacs.metadata.records import AddResult, InstanceRecord, StudyState
 from meshpacs.testing import SeriesSpec, StudySpec, generate_study, write_study
 from meshpacs.testing.dcmtk import dcmtk_tool
 
@@ -145,16 +154,12 @@ def _file(path: Path, sop_class: str, sop_uid: str, body: Dataset | None = None)
 async def test_unknown_sop_class_is_stored_and_the_association_goes_on(
     node: Node, tmp_path: Path
 ) -> None:
-    import asyncio
-
     private = _file(tmp_path / "p.dcm", "1.2.826.0.1.3680043.8.498.999.1", "1.2.3.100.1.1")
     assert await asyncio.to_thread(_send, node.port, private) == 0x0000
     assert (await node.catalog.counts())["instances"] == 1
 
 
 async def test_invalid_uid_is_refused_and_the_node_still_works(node: Node, tmp_path: Path) -> None:
-    import asyncio
-
     bad = _file(tmp_path / "bad.dcm", "1.2.840.10008.5.1.4.1.1.7", "1.2/../../etc/passwd")
     assert await asyncio.to_thread(_send, node.port, bad) == 0xC000
     assert stored_files(node) == []
@@ -163,8 +168,6 @@ async def test_invalid_uid_is_refused_and_the_node_still_works(node: Node, tmp_p
 
 
 async def test_a_dataset_without_study_uid_is_kept_and_flagged(node: Node, tmp_path: Path) -> None:
-    import asyncio
-
     body = Dataset()
     body.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
     body.SOPInstanceUID = "1.2.3.100.1.3"
@@ -176,8 +179,6 @@ async def test_a_dataset_without_study_uid_is_kept_and_flagged(node: Node, tmp_p
 
 
 async def test_accepted_and_opened_sockets_have_tcp_nodelay(node: Node) -> None:
-    import asyncio
-
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
     def check() -> tuple[int, int]:
@@ -199,3 +200,160 @@ async def test_accepted_and_opened_sockets_have_tcp_nodelay(node: Node) -> None:
 
     client, accepted = await asyncio.to_thread(check)
     assert client and accepted
+
+
+# -- the store, the header read and the writer, without a network --------------------------
+
+
+def test_store_is_one_level_of_256_directories_made_at_open(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path / "instances", tmp_path / "tmp")
+    assert sorted(p.name for p in store.instances_dir.iterdir()) == list(FANOUT)
+    data = b"\x01" * (HEAD_BYTES + 1000)
+    digest = hashlib.sha256(data).digest()
+    stored = store.write(data)
+    name = digest.hex()
+    assert stored.path == store.path_for(digest) == store.instances_dir / name[:2] / f"{name}.dcm"
+    assert (stored.sha256, stored.size, stored.existed) == (digest, len(data), False)
+    assert stored.path.read_bytes() == data
+    assert stored.head == data[:HEAD_BYTES]
+    assert store.write(data).existed
+    small = store.write(b"tiny")
+    assert small.head == b"tiny" and small.size == 4
+    # Opening again keeps every file and makes no new directory.
+    again = InstanceStore(store.instances_dir, store.tmp_dir)
+    assert sorted(p.name for p in again.instances_dir.iterdir()) == list(FANOUT)
+    assert stored.path.read_bytes() == data
+    assert sorted(store.instances_dir.rglob("*.dcm")) == sorted([stored.path, small.path])
+
+
+def test_adopt_syncs_the_file_then_renames_then_syncs_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = InstanceStore(tmp_path / "instances", tmp_path / "tmp")
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync-dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync-file")
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        events.append("rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    stored = store.write(b"some bytes")
+    assert events == ["fsync-file", "rename", "fsync-dir"]
+    events.clear()
+    assert store.write(b"some bytes").existed  # the name is made durable all the same
+    assert events == ["fsync-file", "fsync-dir"]
+    assert stored.path.parent.name == stored.sha256.hex()[:2]
+
+
+def _dataset_file(path: Path, *, pixels: int = 64, description: str = "Head") -> bytes:
+    body = Dataset()
+    body.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    body.SOPInstanceUID = "1.2.3.300.1.1"
+    body.PatientID = "P3"
+    body.PatientName = "Doe^Jane"
+    body.StudyInstanceUID = "1.2.3.300"
+    body.StudyDescription = description
+    body.SeriesInstanceUID = "1.2.3.300.1"
+    body.SeriesNumber = 4
+    body.InstanceNumber = 7
+    body.Modality = "OT"
+    if pixels:
+        body.add_new(0x7FE00010, "OB", bytes(pixels))
+    else:  # no pixel data: the parse runs to the end of the file
+        body.add_new(0x00291010, "OB", bytes(3 * HEAD_BYTES))
+        body.add_new(0x00290010, "LO", "PRIVATE")
+    _file(path, "1.2.840.10008.5.1.4.1.1.7", "1.2.3.300.1.1", body)
+    return path.read_bytes()
+
+
+def _record_of(path: Path, data: bytes, head: bytes) -> InstanceRecord:
+    return read_instance_record(
+        path,
+        head=head,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.7",
+        sop_instance_uid="1.2.3.300.1.1",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        size=len(data),
+        sha256=hashlib.sha256(data).digest(),
+        calling_ae="PACS",
+        received_at=1.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("pixels", "description"),
+    [
+        (200_000, "Head"),  # the usual case: the header is in the head, pixels beyond it
+        (64, "Head"),  # a small file: the head is the whole file
+        (0, "Head"),  # no pixel data, the file longer than the head
+        (200_000, "D" * 5000),  # a value pydicom defers (over 4096 bytes)
+    ],
+)
+def test_attributes_from_the_head_match_those_from_the_file(
+    tmp_path: Path, pixels: int, description: str
+) -> None:
+    path = tmp_path / "x.dcm"
+    data = _dataset_file(path, pixels=pixels, description=description)
+    from_file = _record_of(path, data, b"")
+    assert from_file.parse_error is None and from_file.study is not None
+    assert from_file.study.description == description
+    for cut in (0, 1, 132, 300, len(data) // 2, HEAD_BYTES, len(data)):
+        assert _record_of(path, data, data[:cut]) == from_file, cut
+
+
+def test_a_truncated_file_reads_the_same_from_the_head(tmp_path: Path) -> None:
+    path = tmp_path / "x.dcm"
+    data = _dataset_file(path, pixels=200_000)
+    cut = data[: data.index(b"1.2.3.300.1\x00")]  # ends inside the Series Instance UID
+    path.write_bytes(cut)
+    from_file = _record_of(path, cut, b"")
+    assert from_file.parse_error is not None
+    assert _record_of(path, cut, cut) == from_file
+    assert _record_of(path, cut, cut[:200]) == from_file
+
+
+async def test_writer_commits_records_from_threads_and_fails_fast_once_stopped(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "x.dcm"
+    data = _dataset_file(path)
+    record = _record_of(path, data, data)
+    async with await Catalog.open(tmp_path / "catalog.sqlite") as catalog:
+        writer = CatalogWriter(catalog)
+        with pytest.raises(CatalogError):  # not started
+            writer.submit(record).result(5)
+        writer.start()
+        results = await asyncio.gather(
+            *(asyncio.to_thread(lambda: writer.submit(record).result(10)) for _ in range(3))
+        )
+        assert sorted(r.value for r in results) == ["duplicate", "duplicate", "stored"]
+        assert await writer.commit(record) is AddResult.DUPLICATE
+        await writer.stop()
+        with pytest.raises(CatalogError):
+            await asyncio.to_thread(lambda: writer.submit(record).result(5))
+        assert (await catalog.counts())["instances"] == 1
+
+
+def test_nothing_is_placed_when_the_file_fsync_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = InstanceStore(tmp_path / "instances", tmp_path / "tmp")
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    temp = tmp_path / "tmp" / "received.part"
+    temp.write_bytes(b"received bytes")
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError):
+        store.adopt(temp, max_bytes=100)
+    assert list(store.instances_dir.rglob("*.dcm")) == []

@@ -126,12 +126,12 @@ async def test_failed_batch_leaves_nothing(
     upsert = catalog._upsert_series
     calls = 0
 
-    async def failing_third(*args: Any) -> int:
+    def failing_third(*args: Any) -> int:  # runs in the connection's thread
         nonlocal calls
         calls += 1
         if calls == 3:
             raise RuntimeError("disk on fire")
-        return await upsert(*args)
+        return upsert(*args)
 
     monkeypatch.setattr(catalog, "_upsert_series", failing_third)
     with pytest.raises(RuntimeError):

@@ -310,6 +310,21 @@ def one_run(
 # -- summary -------------------------------------------------------------------------------
 
 
+def throughput(seconds: list[float], cpu: list[float], images: int, nbytes: int) -> dict[str, Any]:
+    """Best and median rates of repeated runs of one receiver or source."""
+    best, median = min(seconds), statistics.median(seconds)
+    return {
+        "best_s": round(best, 3),
+        "median_s": round(median, 3),
+        "best_img_s": round(images / best, 1),
+        "median_img_s": round(images / median, 1),
+        "best_mb_s": round(nbytes / best / 1e6, 1),
+        "median_mb_s": round(nbytes / median / 1e6, 1),
+        "median_server_cpu_s": round(statistics.median(cpu), 2),
+        "seconds": [round(s, 3) for s in seconds],
+    }
+
+
 def summarise(runs: list[Run], images: int, nbytes: int) -> dict[str, Any]:
     table: dict[str, dict[str, Any]] = {}
     for run in runs:
@@ -320,17 +335,7 @@ def summarise(runs: list[Run], images: int, nbytes: int) -> dict[str, Any]:
         table[key]["cpu"].append(run.server_cpu_s)
         table[key]["ok"] &= run.ok
     for row in table.values():
-        best, median = min(row["seconds"]), statistics.median(row["seconds"])
-        row.update(
-            best_s=round(best, 3),
-            median_s=round(median, 3),
-            best_img_s=round(images / best, 1),
-            median_img_s=round(images / median, 1),
-            best_mb_s=round(nbytes / best / 1e6, 1),
-            median_mb_s=round(nbytes / median / 1e6, 1),
-            median_server_cpu_s=round(statistics.median(row["cpu"]), 2),
-            seconds=[round(s, 3) for s in row["seconds"]],
-        )
+        row.update(throughput(row["seconds"], row["cpu"], images, nbytes))
         del row["cpu"]
     ratios: dict[str, dict[str, float]] = {}
     for n in sorted({r.associations for r in runs}):

@@ -42,7 +42,6 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -280,18 +279,8 @@ def summarise(runs: list[Run], images: int, nbytes: int) -> dict[str, Any]:
         table[key]["identical"].append(run.identical)
         table[key]["ok"] &= run.ok
     for row in table.values():
-        best, median = min(row["seconds"]), statistics.median(row["seconds"])
-        row.update(
-            best_s=round(best, 3),
-            median_s=round(median, 3),
-            best_img_s=round(images / best, 1),
-            median_img_s=round(images / median, 1),
-            best_mb_s=round(nbytes / best / 1e6, 1),
-            median_mb_s=round(nbytes / median / 1e6, 1),
-            median_server_cpu_s=round(statistics.median(row["cpu"]), 2),
-            all_identical=all(n == images for n in row["identical"]),
-            seconds=[round(s, 3) for s in row["seconds"]],
-        )
+        row.update(ingest.throughput(row["seconds"], row["cpu"], images, nbytes))
+        row["all_identical"] = all(n == images for n in row["identical"])
         del row["cpu"], row["identical"]
     ratios: dict[str, dict[str, float]] = {}
     for operation in OPERATIONS:

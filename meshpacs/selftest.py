@@ -215,7 +215,11 @@ def _encode(
 
 
 def _phi_in(paths: list[Path], markers: list[bytes]) -> bool:
-    return any(m in p.read_bytes() for p in paths for m in markers)
+    for path in paths:
+        data = path.read_bytes()  # once per fragment, not once per marker
+        if any(marker in data for marker in markers):
+            return True
+    return False
 
 
 def _corrupt(path: Path, rng: random.Random) -> None:

@@ -47,7 +47,7 @@ from typing import Any, Protocol
 
 from meshpacs.dicom.part10 import dataset_offset
 from meshpacs.testing import SeriesSpec, StudySpec, generate_study, write_study
-from meshpacs.testing.dcmtk import dcmtk_tool
+from meshpacs.testing.dcmtk import dcmtk_env, dcmtk_tool
 from meshpacs.testing.orthanc import OrthancProcess, free_port, orthanc_available
 
 RECEIVERS = ("storescp", "orthanc", "meshpacs")
@@ -69,10 +69,6 @@ ECHOSCU = require_dcmtk("echoscu")
 MESHPACS = shutil.which("meshpacs", path=str(Path(sys.executable).parent)) or "meshpacs"
 
 
-def nodelay_env() -> dict[str, str]:
-    return {**os.environ, "TCP_NODELAY": "1"}
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and its reaped children, from /proc."""
     try:
@@ -92,7 +88,7 @@ def wait_echo(aet: str, port: int, proc: subprocess.Popen[bytes] | None, log: Pa
     while True:
         echo = subprocess.run(
             [ECHOSCU, "-aet", "PROBE", "-aec", aet, "127.0.0.1", str(port)],
-            env=nodelay_env(),
+            env=dcmtk_env(),
             capture_output=True,
         )
         if echo.returncode == 0:
@@ -147,7 +143,7 @@ class Storescp:
             args.append("--fork")
         with self.log.open("ab") as log:
             self._proc = subprocess.Popen(
-                [*args, str(self.port)], env=nodelay_env(), stdout=log, stderr=log
+                [*args, str(self.port)], env=dcmtk_env(), stdout=log, stderr=log
             )
         self.pid = self._proc.pid
         wait_echo(self.aet, self.port, self._proc, self.log)
@@ -211,7 +207,7 @@ class Meshpacs:
         with self.log.open("ab") as log:
             self._proc = subprocess.Popen(
                 [MESHPACS, "node", "run", "--config", str(config)],
-                env=nodelay_env(),
+                env=dcmtk_env(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -262,9 +258,7 @@ def push(
     for chunk, log in zip(chunks, logs, strict=True):
         with log.open("wb") as out:
             procs.append(
-                subprocess.Popen(
-                    [*base, *map(str, chunk)], env=nodelay_env(), stdout=out, stderr=out
-                )
+                subprocess.Popen([*base, *map(str, chunk)], env=dcmtk_env(), stdout=out, stderr=out)
             )
     for proc in procs:
         proc.wait()

@@ -64,6 +64,7 @@ from meshpacs.testing import (
     orthanc_available,
     write_study,
 )
+from meshpacs.testing.dcmtk import dcmtk_env
 
 SOURCES = ("orthanc", "meshpacs")
 OPERATIONS = ("move", "get")
@@ -131,7 +132,7 @@ class MeshpacsSource(ingest.Meshpacs):
         with self.log.open("ab") as log:
             self._proc = subprocess.Popen(
                 [ingest.MESHPACS, "node", "run", "--config", str(config)],
-                env=ingest.nodelay_env(),
+                env=dcmtk_env(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -199,7 +200,7 @@ def retrieve(
     try:
         with log.open("wb") as sink:
             started = time.perf_counter()
-            done = subprocess.run(args, env=ingest.nodelay_env(), stdout=sink, stderr=sink)
+            done = subprocess.run(args, env=dcmtk_env(), stdout=sink, stderr=sink)
             seconds = time.perf_counter() - started
     finally:
         if storescp is not None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pynetdicom import _config, build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
@@ -239,7 +240,7 @@ def _keys(identifier: Dataset) -> dict[str, str]:
         value = element.value
         if value is None:
             keys[keyword] = ""
-        elif isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        elif isinstance(value, list | tuple | MultiValue):
             keys[keyword] = "\\".join(str(v) for v in value)
         else:
             keys[keyword] = str(value)

@@ -33,7 +33,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -42,6 +41,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Self
+
+from meshpacs.testing.dcmtk import dcmtk_env
+from meshpacs.testing.loopback import free_port
 
 __all__ = [
     "ORTHANC_BINARY",
@@ -86,13 +88,6 @@ class Modality(NamedTuple):
 def orthanc_available(executable: str = ORTHANC_BINARY) -> bool:
     """True if the Orthanc server executable exists and may be run."""
     return os.access(executable, os.X_OK)
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the usual small race applies)."""
-    with socket.socket() as s:
-        s.bind((_LOOPBACK, 0))
-        return int(s.getsockname()[1])
 
 
 class OrthancProcess:
@@ -174,7 +169,7 @@ class OrthancProcess:
             raise OrthancError("Orthanc was already started")
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(self.config, indent=2) + "\n", encoding="utf-8")
-        env = {**os.environ, "TCP_NODELAY": "1"}
+        env = dcmtk_env()
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 [self.executable, str(self.config_path)],

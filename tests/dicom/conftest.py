@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Sequence
@@ -20,15 +19,10 @@ from meshpacs.dicom.scp import AeSettings, DicomAE, configure_pynetdicom
 from meshpacs.dicom.storage import InstanceStore
 from meshpacs.metadata.catalog import Catalog
 from meshpacs.testing.dcmtk import dcmtk_env, dcmtk_tool
+from meshpacs.testing.loopback import free_port
 
 AE_TITLE = "MESHTEST"
 RECEIVER_AE = "RECEIVER"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

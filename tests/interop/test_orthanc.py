@@ -16,7 +16,6 @@ blaming the node.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -31,7 +30,7 @@ import pytest
 
 from meshpacs.dicom.part10 import dataset_offset
 from meshpacs.testing import SeriesSpec, StudySpec, SynthInstance, generate_study, write_study
-from meshpacs.testing.dcmtk import dcmtk_tool
+from meshpacs.testing.dcmtk import dcmtk_env, dcmtk_tool
 from meshpacs.testing.orthanc import (
     Modality,
     OrthancProcess,
@@ -45,7 +44,7 @@ CONFIG_SNIPPET = REPO / "docs" / "orthanc" / "orthanc-meshpacs.json"
 MESHPACS = shutil.which("meshpacs", path=str(Path(sys.executable).parent)) or "meshpacs"
 NODE_AET = "MESHNODE"
 ORTHANC_AET = "ORTHANC"
-ENV = {**os.environ, "TCP_NODELAY": "1"}  # dcmtk keeps Nagle on unless told
+ENV = dcmtk_env()
 WAIT_SECONDS = 30.0
 
 

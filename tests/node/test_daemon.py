@@ -8,12 +8,10 @@ after a restart every instance storescu saw acknowledged is catalogued and byte-
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,20 +25,15 @@ from meshpacs.dicom.part10 import dataset_offset
 from meshpacs.metadata.catalog import Catalog
 from meshpacs.node.site import create_site
 from meshpacs.testing import SeriesSpec, StudySpec, generate_study, write_study
-from meshpacs.testing.dcmtk import dcmtk_tool
+from meshpacs.testing.dcmtk import dcmtk_env, dcmtk_tool
+from meshpacs.testing.loopback import free_port
 
 TOOLS = {name: dcmtk_tool(name) or name for name in ("storescu", "storescp", "echoscu", "findscu")}
 pytestmark = pytest.mark.skipif(dcmtk_tool("storescu") is None, reason="dcmtk not installed")
 
 MESHPACS = shutil.which("meshpacs", path=str(Path(sys.executable).parent)) or "meshpacs"
 AE_TITLE = "MESHNODE"
-ENV = {**os.environ, "TCP_NODELAY": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+ENV = dcmtk_env()
 
 
 def make_site(root: Path) -> tuple[Path, int]:

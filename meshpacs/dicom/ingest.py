@@ -1,15 +1,19 @@
 """C-STORE ingest: exact bytes on disk and a committed catalog row before Success.
 
-pynetdicom calls :meth:`IngestService.handle_store` in one of its association threads. The
-dataset has already been streamed, as received, into a Part 10 temporary file whose file
-meta pynetdicom built from the association's presentation context
-(``STORE_RECV_CHUNKED_DATASET``): nothing is decoded or re-encoded. In that thread the
-handler hashes the file in one read and fsyncs it, renames it to its content address and
-fsyncs the directory entry (:meth:`InstanceStore.adopt`), parses the catalog attributes
-from the head of the file that the hashing read kept in memory, and hands the record to the
-:class:`CatalogWriter` on the node's event loop (one hop). It then blocks until the batch
-holding the record is committed (WAL, synchronous=FULL). Only then does the PACS get
-Success.
+Two receive paths end here. Plain storage associations are read by the node's own
+receiver (:mod:`receiver`), which streams each dataset, as received, into a temporary
+Part 10 file (file meta built from the presentation context), hashing it on the way and
+fsyncing it, and calls :meth:`IngestService.commit_received`. Other associations are
+pynetdicom's, which streams the dataset into its own temporary file
+(``STORE_RECV_CHUNKED_DATASET``) and calls :meth:`IngestService.handle_store`; that
+handler hashes the file in one read and fsyncs it. Nothing is decoded or re-encoded on
+either path.
+
+Then, in the association's thread: rename to the content address and fsync the
+directory entry (:meth:`InstanceStore.place`), parse the catalog attributes from the head
+of the file kept in memory, and hand the record to the :class:`CatalogWriter`, blocking
+until the batch holding it is committed (WAL, synchronous=FULL). Only then does the PACS
+get Success.
 
 Group commit: the writer takes every record waiting when it starts a batch, so parallel
 associations share one commit (one WAL fsync) instead of paying one each.
@@ -21,9 +25,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import queue
+import sqlite3
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +41,7 @@ from meshpacs.errors import CatalogError, LimitExceeded
 from meshpacs.metadata.catalog import Catalog
 from meshpacs.metadata.records import AddResult, InstanceRecord
 
-__all__ = ["STATUS", "CatalogWriter", "IngestService"]
+__all__ = ["STATUS", "CatalogWriter", "IngestService", "ReceivedInstance"]
 
 LOG = logging.getLogger("meshpacs.ingest")
 
@@ -46,6 +53,20 @@ class STATUS:
     OUT_OF_RESOURCES = 0xA700  # disk full, or an instance over the size cap
     CANNOT_UNDERSTAND = 0xC000  # invalid identifiers in the request
     PROCESSING_FAILURE = 0xC211  # anything unexpected: nothing was acknowledged
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """A dataset received whole into a temporary Part 10 file that its writer fsynced."""
+
+    temp_path: Path
+    sha256: bytes
+    size: int
+    head: bytes = field(repr=False)
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    calling_ae: str
 
 
 @dataclass
@@ -63,77 +84,88 @@ def _settle(pending: _Pending, outcome: AddResult | BaseException) -> None:
 
 
 class CatalogWriter:
-    """Commits records in batches on the event loop; callers wait for their batch.
+    """Commits records in batches from its own thread; callers wait for their batch.
 
     The instance files reach the writer already durable, directory entries included
-    (:meth:`InstanceStore.adopt`); the writer only commits their catalog rows.
+    (:meth:`InstanceStore.place`); the writer only commits their catalog rows, over its
+    own SQLite connection (:meth:`Catalog.connect_writer`): a receiving thread hands a
+    record over and is woken by the commit, two thread switches in all, with no event
+    loop in between.
     """
 
     def __init__(self, catalog: Catalog) -> None:
         self._catalog = catalog
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
         self._running = False
         self.batches = 0
 
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._running = True
-        self._task = self._loop.create_task(self._run(), name="catalog-writer")
+        db = self._catalog.connect_writer()
+        with self._lock:
+            self._running = True
+        self._thread = threading.Thread(
+            target=self._run, args=(db,), name="catalog-writer", daemon=True
+        )
+        self._thread.start()
 
     async def stop(self) -> None:
-        """Stop committing; whatever is still waiting fails at once (the PACS resends)."""
-        self._running = False
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Stop committing; records already handed over are committed first, later ones
+        fail at once (the PACS resends)."""
+        with self._lock:
+            self._running = False
+            self._queue.put(None)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
         while not self._queue.empty():
-            _settle(self._queue.get_nowait(), CatalogError("the catalog writer has stopped"))
+            pending = self._queue.get_nowait()
+            if pending is not None:
+                _settle(pending, CatalogError("the catalog writer has stopped"))
 
     def submit(self, record: InstanceRecord) -> concurrent.futures.Future[AddResult]:
-        """Queue ``record`` from any thread; the future resolves once it is committed.
-
-        One hop onto the loop (no task per record); the writer resolves the future from
-        the loop and the caller's thread wakes directly.
-        """
+        """Queue ``record`` from any thread; the future resolves once it is committed."""
         pending = _Pending(record, concurrent.futures.Future())
-        if self._loop is None:
-            _settle(pending, CatalogError("the catalog writer has not started"))
-        else:
-            self._loop.call_soon_threadsafe(self._enqueue, pending)
+        with self._lock:
+            if self._running:
+                self._queue.put(pending)
+                return pending.done
+        message = "the catalog writer has " + ("stopped" if self._thread else "not started")
+        _settle(pending, CatalogError(message))
         return pending.done
 
-    def _enqueue(self, pending: _Pending) -> None:
-        if self._running:
-            self._queue.put_nowait(pending)
-        else:
-            _settle(pending, CatalogError("the catalog writer has stopped"))
-
     async def commit(self, record: InstanceRecord) -> AddResult:
-        """Queue ``record`` from the writer's loop and wait until it is committed."""
+        """Queue ``record`` and wait, from an event loop, until it is committed."""
         return await asyncio.wrap_future(self.submit(record))
 
-    async def _run(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                results = await self._catalog.add_instances([p.record for p in batch])
-            except asyncio.CancelledError:
-                for pending in batch:
-                    _settle(pending, CatalogError("the catalog writer has stopped"))
-                raise
-            except Exception as exc:
-                for pending in batch:
-                    _settle(pending, exc)
-                continue
-            self.batches += 1
-            for pending, result in zip(batch, results, strict=True):
-                _settle(pending, result)
+    def _run(self, db: sqlite3.Connection) -> None:
+        try:
+            while (first := self._queue.get()) is not None:
+                batch = [first]
+                stopping = False
+                while not self._queue.empty():
+                    item = self._queue.get_nowait()
+                    if item is None:
+                        stopping = True
+                        break
+                    batch.append(item)
+                self._commit(db, batch)
+                if stopping:
+                    break
+        finally:
+            db.close()
+
+    def _commit(self, db: sqlite3.Connection, batch: list[_Pending]) -> None:
+        try:
+            results = self._catalog.add_instances_on(db, [p.record for p in batch])
+        except Exception as exc:
+            for pending in batch:
+                _settle(pending, exc)
+            return
+        self.batches += 1
+        for pending, result in zip(batch, results, strict=True):
+            _settle(pending, result)
 
 
 class IngestService:
@@ -173,12 +205,54 @@ class IngestService:
         except OSError as exc:
             LOG.error("could not store an instance from %s: %s", calling_ae, exc.strerror or exc)
             return STATUS.OUT_OF_RESOURCES
+        return self._catalogue(
+            stored, sop_class, sop_instance, str(event.context.transfer_syntax), calling_ae
+        )
+
+    @property
+    def store(self) -> InstanceStore:
+        return self._store
+
+    @property
+    def max_instance_bytes(self) -> int:
+        return self._max_bytes
+
+    def commit_received(self, received: ReceivedInstance) -> int:
+        """For the storage receiver: place a file it hashed and fsynced, then catalogue it.
+
+        The receiver has already checked the UIDs and the size cap while receiving.
+        """
+        try:
+            stored = self._store.place(
+                received.temp_path, received.sha256, received.size, received.head
+            )
+        except OSError as exc:
+            received.temp_path.unlink(missing_ok=True)
+            LOG.error("could not store an instance from %s: %s",
+                      received.calling_ae, exc.strerror or exc)  # fmt: skip
+            return STATUS.OUT_OF_RESOURCES
+        return self._catalogue(
+            stored,
+            received.sop_class_uid,
+            received.sop_instance_uid,
+            received.transfer_syntax_uid,
+            received.calling_ae,
+        )
+
+    def _catalogue(
+        self,
+        stored: StoredFile,
+        sop_class: str,
+        sop_instance: str,
+        transfer_syntax: str,
+        calling_ae: str,
+    ) -> int:
         record = read_instance_record(
             stored.path,
             head=stored.head,
             sop_class_uid=sop_class,
             sop_instance_uid=sop_instance,
-            transfer_syntax_uid=str(event.context.transfer_syntax),
+            transfer_syntax_uid=transfer_syntax,
             size=stored.size,
             sha256=stored.sha256,
             calling_ae=calling_ae,

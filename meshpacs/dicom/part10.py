@@ -12,7 +12,7 @@ import struct
 
 from meshpacs.errors import FormatError
 
-__all__ = ["META_SCAN_LIMIT", "dataset_offset"]
+__all__ = ["META_SCAN_LIMIT", "dataset_offset", "file_meta"]
 
 PREAMBLE = 128
 # A file meta group is a few hundred bytes; 64 KiB is far beyond any legitimate one.
@@ -60,3 +60,45 @@ def dataset_offset(head: bytes) -> int:
     if offset >= len(head) and len(head) < META_SCAN_LIMIT:
         return offset  # a file that is only a file meta group: the dataset is empty
     raise FormatError("file meta group does not end within the scan limit")
+
+
+_SHORT = struct.Struct("<HH2sH")
+_LONG = struct.Struct("<HH2s2xI")
+
+
+def _element(element: int, vr: bytes, value: bytes) -> bytes:
+    if vr == b"OB":
+        return _LONG.pack(0x0002, element, vr, len(value)) + value
+    return _SHORT.pack(0x0002, element, vr, len(value)) + value
+
+
+def _padded(value: str, pad: bytes) -> bytes:
+    raw = value.encode("ascii")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def file_meta(
+    *,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax_uid: str,
+    implementation_class_uid: str,
+    implementation_version_name: str,
+) -> bytes:
+    """Preamble, ``DICM`` and a file meta group built from an association's context.
+
+    Byte for byte what pydicom's ``write_file_meta_info`` writes for the same values, so
+    an instance stored through either receive path has the same content address.
+    """
+    elements = b"".join(
+        (
+            _element(0x0001, b"OB", b"\x00\x01"),
+            _element(0x0002, b"UI", _padded(sop_class_uid, b"\x00")),
+            _element(0x0003, b"UI", _padded(sop_instance_uid, b"\x00")),
+            _element(0x0010, b"UI", _padded(transfer_syntax_uid, b"\x00")),
+            _element(0x0012, b"UI", _padded(implementation_class_uid, b"\x00")),
+            _element(0x0013, b"SH", _padded(implementation_version_name, b" ")),
+        )
+    )
+    group_length = _element(0x0000, b"UL", struct.pack("<I", len(elements)))
+    return bytes(PREAMBLE) + b"DICM" + group_length + elements

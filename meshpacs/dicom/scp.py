@@ -15,12 +15,17 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
+from meshpacs.dicom.acceptor import (
+    MeshAssociationServer,
+    MeshRequestHandler,
+    ReceiverHub,
+    ReceiverSettings,
+)
 from meshpacs.dicom.ingest import IngestService
 from meshpacs.dicom.negotiation import install_storage_negotiation
 from meshpacs.dicom.nodelay import install_tcp_nodelay
@@ -74,6 +79,9 @@ class AeSettings:
     acse_timeout: float = 30
     dimse_timeout: float = 30
     max_instance_bytes: int = 4 * 1024**3
+    # Serve plain storage associations with the node's own receiver (meshpacs.dicom.receiver)
+    # instead of pynetdicom's; off only to compare the two.
+    direct_storage: bool = True
 
 
 def configure_pynetdicom(*, log_phi: bool = False) -> None:
@@ -104,7 +112,7 @@ class DicomAE:
         self.settings = settings
         self._ingest = ingest
         self._qr = qr
-        self._server: ThreadedAssociationServer | None = None
+        self._server: MeshAssociationServer | None = None
         self._lock = threading.Lock()
 
     @property
@@ -146,11 +154,41 @@ class DicomAE:
                 (evt.EVT_C_MOVE, self._qr.handle_move),
                 (evt.EVT_C_GET, self._qr.handle_get),
             ]
-        server = ae.start_server((s.bind, s.port), block=False, evt_handlers=handlers)
+        server = self._serve(ae, handlers)
         with self._lock:
             self._server = server
         LOG.info("DICOM AE %s listening on %s:%d", s.ae_title, s.bind, self.port)
         return self.port
+
+    def _serve(self, ae: AE, handlers: list[Any]) -> MeshAssociationServer:
+        """pynetdicom's ``start_server(block=False)``, with the node's connection handler."""
+        s = self.settings
+        server = cast(
+            MeshAssociationServer,
+            ae.make_server(
+                (s.bind, s.port),
+                evt_handlers=handlers,
+                server_class=MeshAssociationServer,
+                request_handler=MeshRequestHandler,
+            ),
+        )
+        if s.direct_storage:
+            server.hub = ReceiverHub(
+                ReceiverSettings(
+                    ae_title=s.ae_title,
+                    max_pdu=s.max_pdu,
+                    max_associations=s.max_associations,
+                    allowed_calling_aets=tuple(s.allowed_calling_aets),
+                    network_timeout=s.network_timeout,
+                    acse_timeout=s.acse_timeout,
+                ),
+                self._ingest,
+            )
+        thread = threading.Thread(target=server.serve_forever, name="meshpacs-dicom-accept")
+        thread.daemon = True
+        thread.start()
+        ae._servers.append(server)
+        return server
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop accepting, let associations in flight finish for ``grace`` s, then abort them."""
@@ -160,13 +198,19 @@ class DicomAE:
             return
         server.shutdown()  # stops accepting and closes the listening socket
         active = server.active_associations
+        hub = server.hub
         deadline = time.monotonic() + grace
-        while any(a.is_alive() for a in active) and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (
+            any(a.is_alive() for a in active) or (hub is not None and hub.active)
+        ):
             time.sleep(0.05)
         for assoc in active:
             if assoc.is_alive():
                 LOG.warning("aborting an association from %s at shutdown", assoc.requestor.ae_title)
                 assoc.abort()
+        for receiving in hub.active if hub is not None else []:
+            LOG.warning("aborting an association from %s at shutdown", receiving.calling_ae)
+            receiving.abort()
 
 
 def _echo(event: Any) -> int:

@@ -77,6 +77,18 @@ class InstanceStore:
         thread: hashing and fsync release the GIL.
         """
         sha256, size, head = _hash_and_sync(temp_path, max_bytes)
+        return self.place(temp_path, sha256, size, head)
+
+    def open_temp(self) -> tuple[int, Path]:
+        """A new temporary file for a transfer in progress: (descriptor, path)."""
+        fd, name = _mkstemp(self.tmp_dir)
+        return fd, Path(name)
+
+    def place(self, temp_path: Path, sha256: bytes, size: int, head: bytes) -> StoredFile:
+        """Rename a file already hashed *and fsynced* by its writer to its content address.
+
+        The receiver hashes each fragment as it writes it, so the file is not read again.
+        """
         target = self.path_for(sha256)
         if target.exists():
             temp_path.unlink(missing_ok=True)

@@ -179,27 +179,35 @@ async def test_a_dataset_without_study_uid_is_kept_and_flagged(node: Node, tmp_p
 
 
 async def test_accepted_and_opened_sockets_have_tcp_nodelay(node: Node) -> None:
-    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+    """Both receive paths: the node's own (storage and echo) and pynetdicom's (Q/R)."""
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        StudyRootQueryRetrieveInformationModelFind,
+        Verification,
+    )
 
-    def check() -> tuple[int, int]:
+    def nodelay(sock: socket.socket) -> int:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+    def check(abstract_syntax: str) -> tuple[int, int]:
         ae = AE(ae_title="PYSCU")
-        ae.add_requested_context(Verification)
+        ae.add_requested_context(abstract_syntax)
         assoc = ae.associate("127.0.0.1", node.port, ae_title=AE_TITLE)
         assert assoc.is_established
         try:
-            client = assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            client = nodelay(assoc.dul.socket.socket)
             server = node.ae._server
-            assert server is not None
-            acceptors = server.active_associations
-            accepted = acceptors[0].dul.socket.socket.getsockopt(
-                socket.IPPROTO_TCP, socket.TCP_NODELAY
-            )
-            return client, accepted
+            assert server is not None and server.hub is not None
+            if abstract_syntax == Verification:
+                (receiving,) = server.hub.active
+                return client, nodelay(receiving.socket)
+            (acceptor,) = server.active_associations
+            return client, nodelay(acceptor.dul.socket.socket)
         finally:
             assoc.release()
 
-    client, accepted = await asyncio.to_thread(check)
-    assert client and accepted
+    for syntax in (Verification, StudyRootQueryRetrieveInformationModelFind):
+        client, accepted = await asyncio.to_thread(check, syntax)
+        assert client and accepted, syntax
 
 
 # -- the store, the header read and the writer, without a network --------------------------

@@ -1,0 +1,312 @@
+"""Which receive path serves a new association: the storage receiver or pynetdicom.
+
+The listening socket is pynetdicom's (its server, its TCP_NODELAY and TLS handling). For
+each connection the handler *peeks* at the A-ASSOCIATE-RQ without consuming it. A request
+that only proposes storage SOP classes (known, private or unknown, as pynetdicom's
+unrestricted storage service counts them) and Verification, with no extended negotiation
+(roles, user identity, asynchronous operations), is what a PACS pushing studies sends:
+the node negotiates it here and :class:`StorageAssociation` serves it. Everything else
+(Query/Retrieve, C-GET with its role selection, TLS, anything unusual) goes to pynetdicom
+untouched, as the socket was never read.
+
+Negotiation is pynetdicom's own: the same presentation-context function
+(``negotiate_unrestricted``, with the node's transfer-syntax rule installed by
+:mod:`negotiation`), the same reject reasons in the same order, and pynetdicom's PDU
+classes to decode the request and encode the answer, so both paths accept exactly the
+same things. The association limit counts both paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.uid import UID
+from pynetdicom import (
+    PYNETDICOM_IMPLEMENTATION_UID,
+    PYNETDICOM_IMPLEMENTATION_VERSION,
+    acse,
+    pdu_primitives,
+    presentation,
+    sop_class,
+)
+from pynetdicom._globals import APPLICATION_CONTEXT_NAME
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+from meshpacs.dicom import pdu
+from meshpacs.dicom.ingest import IngestService
+from meshpacs.dicom.pdulimit import MAX_CONTROL_PDU
+from meshpacs.dicom.receiver import AcceptedContext, StorageAssociation
+
+__all__ = ["MeshAssociationServer", "MeshRequestHandler", "ReceiverHub", "ReceiverSettings"]
+
+LOG = logging.getLogger("meshpacs.dicom")
+VERIFICATION = "1.2.840.10008.1.1"
+# The same table negotiate_unrestricted consults (private to pynetdicom, pinned).
+_STORAGE_UIDS = frozenset(getattr(presentation, "_STORAGE_CLASSES").values())  # noqa: B009
+# User information items a storage SCU sends; any other item goes to pynetdicom.
+_PLAIN_USER_ITEMS = (
+    pdu_primitives.MaximumLengthNotification,
+    pdu_primitives.ImplementationClassUIDNotification,
+    pdu_primitives.ImplementationVersionNameNotification,
+)
+# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4.
+_CALLING_AE_NOT_RECOGNIZED = (0x01, 0x01, 0x03)
+_CALLED_AE_NOT_RECOGNIZED = (0x01, 0x01, 0x07)
+_LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)
+
+
+@dataclass(frozen=True)
+class ReceiverSettings:
+    ae_title: str
+    max_pdu: int
+    max_associations: int
+    allowed_calling_aets: Sequence[str]
+    network_timeout: float
+    acse_timeout: float
+
+
+class ReceiverHub:
+    """The storage associations in flight: for the association limit and for shutdown."""
+
+    def __init__(self, settings: ReceiverSettings, ingest: IngestService) -> None:
+        self.settings = settings
+        self.ingest = ingest
+        self._active: set[StorageAssociation] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def active(self) -> list[StorageAssociation]:
+        with self._lock:
+            return list(self._active)
+
+    def admit(self, association: StorageAssociation, others: int) -> bool:
+        with self._lock:
+            if len(self._active) + others >= self.settings.max_associations:
+                return False
+            self._active.add(association)
+            return True
+
+    def release(self, association: StorageAssociation) -> None:
+        with self._lock:
+            self._active.discard(association)
+
+
+class MeshAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server; connections are handled by :class:`MeshRequestHandler`.
+
+    The request threads may serve whole storage associations, so they must neither keep
+    the process alive nor make ``shutdown`` wait for them: the AE's ``stop`` lets them
+    finish, then aborts them.
+    """
+
+    daemon_threads = True
+    block_on_close = False
+    hub: ReceiverHub | None = None
+
+
+class MeshRequestHandler(RequestHandler):
+    server: MeshAssociationServer
+
+    def handle(self) -> None:
+        hub = self.server.hub
+        sock = self.request
+        if hub is None or isinstance(sock, ssl.SSLSocket) or not isinstance(sock, socket.socket):
+            super().handle()
+            return
+        try:
+            raw = _peek_pdu(sock, hub.settings.acse_timeout)
+        except (OSError, TimeoutError):
+            _close(sock)
+            return
+        request = _storage_request(raw)
+        others = self._pynetdicom_acceptors()
+        if request is None:
+            if others + len(hub.active) >= hub.settings.max_associations and raw:
+                _reject(sock, len(raw), _LOCAL_LIMIT_EXCEEDED)
+                return
+            super().handle()
+            return
+        _serve_storage(sock, len(raw), request, hub, self.server.contexts, others)
+
+    def _pynetdicom_acceptors(self) -> int:
+        return sum(1 for a in self.server.active_associations if a.is_acceptor)
+
+
+def _peek_pdu(sock: socket.socket, timeout: float) -> bytes:
+    """The first PDU, left unread on the socket; b"" if it is not a bounded RQ.
+
+    ``recv(MSG_PEEK)`` returns what has arrived so far; a request split over several
+    segments is peeked again until whole (rare: a request is a few KiB).
+    """
+    sock.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    want = pdu.HEADER_LENGTH
+    seen = -1
+    while True:
+        data = sock.recv(want, socket.MSG_PEEK)
+        if not data:
+            raise ConnectionResetError("closed before the association request")
+        if len(data) >= pdu.HEADER_LENGTH:
+            kind, length = pdu.parse_header(data)
+            if kind != pdu.A_ASSOCIATE_RQ or length > MAX_CONTROL_PDU:
+                return b""  # pynetdicom answers and bounds whatever this is
+            want = pdu.HEADER_LENGTH + length
+        if len(data) >= want:
+            return data[:want]
+        if time.monotonic() > deadline:
+            raise TimeoutError("association request incomplete")
+        if len(data) == seen:
+            time.sleep(0.001)
+        seen = len(data)
+
+
+def _storage_request(raw: bytes) -> pdu_primitives.A_ASSOCIATE | None:
+    """The request as a primitive when it is a plain storage request, else None."""
+    if not raw:
+        return None
+    try:
+        rq = A_ASSOCIATE_RQ()
+        rq.decode(raw)
+        primitive = rq.to_primitive()
+    except Exception:
+        return None
+    if not all(isinstance(item, _PLAIN_USER_ITEMS) for item in primitive.user_information):
+        return None
+    contexts = primitive.presentation_context_definition_list
+    if not contexts or not all(_is_storage_or_echo(cx) for cx in contexts):
+        return None
+    return primitive
+
+
+def _is_storage_or_echo(cx: PresentationContext) -> bool:
+    """Verification, or what ``negotiate_unrestricted`` treats as a storage SOP class."""
+    uid = UID(str(cx.abstract_syntax))
+    if uid == VERIFICATION:
+        return True
+    return bool(uid.is_private or uid in _STORAGE_UIDS or not hasattr(sop_class, uid.keyword))
+
+
+def _serve_storage(
+    sock: socket.socket,
+    request_length: int,
+    request: pdu_primitives.A_ASSOCIATE,
+    hub: ReceiverHub,
+    supported: list[PresentationContext],
+    others: int,
+) -> None:
+    settings = hub.settings
+    calling = str(request.calling_ae_title).strip()
+    called = str(request.called_ae_title).strip()
+    try:
+        _recv_exactly(sock, request_length)  # consume the request we peeked at
+        rejection: tuple[int, int, int] | None = None
+        allowed = [a.strip() for a in settings.allowed_calling_aets]
+        if allowed and calling not in allowed:
+            rejection = _CALLING_AE_NOT_RECOGNIZED
+        if called != settings.ae_title.strip():
+            rejection = _CALLED_AE_NOT_RECOGNIZED
+        negotiate = getattr(acse, "negotiate_unrestricted")  # noqa: B009 - wrapped at run time
+        results, _roles = negotiate(request.presentation_context_definition_list, supported, None)
+        association = StorageAssociation(
+            sock,
+            ingest=hub.ingest,
+            contexts={
+                cx.context_id: AcceptedContext(
+                    cx.context_id, str(cx.abstract_syntax), str(cx.transfer_syntax[0])
+                )
+                for cx in results
+                if cx.result == 0x00
+            },
+            calling_ae=calling,
+            max_pdu=settings.max_pdu,
+            implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
+            implementation_version_name=PYNETDICOM_IMPLEMENTATION_VERSION,
+        )
+        if rejection is None and not hub.admit(association, others):
+            rejection = _LOCAL_LIMIT_EXCEEDED
+        if rejection is not None:
+            LOG.warning("association from %s rejected (reason %d/%d/%d)", calling, *rejection)
+            sock.sendall(_reject_pdu(rejection))
+            _close(sock)
+            return
+    except OSError as exc:
+        LOG.warning("association request from %s failed: %s", calling, exc.strerror or exc)
+        _close(sock)
+        return
+    try:
+        sock.settimeout(settings.network_timeout)
+        sock.sendall(_accept_pdu(request, results, settings.max_pdu))
+        LOG.info("storage association from %s accepted", calling)
+        association.run()
+        LOG.info("storage association from %s ended after %d instances",
+                 calling, association.instances)  # fmt: skip
+    except OSError as exc:
+        LOG.warning("association from %s failed: %s", calling, exc.strerror or exc)
+        _close(sock)
+    finally:
+        hub.release(association)
+
+
+def _accept_pdu(
+    request: pdu_primitives.A_ASSOCIATE, results: list[PresentationContext], max_pdu: int
+) -> bytes:
+    primitive = pdu_primitives.A_ASSOCIATE()
+    primitive.application_context_name = UID(APPLICATION_CONTEXT_NAME)
+    primitive.calling_ae_title = request.calling_ae_title
+    primitive.called_ae_title = request.called_ae_title
+    primitive.result = 0x00
+    primitive.result_source = 0x01
+    primitive.presentation_context_definition_results_list = results
+    max_length = pdu_primitives.MaximumLengthNotification()
+    max_length.maximum_length_received = max_pdu
+    class_uid = pdu_primitives.ImplementationClassUIDNotification()
+    class_uid.implementation_class_uid = UID(PYNETDICOM_IMPLEMENTATION_UID)
+    version = pdu_primitives.ImplementationVersionNameNotification()
+    version.implementation_version_name = PYNETDICOM_IMPLEMENTATION_VERSION
+    primitive.user_information = [max_length, class_uid, version]
+    ac = A_ASSOCIATE_AC()
+    ac.from_primitive(primitive)
+    return bytes(ac.encode())
+
+
+def _reject_pdu(reason: tuple[int, int, int]) -> bytes:
+    primitive = pdu_primitives.A_ASSOCIATE()
+    primitive.result, primitive.result_source, primitive.diagnostic = reason
+    rj = A_ASSOCIATE_RJ()
+    rj.from_primitive(primitive)
+    return bytes(rj.encode())
+
+
+def _reject(sock: socket.socket, request_length: int, reason: tuple[int, int, int]) -> None:
+    LOG.warning("association rejected: the association limit is reached")
+    try:
+        _recv_exactly(sock, request_length)
+        sock.sendall(_reject_pdu(reason))
+    except OSError:
+        pass
+    _close(sock)
+
+
+def _recv_exactly(sock: socket.socket, length: int) -> None:
+    view = memoryview(bytearray(length))
+    got = 0
+    while got < length:
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            raise ConnectionResetError("closed during the association request")
+        got += n
+
+
+def _close(sock: Any) -> None:
+    with contextlib.suppress(OSError):
+        sock.close()

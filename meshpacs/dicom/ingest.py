@@ -36,7 +36,7 @@ from typing import Any
 
 from meshpacs.dicom.attributes import read_instance_record
 from meshpacs.dicom.identifiers import is_valid_uid
-from meshpacs.dicom.storage import InstanceStore, StoredFile
+from meshpacs.dicom.storage import InstanceStore, PendingFile, StoredFile
 from meshpacs.errors import CatalogError, LimitExceeded
 from meshpacs.metadata.catalog import Catalog
 from meshpacs.metadata.records import AddResult, InstanceRecord
@@ -57,9 +57,9 @@ class STATUS:
 
 @dataclass(frozen=True)
 class ReceivedInstance:
-    """A dataset received whole into a temporary Part 10 file that its writer fsynced."""
+    """A dataset received whole into a pending Part 10 file, hashed as it was written."""
 
-    temp_path: Path
+    pending: PendingFile
     sha256: bytes
     size: int
     head: bytes = field(repr=False)
@@ -223,11 +223,10 @@ class IngestService:
         The receiver has already checked the UIDs and the size cap while receiving.
         """
         try:
-            stored = self._store.place(
-                received.temp_path, received.sha256, received.size, received.head
+            stored = self._store.place_pending(
+                received.pending, received.sha256, received.size, received.head
             )
         except OSError as exc:
-            received.temp_path.unlink(missing_ok=True)
             LOG.error("could not store an instance from %s: %s",
                       received.calling_ae, exc.strerror or exc)  # fmt: skip
             return STATUS.OUT_OF_RESOURCES
@@ -258,6 +257,9 @@ class IngestService:
             calling_ae=calling_ae,
             received_at=self._clock(),
         )
+        return self._commit(stored, record, calling_ae)
+
+    def _commit(self, stored: StoredFile, record: InstanceRecord, calling_ae: str) -> int:
         try:
             result = self._writer.submit(record).result(self._commit_timeout)
         except Exception as exc:

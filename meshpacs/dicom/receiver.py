@@ -26,13 +26,12 @@ import socket
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from meshpacs.dicom import pdu
 from meshpacs.dicom.identifiers import is_valid_uid
 from meshpacs.dicom.ingest import STATUS, IngestService, ReceivedInstance
 from meshpacs.dicom.part10 import file_meta
-from meshpacs.dicom.storage import HEAD_BYTES
+from meshpacs.dicom.storage import HEAD_BYTES, InstanceStore, PendingFile
 from meshpacs.errors import FormatError
 
 __all__ = ["MAX_COMMAND_BYTES", "AcceptedContext", "StorageAssociation"]
@@ -82,8 +81,7 @@ class _Incoming:
     sop_class: str
     sop_instance: str
     status: int = STATUS.SUCCESS  # anything else: drain the dataset, write nothing
-    fd: int | None = None
-    path: Path | None = None
+    file: PendingFile | None = None
     hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
     head: bytearray = field(default_factory=bytearray)
     size: int = 0
@@ -270,7 +268,7 @@ class StorageAssociation:
             implementation_version_name=self._implementation[1],
         )
         try:
-            incoming.fd, incoming.path = self._ingest.store.open_temp()
+            incoming.file = self._ingest.store.open_pending()
         except OSError as exc:
             self._refuse(incoming, f"no temporary file: {exc.strerror or exc}")
             return
@@ -294,11 +292,11 @@ class StorageAssociation:
             self._finish(incoming)
 
     def _append(self, incoming: _Incoming, data: memoryview) -> None:
-        assert incoming.fd is not None
+        assert incoming.file is not None
         try:
             written = 0
             while written < len(data):
-                written += os.write(incoming.fd, data[written:])
+                written += os.write(incoming.file.fd, data[written:])
         except OSError as exc:
             self._refuse(incoming, f"write failed: {exc.strerror or exc}")
             return
@@ -321,16 +319,9 @@ class StorageAssociation:
                       incoming.sop_class_raw, incoming.sop_instance_raw)  # fmt: skip
 
     def _commit(self, incoming: _Incoming) -> int:
-        assert incoming.fd is not None and incoming.path is not None
-        try:
-            os.fsync(incoming.fd)
-        except OSError as exc:
-            self._refuse(incoming, f"fsync failed: {exc.strerror or exc}")
-            return STATUS.OUT_OF_RESOURCES
-        os.close(incoming.fd)
-        incoming.fd = None
+        assert incoming.file is not None
         received = ReceivedInstance(
-            temp_path=incoming.path,
+            pending=incoming.file,
             sha256=incoming.hasher.digest(),
             size=incoming.size,
             head=bytes(incoming.head),
@@ -339,7 +330,7 @@ class StorageAssociation:
             transfer_syntax_uid=incoming.context.transfer_syntax,
             calling_ae=self.calling_ae,
         )
-        incoming.path = None  # the ingest service owns the file now
+        incoming.file = None  # the ingest service owns the file now
         status = self._ingest.commit_received(received)
         if status == STATUS.SUCCESS:
             self.instances += 1
@@ -388,13 +379,9 @@ class StorageAssociation:
 
 
 def _drop(incoming: _Incoming) -> None:
-    if incoming.fd is not None:
-        with contextlib.suppress(OSError):
-            os.close(incoming.fd)
-        incoming.fd = None
-    if incoming.path is not None:
-        incoming.path.unlink(missing_ok=True)
-        incoming.path = None
+    if incoming.file is not None:
+        InstanceStore.discard_pending(incoming.file)
+        incoming.file = None
 
 
 def _even(value: bytes) -> bytes:

@@ -15,6 +15,7 @@ storing an instance never creates a directory: one level of 256 keeps a director
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from meshpacs.errors import LimitExceeded
 
-__all__ = ["FANOUT", "HEAD_BYTES", "InstanceStore", "StoredFile"]
+__all__ = ["FANOUT", "HEAD_BYTES", "InstanceStore", "PendingFile", "StoredFile"]
 
 _CHUNK = 1024 * 1024
 # How much of the start of each file adopt() keeps in memory for the caller (the Part 10
@@ -47,6 +48,14 @@ class StoredFile:
     head: bytes = field(default=b"", repr=False, compare=False)
 
 
+@dataclass
+class PendingFile:
+    """A file being received: open for writing, not yet under its content address."""
+
+    fd: int
+    path: Path | None  # None: an unnamed O_TMPFILE inode
+
+
 class InstanceStore:
     def __init__(self, instances_dir: Path, tmp_dir: Path) -> None:
         self.instances_dir = instances_dir
@@ -54,6 +63,7 @@ class InstanceStore:
         instances_dir.mkdir(parents=True, exist_ok=True)
         tmp_dir.mkdir(parents=True, exist_ok=True)
         self._make_fanout_dirs()
+        self._unnamed = _can_link_unnamed(instances_dir)
 
     def path_for(self, sha256: bytes) -> Path:
         name = sha256.hex()
@@ -79,10 +89,58 @@ class InstanceStore:
         sha256, size, head = _hash_and_sync(temp_path, max_bytes)
         return self.place(temp_path, sha256, size, head)
 
-    def open_temp(self) -> tuple[int, Path]:
-        """A new temporary file for a transfer in progress: (descriptor, path)."""
+    def open_pending(self) -> PendingFile:
+        """A new file for a transfer in progress, open for writing.
+
+        Where the file system allows it (``O_TMPFILE``: ext4, XFS, btrfs, tmpfs) the file
+        has no name until :meth:`place_pending` links it under its content address: no
+        directory entry to create and remove per instance, and nothing left behind by a
+        crash. Elsewhere it is a named file in ``tmp/``.
+        """
+        if self._unnamed:
+            try:
+                fd = os.open(self.instances_dir, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+            except OSError:
+                self._unnamed = False
+            else:
+                return PendingFile(fd, None)
         fd, name = _mkstemp(self.tmp_dir)
-        return fd, Path(name)
+        return PendingFile(fd, Path(name))
+
+    def place_pending(
+        self, pending: PendingFile, sha256: bytes, size: int, head: bytes
+    ) -> StoredFile:
+        """fsync a fully written pending file, then put it in place as :meth:`place` does.
+
+        The descriptor is closed in every case; on failure the file is discarded.
+        """
+        try:
+            os.fsync(pending.fd)
+            if pending.path is not None:
+                os.close(pending.fd)
+                pending.fd = -1
+                return self.place(pending.path, sha256, size, head)
+            target = self.path_for(sha256)
+            directory = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                existed = not _link_unnamed(pending.fd, directory, target.name)
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+            return StoredFile(sha256, size, target, existed=existed, head=head)
+        finally:
+            self.discard_pending(pending)
+
+    @staticmethod
+    def discard_pending(pending: PendingFile) -> None:
+        """Close a pending file and remove it if it has a name (idempotent)."""
+        if pending.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(pending.fd)
+            pending.fd = -1
+        if pending.path is not None:
+            pending.path.unlink(missing_ok=True)
+            pending.path = None
 
     def place(self, temp_path: Path, sha256: bytes, size: int, head: bytes) -> StoredFile:
         """Rename a file already hashed *and fsynced* by its writer to its content address.
@@ -152,6 +210,39 @@ def _hash_and_sync(path: Path, max_bytes: int) -> tuple[bytes, int, bytes]:
             size += n
         os.fsync(f.fileno())
     return hasher.digest(), size, head
+
+
+def _link_unnamed(fd: int, directory: int, name: str) -> bool:
+    """Give the O_TMPFILE inode ``fd`` the name ``name`` in ``directory``; False if taken.
+
+    ``linkat(AT_FDCWD, "/proc/self/fd/N", dirfd, name, AT_SYMLINK_FOLLOW)`` (open(2)).
+    Python calls plain link(2), which does not follow the /proc link, unless a directory
+    descriptor is given, hence ``dst_dir_fd``.
+    """
+    try:
+        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=directory, follow_symlinks=True)
+    except FileExistsError:
+        return False  # the same bytes, linked only after their own fsync
+    return True
+
+
+def _can_link_unnamed(directory: Path) -> bool:
+    """Whether O_TMPFILE files can be created here and linked by /proc/self/fd."""
+    probe = f".probe-{os.getpid()}-{id(directory):x}"
+    try:
+        fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    except (OSError, AttributeError):
+        return False
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _link_unnamed(fd, dir_fd, probe)
+        os.unlink(probe, dir_fd=dir_fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        os.close(dir_fd)
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -25,6 +25,13 @@ from meshpacs.dicom.pdulimit import MAX_CONTROL_PDU
 
 from .conftest import AE_TITLE, Node, running_node
 
+
+@pytest.fixture(name="node")
+def _node(either_node: Node) -> Node:
+    """Every test here runs against both receive paths (meshpacs.dicom.receiver, pynetdicom)."""
+    return either_node
+
+
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"
 
@@ -71,11 +78,12 @@ def instance_files(node: Node) -> list[Path]:
     return list(node.store.instances_dir.rglob("*.dcm"))
 
 
-@pytest.fixture
-async def guarded(tmp_path: Path) -> AsyncIterator[Node]:
+@pytest.fixture(params=["direct", "pynetdicom"])
+async def guarded(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Node]:
     """A node with an allow-list, two associations at most and a short idle timeout."""
     async with running_node(
         tmp_path / "node",
+        direct_storage=request.param == "direct",
         allowed_calling_aets=("GOODSCU",),
         max_associations=2,
         network_timeout=1.0,

@@ -14,7 +14,8 @@ result never depends on where the head ends.
 from __future__ import annotations
 
 import io
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from pydicom.dataset import Dataset
 from meshpacs.dicom.identifiers import is_valid_uid
 from meshpacs.metadata.records import InstanceRecord, PatientInfo, SeriesInfo, StudyInfo
 
-__all__ = ["READ_TAGS", "read_instance_record"]
+__all__ = ["READ_TAGS", "HeaderAttributes", "attributes_from_head", "read_instance_record"]
 
 READ_TAGS = [
     "SpecificCharacterSet",
@@ -95,11 +96,13 @@ def read_instance_record(
     sha256: bytes,
     calling_ae: str,
     received_at: float,
+    early: HeaderAttributes | None = None,
 ) -> InstanceRecord:
     """A catalog record for the stored file at ``path`` (UIDs from the C-STORE request).
 
     ``head`` is the start of that file as already read (``StoredFile.head``); it is
-    parsed instead of the file whenever it holds the whole header.
+    parsed instead of the file whenever it holds the whole header. ``early`` is the
+    header already parsed while the file was arriving (:func:`attributes_from_head`).
     """
     unparsed = InstanceRecord(
         sop_instance_uid=sop_instance_uid,
@@ -115,16 +118,13 @@ def read_instance_record(
         series=None,
         parse_error="not read",
     )
-    try:
-        parsed = _parse_head(head, size) if head else None
-        if parsed is None:
-            with path.open("rb") as f:
-                parsed = _hierarchy(_dcmread(f))
-        patient, study, series, number = parsed
-    except _Unusable as exc:
-        return replace(unparsed, parse_error=str(exc))
-    except Exception as exc:  # pydicom raises many types on bad input; all mean "unparsed"
-        return replace(unparsed, parse_error=f"dataset could not be read ({type(exc).__name__})")
+    if early is None and head:
+        early = _attributes(lambda: _parse_head(head, size))
+    if early is None:
+        early = _attributes(lambda: _read_file(path))
+    if early is None or early.parsed is None:
+        return replace(unparsed, parse_error=early.error if early else "not read")
+    patient, study, series, number = early.parsed
     return replace(
         unparsed,
         instance_number=number,
@@ -133,6 +133,38 @@ def read_instance_record(
         series=series,
         parse_error=None,
     )
+
+
+@dataclass(frozen=True)
+class HeaderAttributes:
+    """The catalog's attributes from a header, or why they could not be had."""
+
+    parsed: _Parsed | None
+    error: str | None
+
+
+def attributes_from_head(head: bytes) -> HeaderAttributes | None:
+    """Parse the start of a file still arriving; None if the header runs past ``head``.
+
+    The receiver calls it once the first :data:`HEAD_BYTES` are in, so the parse runs
+    while the peer is still sending pixel data instead of after the last byte.
+    """
+    return _attributes(lambda: _parse_head(head, size=len(head) + 1))
+
+
+def _attributes(parse: Callable[[], _Parsed | None]) -> HeaderAttributes | None:
+    try:
+        parsed = parse()
+    except _Unusable as exc:
+        return HeaderAttributes(None, str(exc))
+    except Exception as exc:  # pydicom raises many types on bad input; all mean "unparsed"
+        return HeaderAttributes(None, f"dataset could not be read ({type(exc).__name__})")
+    return None if parsed is None else HeaderAttributes(parsed, None)
+
+
+def _read_file(path: Path) -> _Parsed:
+    with path.open("rb") as f:
+        return _hierarchy(_dcmread(f))
 
 
 class _Unusable(Exception):

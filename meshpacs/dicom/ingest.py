@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshpacs.dicom.attributes import read_instance_record
+from meshpacs.dicom.attributes import HeaderAttributes, read_instance_record
 from meshpacs.dicom.identifiers import is_valid_uid
 from meshpacs.dicom.storage import InstanceStore, PendingFile, StoredFile
 from meshpacs.errors import CatalogError, LimitExceeded
@@ -67,6 +67,7 @@ class ReceivedInstance:
     sop_instance_uid: str
     transfer_syntax_uid: str
     calling_ae: str
+    early: HeaderAttributes | None = None  # the header, parsed while the rest arrived
 
 
 @dataclass
@@ -236,6 +237,7 @@ class IngestService:
             received.sop_instance_uid,
             received.transfer_syntax_uid,
             received.calling_ae,
+            received.early,
         )
 
     def _catalogue(
@@ -245,6 +247,7 @@ class IngestService:
         sop_instance: str,
         transfer_syntax: str,
         calling_ae: str,
+        early: HeaderAttributes | None = None,
     ) -> int:
         record = read_instance_record(
             stored.path,
@@ -256,6 +259,7 @@ class IngestService:
             sha256=stored.sha256,
             calling_ae=calling_ae,
             received_at=self._clock(),
+            early=early,
         )
         return self._commit(stored, record, calling_ae)
 

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from meshpacs.dicom import pdu
+from meshpacs.dicom.attributes import HeaderAttributes, attributes_from_head
 from meshpacs.dicom.identifiers import is_valid_uid
 from meshpacs.dicom.ingest import STATUS, IngestService, ReceivedInstance
 from meshpacs.dicom.part10 import file_meta
@@ -85,6 +86,7 @@ class _Incoming:
     hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
     head: bytearray = field(default_factory=bytearray)
     size: int = 0
+    early: HeaderAttributes | None = None  # parsed as soon as the head was in
 
 
 class StorageAssociation:
@@ -304,6 +306,9 @@ class StorageAssociation:
         incoming.size += len(data)
         if len(incoming.head) < HEAD_BYTES:
             incoming.head += data[: HEAD_BYTES - len(incoming.head)]
+            if len(incoming.head) == HEAD_BYTES:
+                # The peer is still sending pixel data: parse the header meanwhile.
+                incoming.early = attributes_from_head(bytes(incoming.head))
 
     def _refuse(self, incoming: _Incoming, reason: str) -> None:
         """Stop writing this dataset: it will be drained and answered Out of Resources."""
@@ -329,6 +334,7 @@ class StorageAssociation:
             sop_instance_uid=incoming.sop_instance,
             transfer_syntax_uid=incoming.context.transfer_syntax,
             calling_ae=self.calling_ae,
+            early=incoming.early,
         )
         incoming.file = None  # the ingest service owns the file now
         status = self._ingest.commit_received(received)

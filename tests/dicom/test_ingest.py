@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pynetdicom import AE
 
-from meshpacs.dicom.attributes import read_instance_record
+from meshpacs.dicom.attributes import attributes_from_head, read_instance_record
 from meshpacs.dicom.ingest import CatalogWriter
 from meshpacs.dicom.part10 import dataset_offset
 from meshpacs.dicom.storage import FANOUT, HEAD_BYTES, InstanceStore
@@ -320,6 +320,37 @@ def test_attributes_from_the_head_match_those_from_the_file(
     assert from_file.study.description == description
     for cut in (0, 1, 132, 300, len(data) // 2, HEAD_BYTES, len(data)):
         assert _record_of(path, data, data[:cut]) == from_file, cut
+
+
+@pytest.mark.parametrize(("pixels", "description"), [(200_000, "Head"), (200_000, "D" * 5000)])
+def test_a_header_parsed_while_arriving_gives_the_same_record(
+    tmp_path: Path, pixels: int, description: str
+) -> None:
+    """The receiver parses the first HEAD_BYTES before the rest is in; cut anywhere, the
+    early parse either answers exactly as the file does or declines (None)."""
+    path = tmp_path / "x.dcm"
+    data = _dataset_file(path, pixels=pixels, description=description)
+    from_file = _record_of(path, data, b"")
+    answered = 0
+    for cut in (1, 132, 300, 2000, 4000, 9000, HEAD_BYTES):
+        early = attributes_from_head(data[:cut])
+        if early is None:
+            continue
+        answered += 1
+        record = read_instance_record(
+            path,
+            head=data[:cut],
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.7",
+            sop_instance_uid="1.2.3.300.1.1",
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+            size=len(data),
+            sha256=hashlib.sha256(data).digest(),
+            calling_ae="PACS",
+            received_at=1.0,
+            early=early,
+        )
+        assert record == from_file, cut
+    assert answered >= 1  # the full head always holds this header
 
 
 def test_a_truncated_file_reads_the_same_from_the_head(tmp_path: Path) -> None:

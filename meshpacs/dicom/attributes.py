@@ -21,9 +21,14 @@ from typing import Any
 
 import pydicom
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
+from meshpacs.dicom.header import NotHere, find_elements
 from meshpacs.dicom.identifiers import is_valid_uid
+from meshpacs.dicom.part10 import dataset_offset
+from meshpacs.errors import FormatError
 from meshpacs.metadata.records import InstanceRecord, PatientInfo, SeriesInfo, StudyInfo
 
 __all__ = ["READ_TAGS", "HeaderAttributes", "attributes_from_head", "read_instance_record"]
@@ -119,7 +124,7 @@ def read_instance_record(
         parse_error="not read",
     )
     if early is None and head:
-        early = _attributes(lambda: _parse_head(head, size))
+        early = _attributes(lambda: _parse_head(head, size, transfer_syntax_uid))
     if early is None:
         early = _attributes(lambda: _read_file(path))
     if early is None or early.parsed is None:
@@ -143,13 +148,13 @@ class HeaderAttributes:
     error: str | None
 
 
-def attributes_from_head(head: bytes) -> HeaderAttributes | None:
+def attributes_from_head(head: bytes, transfer_syntax_uid: str) -> HeaderAttributes | None:
     """Parse the start of a file still arriving; None if the header runs past ``head``.
 
     The receiver calls it once the first :data:`HEAD_BYTES` are in, so the parse runs
     while the peer is still sending pixel data instead of after the last byte.
     """
-    return _attributes(lambda: _parse_head(head, size=len(head) + 1))
+    return _attributes(lambda: _parse_head(head, len(head) + 1, transfer_syntax_uid))
 
 
 def _attributes(parse: Callable[[], _Parsed | None]) -> HeaderAttributes | None:
@@ -180,13 +185,43 @@ def _dcmread(f: io.BufferedIOBase) -> Dataset:
     )
 
 
-def _parse_head(head: bytes, size: int) -> _Parsed | None:
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_EXPLICIT_BE = "1.2.840.10008.1.2.2"
+_WANTED = frozenset(_READ_TAG_NUMBERS)
+_LAST_WANTED = max(_READ_TAG_NUMBERS)
+
+
+def _walk_head(head: bytes, complete: bool, transfer_syntax_uid: str) -> _Parsed | None:
+    """The hierarchy through :func:`find_elements`; None when pydicom must read it."""
+    if transfer_syntax_uid == _EXPLICIT_BE or not transfer_syntax_uid:
+        return None
+    implicit = transfer_syntax_uid == _IMPLICIT_LE
+    try:
+        start = dataset_offset(head)
+        found = find_elements(
+            head, start, implicit=implicit, wanted=_WANTED, last=_LAST_WANTED, complete=complete
+        )
+    except (NotHere, FormatError):
+        return None
+    ds = Dataset(
+        {
+            Tag(tag): RawDataElement(Tag(tag), e.vr, len(e.value), e.value, 0, implicit, True, True)
+            for tag, e in found.items()
+        }
+    )
+    return _hierarchy(ds)
+
+
+def _parse_head(head: bytes, size: int, transfer_syntax_uid: str = "") -> _Parsed | None:
     """The hierarchy from the head alone; None when reading the file is needed after all.
 
     Deferred values are read from the same buffer, so the whole of ``_hierarchy`` runs
     before the buffer is closed. Whatever the parse did, if any read ran past the head its
     result is dropped: the file gives the answer then, errors included.
     """
+    walked = _walk_head(head, len(head) >= size, transfer_syntax_uid)
+    if walked is not None:
+        return walked
     with _Head(head, complete=len(head) >= size) as fp:
         try:
             parsed = _hierarchy(_dcmread(fp))

@@ -308,7 +308,9 @@ class StorageAssociation:
             incoming.head += data[: HEAD_BYTES - len(incoming.head)]
             if len(incoming.head) == HEAD_BYTES:
                 # The peer is still sending pixel data: parse the header meanwhile.
-                incoming.early = attributes_from_head(bytes(incoming.head))
+                incoming.early = attributes_from_head(
+                    bytes(incoming.head), incoming.context.transfer_syntax
+                )
 
     def _refuse(self, incoming: _Incoming, reason: str) -> None:
         """Stop writing this dataset: it will be drained and answered Out of Resources."""

@@ -1,19 +1,20 @@
 """C-STORE ingest: exact bytes on disk and a committed catalog row before Success.
 
 Two receive paths end here. Plain storage associations are read by the node's own
-receiver (:mod:`receiver`), which streams each dataset, as received, into a temporary
-Part 10 file (file meta built from the presentation context), hashing it on the way and
-fsyncing it, and calls :meth:`IngestService.commit_received`. Other associations are
+receiver (:mod:`receiver`): it streams each dataset, as received, into a pending Part 10
+file (file meta built from the presentation context), hashing it and parsing its header
+on the way, and calls :meth:`IngestService.commit_received`. Other associations are
 pynetdicom's, which streams the dataset into its own temporary file
 (``STORE_RECV_CHUNKED_DATASET``) and calls :meth:`IngestService.handle_store`; that
-handler hashes the file in one read and fsyncs it. Nothing is decoded or re-encoded on
-either path.
+handler hashes the file in one read. Nothing is decoded or re-encoded on either path.
 
-Then, in the association's thread: rename to the content address and fsync the
-directory entry (:meth:`InstanceStore.place`), parse the catalog attributes from the head
-of the file kept in memory, and hand the record to the :class:`CatalogWriter`, blocking
-until the batch holding it is committed (WAL, synchronous=FULL). Only then does the PACS
-get Success.
+Then, in the association's thread: fsync the file, give it its content address and fsync
+the directory entry (:class:`InstanceStore`), and have the :class:`CatalogWriter` commit
+its row (WAL, synchronous=FULL). On the receiver's path the row is committed *while* the
+file is made durable (the two disk flushes overlap); on pynetdicom's, after. Either way
+the PACS gets Success only once both are on stable storage. A row left without its file
+by a crash between the two was never acknowledged; :func:`reconcile_recent` removes it at
+the next start.
 
 Group commit: the writer takes every record waiting when it starts a batch, so parallel
 associations share one commit (one WAL fsync) instead of paying one each.
@@ -41,7 +42,7 @@ from meshpacs.errors import CatalogError, LimitExceeded
 from meshpacs.metadata.catalog import Catalog
 from meshpacs.metadata.records import AddResult, InstanceRecord
 
-__all__ = ["STATUS", "CatalogWriter", "IngestService", "ReceivedInstance"]
+__all__ = ["STATUS", "CatalogWriter", "IngestService", "ReceivedInstance", "reconcile_recent"]
 
 LOG = logging.getLogger("meshpacs.ingest")
 
@@ -74,6 +75,7 @@ class ReceivedInstance:
 class _Pending:
     record: InstanceRecord
     done: concurrent.futures.Future[AddResult]
+    retract: bool = False  # remove the row this record added, instead of adding it
 
 
 def _settle(pending: _Pending, outcome: AddResult | BaseException) -> None:
@@ -127,7 +129,13 @@ class CatalogWriter:
 
     def submit(self, record: InstanceRecord) -> concurrent.futures.Future[AddResult]:
         """Queue ``record`` from any thread; the future resolves once it is committed."""
-        pending = _Pending(record, concurrent.futures.Future())
+        return self._queue_up(_Pending(record, concurrent.futures.Future()))
+
+    def retract(self, record: InstanceRecord) -> concurrent.futures.Future[AddResult]:
+        """Remove the row an earlier :meth:`submit` of ``record`` added (its file failed)."""
+        return self._queue_up(_Pending(record, concurrent.futures.Future(), retract=True))
+
+    def _queue_up(self, pending: _Pending) -> concurrent.futures.Future[AddResult]:
         with self._lock:
             if self._running:
                 self._queue.put(pending)
@@ -158,6 +166,16 @@ class CatalogWriter:
             db.close()
 
     def _commit(self, db: sqlite3.Connection, batch: list[_Pending]) -> None:
+        for pending in [p for p in batch if p.retract]:
+            try:
+                self._catalog.retract_on(db, pending.record)
+            except Exception as exc:
+                _settle(pending, exc)
+            else:
+                _settle(pending, AddResult.STORED)
+        batch = [p for p in batch if not p.retract]
+        if not batch:
+            return
         try:
             results = self._catalog.add_instances_on(db, [p.record for p in batch])
         except Exception as exc:
@@ -167,6 +185,28 @@ class CatalogWriter:
         self.batches += 1
         for pending, result in zip(batch, results, strict=True):
             _settle(pending, result)
+
+
+# More rows than can ever be in flight at once (one per association, a few per batch).
+RECONCILE_ROWS = 10_000
+
+
+async def reconcile_recent(catalog: Catalog, store: InstanceStore) -> int:
+    """At start-up, before accepting peers: drop the newest rows whose file is missing.
+
+    Ingest commits a row while its file is made durable; a crash in between leaves the row
+    without its file. Such an instance was never acknowledged, so its row goes (the PACS
+    sends it again). Returns how many rows were removed.
+    """
+    latest = await catalog.latest_instances(RECONCILE_ROWS)
+    missing = await asyncio.to_thread(
+        lambda: [row for row, sha in latest if not store.path_for(sha).exists()]
+    )
+    if missing:
+        await catalog.forget_instances(missing)
+        LOG.warning("removed %d catalog rows of instances never acknowledged (their files "
+                    "were not written before the node stopped)", len(missing))  # fmt: skip
+    return len(missing)
 
 
 class IngestService:
@@ -219,10 +259,57 @@ class IngestService:
         return self._max_bytes
 
     def commit_received(self, received: ReceivedInstance) -> int:
-        """For the storage receiver: place a file it hashed and fsynced, then catalogue it.
+        """For the storage receiver: make its file durable and catalogue it, together.
 
-        The receiver has already checked the UIDs and the size cap while receiving.
+        The receiver has hashed the file and checked the UIDs and the size cap while
+        receiving, and usually parsed the header too, so the row can be committed while
+        the file is fsynced and linked: the two disk flushes overlap. Success still waits
+        for both. A row whose file then fails is retracted; a crash between the two leaves
+        a row without a file, which :func:`reconcile_recent` removes at the next start
+        (it was never acknowledged).
         """
+        if received.early is None and len(received.head) < received.size:
+            return self._place_then_catalogue(received)  # the header must be read from disk
+        record = read_instance_record(
+            self._store.path_for(received.sha256),  # not read: the head holds the header
+            head=received.head,
+            sop_class_uid=received.sop_class_uid,
+            sop_instance_uid=received.sop_instance_uid,
+            transfer_syntax_uid=received.transfer_syntax_uid,
+            size=received.size,
+            sha256=received.sha256,
+            calling_ae=received.calling_ae,
+            received_at=self._clock(),
+            early=received.early,
+        )
+        row = self._writer.submit(record)
+        try:
+            stored = self._store.place_pending(
+                received.pending, received.sha256, received.size, received.head
+            )
+        except OSError as exc:
+            LOG.error("could not store an instance from %s: %s",
+                      received.calling_ae, exc.strerror or exc)  # fmt: skip
+            self._retract(row, record)
+            return STATUS.OUT_OF_RESOURCES
+        try:
+            result = row.result(self._commit_timeout)
+        except Exception as exc:
+            LOG.error("catalog commit failed for instance %s: %s", stored.sha256.hex()[:12], exc)
+            return STATUS.PROCESSING_FAILURE
+        self._log_stored(stored, record, result, received.calling_ae)
+        return STATUS.SUCCESS
+
+    def _retract(self, row: concurrent.futures.Future[AddResult], record: InstanceRecord) -> None:
+        try:
+            if row.result(self._commit_timeout) is AddResult.DUPLICATE:
+                return  # the row and its file were there before
+            self._writer.retract(record).result(self._commit_timeout)
+        except Exception as exc:
+            LOG.error("could not retract the catalog row of a failed instance (%s); "
+                      "it is removed at the next start", exc)  # fmt: skip
+
+    def _place_then_catalogue(self, received: ReceivedInstance) -> int:
         try:
             stored = self._store.place_pending(
                 received.pending, received.sha256, received.size, received.head

@@ -236,6 +236,45 @@ class Catalog:
             _log.warning(message, *args)
         return results
 
+    def retract_on(self, db: sqlite3.Connection, record: InstanceRecord) -> bool:
+        """Remove the row ``record`` added, on a writer connection; False if there was none.
+
+        For an instance whose row was committed but whose file could not be put in place
+        (ingest commits the row while the file is being made durable).
+        """
+        with _sqlite_errors("write"):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute(
+                    "SELECT id FROM instances WHERE sop_instance_uid = ? AND sha256 = ?",
+                    (record.sop_instance_uid, record.sha256),
+                ).fetchone()
+                if row is not None:
+                    _forget_rows(db, [int(row[0])])
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+        return row is not None
+
+    async def latest_instances(self, limit: int) -> list[tuple[int, bytes]]:
+        """(row id, sha256) of the ``limit`` most recently added instance rows."""
+        async with self._read() as conn:
+            rows = await conn.execute_fetchall(
+                "SELECT id, sha256 FROM instances ORDER BY id DESC LIMIT ?", (limit,)
+            )
+        return [(int(row[0]), bytes(row[1])) for row in rows]
+
+    async def forget_instances(self, row_ids: Sequence[int]) -> None:
+        """Remove instance rows whose files are gone (see ``ingest.reconcile_recent``)."""
+        if not row_ids:
+            return
+        ids = list(row_ids)
+        async with self._lock:
+            with _sqlite_errors("write"):
+                await self._in_sqlite_thread(lambda db: _forget_in_transaction(db, ids))
+
     async def _in_sqlite_thread(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``fn`` on the raw connection in aiosqlite's own thread, as one queued call.
 
@@ -544,6 +583,34 @@ class Catalog:
             )
         names = ("patients", "studies", "series", "instances", "conflicts", "unparsed")
         return {name: int(value) for name, value in zip(names, rows[0], strict=True)}
+
+
+def _forget_rows(db: sqlite3.Connection, row_ids: Sequence[int]) -> None:
+    """Delete instance rows inside the caller's transaction; a version left alone is no
+    longer in conflict."""
+    for row_id in row_ids:
+        uid = db.execute(
+            "SELECT sop_instance_uid FROM instances WHERE id = ?", (row_id,)
+        ).fetchone()
+        if uid is None:
+            continue
+        db.execute("DELETE FROM instances WHERE id = ?", (row_id,))
+        db.execute(
+            "UPDATE instances SET conflict = 0 WHERE sop_instance_uid = ?1"
+            " AND (SELECT count(*) FROM instances WHERE sop_instance_uid = ?1) = 1",
+            (uid[0],),
+        )
+
+
+def _forget_in_transaction(db: sqlite3.Connection, row_ids: Sequence[int]) -> None:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        _forget_rows(db, row_ids)
+        db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
 
 
 def _configure_sync(db: sqlite3.Connection) -> None:

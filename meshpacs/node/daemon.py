@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from meshpacs.dicom.ingest import CatalogWriter, IngestService
+from meshpacs.dicom.ingest import CatalogWriter, IngestService, reconcile_recent
 from meshpacs.dicom.qr import QueryRetrieveService
 from meshpacs.dicom.scp import AeSettings, DicomAE, configure_pynetdicom
 from meshpacs.dicom.storage import InstanceStore
@@ -91,6 +91,7 @@ async def run_node(
     tempfile.tempdir = str(config.tmp_dir)
 
     catalog = await Catalog.open(config.catalog_path)
+    await reconcile_recent(catalog, store)
     writer = CatalogWriter(catalog)
     writer.start()
     ingest = IngestService(store, writer, max_instance_bytes=config.dicom.max_instance_bytes)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import errno
 import hashlib
 import os
 import socket
@@ -16,7 +18,7 @@ from pydicom.filewriter import dcmwrite
 from pynetdicom import AE
 
 from meshpacs.dicom.attributes import attributes_from_head, read_instance_record
-from meshpacs.dicom.ingest import CatalogWriter
+from meshpacs.dicom.ingest import CatalogWriter, reconcile_recent
 from meshpacs.dicom.part10 import dataset_offset
 from meshpacs.dicom.storage import FANOUT, HEAD_BYTES, InstanceStore
 from meshpacs.errors import CatalogError
@@ -403,3 +405,51 @@ def test_nothing_is_placed_when_the_file_fsync_fails(
     with pytest.raises(OSError):
         store.adopt(temp, max_bytes=100)
     assert list(store.instances_dir.rglob("*.dcm")) == []
+
+
+async def test_rows_without_their_file_are_removed_at_start(tmp_path: Path) -> None:
+    """A crash between committing a row and linking its file leaves such a row."""
+    store = InstanceStore(tmp_path / "instances", tmp_path / "tmp")
+    path = tmp_path / "x.dcm"
+    data = _dataset_file(path)
+    kept = _record_of(path, data, data)
+    store.write(data)
+    lost = dataclasses.replace(kept, sha256=hashlib.sha256(b"never written").digest())
+    other_uid = dataclasses.replace(lost, sop_instance_uid="1.2.3.300.1.2")
+    async with await Catalog.open(tmp_path / "catalog.sqlite") as catalog:
+        assert await catalog.add_instances([kept, lost, other_uid]) == [
+            AddResult.STORED, AddResult.CONFLICT, AddResult.STORED,
+        ]  # fmt: skip
+        assert (await catalog.counts())["conflicts"] == 1
+        assert await reconcile_recent(catalog, store) == 2
+        counts = await catalog.counts()
+        assert counts["instances"] == 1
+        # The surviving version is alone again: no longer flagged as a conflict.
+        assert counts["conflicts"] == 0
+        assert await reconcile_recent(catalog, store) == 0
+
+
+async def test_a_file_that_cannot_be_placed_takes_its_row_back(
+    node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Disk errors can't be made real here: place_pending is made to fail (ENOSPC)."""
+    if node.ae._server is None or node.ae._server.hub is None:
+        pytest.skip("only the direct receive path commits the row before placing the file")
+    path = tmp_path / "x.dcm"
+    _dataset_file(path, pixels=200_000)
+    failing = True
+    original = node.store.place_pending
+
+    def place_pending(*args: Any) -> Any:
+        if failing:
+            InstanceStore.discard_pending(args[0])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(*args)
+
+    monkeypatch.setattr(node.store, "place_pending", place_pending)
+    assert await asyncio.to_thread(_send, node.port, path) == 0xA700
+    assert (await node.catalog.counts())["instances"] == 0
+    failing = False
+    assert await asyncio.to_thread(_send, node.port, path) == 0x0000
+    assert (await node.catalog.counts())["instances"] == 1
+    assert len(stored_files(node)) == 1

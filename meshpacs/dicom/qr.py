@@ -4,11 +4,12 @@ pynetdicom's C-MOVE and C-GET handlers must yield pydicom ``Dataset`` objects, w
 encodes again for the C-STORE sub-operation: a decode and re-encode of every image, slow
 (Orthanc serves a 300-image C-MOVE in 0.6 s, a naive pynetdicom handler in 2.6 s) and not
 byte-preserving for odd files. Here the handlers yield a :class:`StoredInstance`, a
-``Dataset`` that carries only the two UIDs and the stored file's path, and
+``Dataset`` that carries only the two UIDs and the stored file's location, and
 :func:`install_raw_retrieve` makes ``Association.send_c_store`` send such an object from its
-file with ``STORE_SEND_CHUNKED_DATASET``: the dataset bytes stream from disk exactly as they
-were received, in their own transfer syntax. ``tests/dicom/test_qr.py`` proves it with
-pydicom's odd test files and fails if pynetdicom stops calling the wrapped method.
+file through :mod:`sender`: the dataset bytes go from disk to the socket exactly as they
+were received, in their own transfer syntax, without pynetdicom's per-PDU machinery.
+``tests/dicom/test_qr.py`` proves it with pydicom's odd test files and fails if pynetdicom
+stops calling the wrapped method.
 
 The C-MOVE sub-association proposes exactly the SOP classes and transfer syntaxes of the
 instances it sends, never a static list (pynetdicom refuses more than 128 contexts).
@@ -28,7 +29,8 @@ from pynetdicom import _config, build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
-from meshpacs.dicom.reactor import install_counting_checkpoint, pause_reactor
+from meshpacs.dicom.reactor import install_counting_checkpoint
+from meshpacs.dicom.sender import install_send_lock, send_stored
 from meshpacs.dicom.storage import InstanceStore
 from meshpacs.errors import InvalidQuery, LimitExceeded, MeshError
 from meshpacs.metadata.catalog import Catalog
@@ -78,24 +80,43 @@ class StoredInstance(Dataset):
         self.SOPClassUID = location.sop_class_uid
         self.SOPInstanceUID = location.sop_instance_uid
         self.meshpacs_path = path
+        self.meshpacs_location = location
 
 
 _MARK = "_meshpacs_raw_retrieve"
 
 
 def install_raw_retrieve() -> None:
-    """Make ``send_c_store`` stream a :class:`StoredInstance` from its file, byte for byte."""
+    """Make ``send_c_store`` send a :class:`StoredInstance` from its file, byte for byte."""
     _config.STORE_SEND_CHUNKED_DATASET = True
     install_counting_checkpoint()
+    install_send_lock()
     if getattr(Association.send_c_store, _MARK, False):
         return
     original = Association.send_c_store
 
-    def send_c_store(self: Association, dataset: Any, *args: Any, **kwargs: Any) -> Dataset:
-        if isinstance(dataset, StoredInstance):
-            pause_reactor(self)  # a C-MOVE sub-association: see reactor.py
-            dataset = dataset.meshpacs_path
-        return original(self, dataset, *args, **kwargs)
+    def send_c_store(
+        self: Association,
+        dataset: Any,
+        msg_id: int = 1,
+        priority: int = 2,
+        originator_aet: str | None = None,
+        originator_id: int | None = None,
+    ) -> Dataset:
+        if not isinstance(dataset, StoredInstance):
+            return original(self, dataset, msg_id, priority, originator_aet, originator_id)
+        location = dataset.meshpacs_location
+        return send_stored(
+            self,
+            dataset.meshpacs_path,
+            sop_class_uid=location.sop_class_uid,
+            sop_instance_uid=location.sop_instance_uid,
+            transfer_syntax_uid=location.transfer_syntax_uid,
+            msg_id=msg_id,
+            priority=priority,
+            originator_aet=originator_aet,
+            originator_id=originator_id,
+        )
 
     setattr(send_c_store, _MARK, True)
     Association.send_c_store = send_c_store  # type: ignore[method-assign]

@@ -21,13 +21,21 @@ the C-STORE SCU (``scu.py``) and the C-MOVE sub-association (``qr.py``).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from pynetdicom.association import Association
 
-__all__ = ["CountingCheckpoint", "install_counting_checkpoint", "pause_reactor"]
+__all__ = [
+    "HOLD_IDLE_SECONDS",
+    "CountingCheckpoint",
+    "install_counting_checkpoint",
+    "pause_reactor",
+    "reactor_held",
+]
 
 _MARK = "_meshpacs_counting_checkpoint"
 
@@ -83,3 +91,80 @@ def pause_reactor(assoc: Any, limit: float = 1.0) -> None:
         elif seen_running:
             return
         time.sleep(0.0001)
+
+
+# A held reactor is resumed after this long without a send (an association nobody
+# released); pynetdicom's release and abort resume it at once.
+HOLD_IDLE_SECONDS = 5.0
+_HELD = "_meshpacs_reactor_hold"
+_HOLDS = threading.Lock()
+
+
+class _Hold:
+    """A reactor kept paused between sends; resumed when idle or when the association ends.
+
+    pynetdicom's ``release`` and ``kill`` set the checkpoint themselves, which resumes the
+    reactor; the watchdog covers an association nobody releases.
+    """
+
+    def __init__(self, assoc: Any, idle: float) -> None:
+        self.assoc = assoc
+        self.idle = idle
+        self.busy = 0
+        self.last = time.monotonic()
+        self.lock = threading.Lock()
+        threading.Thread(target=self._watch, name="meshpacs-reactor-hold", daemon=True).start()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(0.5, self.idle))
+            with self.lock:
+                if getattr(self.assoc, _HELD, None) is not self:
+                    return
+                idle = not self.busy and time.monotonic() - self.last > self.idle
+                if idle or not self.assoc.is_established:
+                    delattr(self.assoc, _HELD)
+                    self.assoc._reactor_checkpoint.set()
+                    return
+
+
+@contextlib.contextmanager
+def reactor_held(assoc: Any, idle: float | None = None) -> Iterator[None]:
+    """Send with the association's reactor paused, and leave it paused for the next send.
+
+    For an association sent on from another thread (a C-MOVE sub-association): pausing
+    and resuming the reactor around every instance cost about 1.3 ms each
+    (docs/benchmarks.md). From the association's own thread (C-GET) there is nothing to
+    pause.
+    """
+    if threading.current_thread() is assoc or getattr(assoc, "_reactor_checkpoint", None) is None:
+        yield
+        return
+    hold = _take_hold(assoc, HOLD_IDLE_SECONDS if idle is None else idle)
+    try:
+        yield
+    finally:
+        with hold.lock:
+            hold.busy -= 1
+            hold.last = time.monotonic()
+
+
+def _take_hold(assoc: Any, idle: float) -> _Hold:
+    """The association's hold, made if needed, marked busy (the watchdog leaves it)."""
+    checkpoint = assoc._reactor_checkpoint
+    while True:
+        hold: _Hold
+        with _HOLDS:
+            found = getattr(assoc, _HELD, None)
+            resumed = bool(checkpoint.is_set())
+            if isinstance(found, _Hold) and not resumed:
+                hold = found
+            else:  # not held, or someone resumed the reactor
+                pause_reactor(assoc)
+                hold = _Hold(assoc, idle)
+                setattr(assoc, _HELD, hold)
+        with hold.lock:
+            current = id(getattr(assoc, _HELD, None))  # id(): `is` would make `hold` Any
+            if current == id(hold) and not checkpoint.is_set():
+                hold.busy += 1
+                return hold

@@ -34,7 +34,7 @@ from pynetdicom import transport
 
 from meshpacs.dicom import pdu
 from meshpacs.dicom.part10 import META_SCAN_LIMIT, dataset_offset
-from meshpacs.dicom.reactor import pause_reactor
+from meshpacs.dicom.reactor import reactor_held
 
 __all__ = ["install_send_lock", "send_stored"]
 
@@ -105,15 +105,12 @@ def send_stored(
     )
     peer_max = int(assoc.dimse.maximum_pdu_size or 0)
     chunk = peer_max - 6 if peer_max > 6 else _UNLIMITED_CHUNK
-    pause_reactor(assoc)
-    try:
+    with reactor_held(assoc):
         with path.open("rb", buffering=0) as f:
             head = f.read(META_SCAN_LIMIT)
             f.seek(dataset_offset(head))
             _write_message(assoc, int(context.context_id), command, f, chunk)
         _, rsp = assoc.dimse.get_msg(block=True)
-    finally:
-        assoc._reactor_checkpoint.set()
     if rsp is None:
         assoc._handle_no_response()
         return Dataset()

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from pathlib import Path
 
+import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove  # type: ignore[attr-defined]
 
+from meshpacs.dicom import reactor
 from meshpacs.dicom.sender import send_stored
 
 from .conftest import AE_TITLE, RECEIVER_AE, Node, running_node
@@ -89,3 +92,31 @@ async def test_a_file_that_does_not_match_its_context_is_not_sent(
         return "sent"
 
     assert await asyncio.to_thread(attempt) != "sent"
+
+
+async def test_a_held_reactor_resumes_when_the_sender_goes_quiet(
+    node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sending from another thread keeps the reactor paused between instances; an
+    association nobody releases gets its reactor back after the idle limit."""
+    monkeypatch.setattr(reactor, "HOLD_IDLE_SECONDS", 0.3)
+    sample = part10(tmp_path / "x.dcm", "1.2.3.200.1.98")
+    ae = AE(ae_title="GOODSCU")
+    ae.add_requested_context(CT, EXPLICIT)
+    assoc = await asyncio.to_thread(ae.associate, "127.0.0.1", node.port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    try:
+        for _ in range(2):
+            status = await asyncio.to_thread(
+                send_stored, assoc, sample, sop_class_uid=CT,
+                sop_instance_uid="1.2.3.200.1.98", transfer_syntax_uid=EXPLICIT,
+            )  # fmt: skip
+            assert int(status.Status) == 0x0000
+            assert not assoc._reactor_checkpoint.is_set()  # still held for the next send
+        deadline = time.monotonic() + 5
+        while not assoc._reactor_checkpoint.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert assoc._reactor_checkpoint.is_set()
+    finally:
+        await asyncio.to_thread(assoc.release)
+    assert not assoc.is_established

@@ -1,8 +1,8 @@
 """C-STORE SCU: deliver stored instances, byte for byte, into a (rebuilt) PACS.
 
 Recovery restores Part 10 files and hands them here as :class:`Outgoing` items. Each is sent
-from its file with pynetdicom's ``STORE_SEND_CHUNKED_DATASET``: the dataset bytes stream from
-disk exactly as stored, in their own transfer syntax, never decoded nor transcoded. That path
+from its file by :func:`meshpacs.dicom.sender.send_stored`: the dataset bytes go from disk to
+the socket exactly as stored, in their own transfer syntax, never decoded nor transcoded. That
 needs an accepted presentation context whose transfer syntax is exactly the file's, so every
 association proposes one context per (SOP class, transfer syntax) pair present in what it
 carries, and nothing else; pynetdicom refuses more than 128 requested contexts, so a share
@@ -42,7 +42,8 @@ from pynetdicom import AE, _config, build_context
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
 from meshpacs.dicom.nodelay import install_tcp_nodelay
-from meshpacs.dicom.reactor import install_counting_checkpoint, pause_reactor
+from meshpacs.dicom.reactor import install_counting_checkpoint
+from meshpacs.dicom.sender import install_send_lock, send_stored
 
 __all__ = [
     "MAX_CONTEXTS",
@@ -192,6 +193,7 @@ def _prepare_pynetdicom() -> None:
     _config.STORE_SEND_CHUNKED_DATASET = True  # send from the file, never re-encode
     install_tcp_nodelay()
     install_counting_checkpoint()
+    install_send_lock()
     pynetdicom_log = logging.getLogger("pynetdicom")
     if pynetdicom_log.level == logging.NOTSET:
         # At INFO pynetdicom logs every DIMSE message, UIDs included.
@@ -379,8 +381,14 @@ class _Worker:
             self.message_id = self.message_id % _MAX_MESSAGE_ID + 1
             started = time.monotonic()
             try:
-                pause_reactor(assoc)
-                answer = assoc.send_c_store(item.path, msg_id=self.message_id)
+                answer = send_stored(
+                    assoc,
+                    item.path,
+                    sop_class_uid=item.sop_class_uid,
+                    sop_instance_uid=item.sop_instance_uid,
+                    transfer_syntax_uid=item.transfer_syntax_uid,
+                    msg_id=self.message_id,
+                )
             except RuntimeError:  # "must be established": it went between two instances
                 raise _Lost("the association was lost") from None
             except Exception as exc:
@@ -501,8 +509,8 @@ def _why_not(assoc: Any, target: Target) -> str:
 def _file_mismatch(item: Outgoing) -> str:
     """Why the stored file cannot go out as its record says, or "" if it can.
 
-    The chunked send takes the SOP class and transfer syntax from the file meta: a file
-    that disagrees with its record would match no context (or the wrong one).
+    The file goes out under its record's SOP class and transfer syntax: a file whose meta
+    disagrees with its record would be sent under the wrong context.
     """
     try:
         meta = read_file_meta_info(item.path)

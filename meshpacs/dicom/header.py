@@ -27,11 +27,10 @@ import struct
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from meshpacs.dicom.part10 import LONG_VRS
+
 __all__ = ["NotHere", "RawElement", "find_elements"]
 
-_LONG_VRS = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-)
 _UNDEFINED = 0xFFFFFFFF
 _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
@@ -112,7 +111,7 @@ def _read_header(view: memoryview, offset: int, implicit: bool) -> _Header:
     _, _, vr, short_length = _TAG_VR_LENGTH.unpack_from(view, offset)
     if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
         raise NotHere("not an explicit VR")
-    if vr in _LONG_VRS:
+    if vr in LONG_VRS:
         if offset + 12 > len(view):
             raise NotHere("an element header runs past the data")
         (long_length,) = _LONG_LENGTH.unpack_from(view, offset + 8)

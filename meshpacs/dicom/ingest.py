@@ -283,22 +283,21 @@ class IngestService:
             early=received.early,
         )
         row = self._writer.submit(record)
+        stored = self._place(received)
+        if stored is None:
+            self._retract(row, record)
+            return STATUS.OUT_OF_RESOURCES
+        return self._await_row(row, stored, record, received.calling_ae)
+
+    def _place(self, received: ReceivedInstance) -> StoredFile | None:
         try:
-            stored = self._store.place_pending(
+            return self._store.place_pending(
                 received.pending, received.sha256, received.size, received.head
             )
         except OSError as exc:
             LOG.error("could not store an instance from %s: %s",
                       received.calling_ae, exc.strerror or exc)  # fmt: skip
-            self._retract(row, record)
-            return STATUS.OUT_OF_RESOURCES
-        try:
-            result = row.result(self._commit_timeout)
-        except Exception as exc:
-            LOG.error("catalog commit failed for instance %s: %s", stored.sha256.hex()[:12], exc)
-            return STATUS.PROCESSING_FAILURE
-        self._log_stored(stored, record, result, received.calling_ae)
-        return STATUS.SUCCESS
+            return None
 
     def _retract(self, row: concurrent.futures.Future[AddResult], record: InstanceRecord) -> None:
         try:
@@ -310,13 +309,8 @@ class IngestService:
                       "it is removed at the next start", exc)  # fmt: skip
 
     def _place_then_catalogue(self, received: ReceivedInstance) -> int:
-        try:
-            stored = self._store.place_pending(
-                received.pending, received.sha256, received.size, received.head
-            )
-        except OSError as exc:
-            LOG.error("could not store an instance from %s: %s",
-                      received.calling_ae, exc.strerror or exc)  # fmt: skip
+        stored = self._place(received)
+        if stored is None:
             return STATUS.OUT_OF_RESOURCES
         return self._catalogue(
             stored,
@@ -351,8 +345,17 @@ class IngestService:
         return self._commit(stored, record, calling_ae)
 
     def _commit(self, stored: StoredFile, record: InstanceRecord, calling_ae: str) -> int:
+        return self._await_row(self._writer.submit(record), stored, record, calling_ae)
+
+    def _await_row(
+        self,
+        row: concurrent.futures.Future[AddResult],
+        stored: StoredFile,
+        record: InstanceRecord,
+        calling_ae: str,
+    ) -> int:
         try:
-            result = self._writer.submit(record).result(self._commit_timeout)
+            result = row.result(self._commit_timeout)
         except Exception as exc:
             LOG.error("catalog commit failed for instance %s: %s", stored.sha256.hex()[:12], exc)
             return STATUS.PROCESSING_FAILURE

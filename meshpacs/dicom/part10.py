@@ -12,26 +12,15 @@ import struct
 
 from meshpacs.errors import FormatError
 
-__all__ = ["META_SCAN_LIMIT", "dataset_offset", "file_meta"]
+__all__ = ["LONG_VRS", "META_SCAN_LIMIT", "dataset_offset", "file_meta"]
 
 PREAMBLE = 128
 # A file meta group is a few hundred bytes; 64 KiB is far beyond any legitimate one.
 META_SCAN_LIMIT = 64 * 1024
-_LONG_VRS = {
-    b"OB",
-    b"OD",
-    b"OF",
-    b"OL",
-    b"OV",
-    b"OW",
-    b"SQ",
-    b"SV",
-    b"UC",
-    b"UN",
-    b"UR",
-    b"UT",
-    b"UV",
-}
+# Explicit VR elements with these VRs have a 2-byte reserved field and a 4-byte length.
+LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
 _TAG = struct.Struct("<HH")
 
 
@@ -49,7 +38,7 @@ def dataset_offset(head: bytes) -> int:
         if group != 0x0002:
             return offset
         vr = head[offset + 4 : offset + 6]
-        if vr in _LONG_VRS:
+        if vr in LONG_VRS:
             if offset + 12 > len(head):
                 break
             (length,) = struct.unpack_from("<I", head, offset + 8)

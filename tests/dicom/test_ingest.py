@@ -17,7 +17,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pynetdicom import AE
 
-from meshpacs.dicom.attributes import attributes_from_head, read_instance_record
+from meshpacs.dicom.attributes import (
+    HeaderAttributes,
+    attributes_from_head,
+    read_instance_record,
+)
 from meshpacs.dicom.ingest import CatalogWriter, reconcile_recent
 from meshpacs.dicom.part10 import dataset_offset
 from meshpacs.dicom.storage import FANOUT, HEAD_BYTES, InstanceStore
@@ -289,10 +293,13 @@ def _dataset_file(path: Path, *, pixels: int = 64, description: str = "Head") ->
     return path.read_bytes()
 
 
-def _record_of(path: Path, data: bytes, head: bytes) -> InstanceRecord:
+def _record_of(
+    path: Path, data: bytes, head: bytes, early: HeaderAttributes | None = None
+) -> InstanceRecord:
     return read_instance_record(
         path,
         head=head,
+        early=early,
         sop_class_uid="1.2.840.10008.5.1.4.1.1.7",
         sop_instance_uid="1.2.3.300.1.1",
         transfer_syntax_uid="1.2.840.10008.1.2.1",
@@ -339,19 +346,7 @@ def test_a_header_parsed_while_arriving_gives_the_same_record(
         if early is None:
             continue
         answered += 1
-        record = read_instance_record(
-            path,
-            head=data[:cut],
-            sop_class_uid="1.2.840.10008.5.1.4.1.1.7",
-            sop_instance_uid="1.2.3.300.1.1",
-            transfer_syntax_uid="1.2.840.10008.1.2.1",
-            size=len(data),
-            sha256=hashlib.sha256(data).digest(),
-            calling_ae="PACS",
-            received_at=1.0,
-            early=early,
-        )
-        assert record == from_file, cut
+        assert _record_of(path, data, data[:cut], early) == from_file, cut
     assert answered >= 1  # the full head always holds this header
 
 

@@ -24,8 +24,6 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from pydicom.uid import UID
@@ -46,8 +44,9 @@ from meshpacs.dicom import pdu
 from meshpacs.dicom.ingest import IngestService
 from meshpacs.dicom.pdulimit import MAX_CONTROL_PDU
 from meshpacs.dicom.receiver import AcceptedContext, StorageAssociation
+from meshpacs.dicom.settings import AeSettings
 
-__all__ = ["MeshAssociationServer", "MeshRequestHandler", "ReceiverHub", "ReceiverSettings"]
+__all__ = ["MeshAssociationServer", "MeshRequestHandler", "ReceiverHub"]
 
 LOG = logging.getLogger("meshpacs.dicom")
 VERIFICATION = "1.2.840.10008.1.1"
@@ -65,20 +64,10 @@ _CALLED_AE_NOT_RECOGNIZED = (0x01, 0x01, 0x07)
 _LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)
 
 
-@dataclass(frozen=True)
-class ReceiverSettings:
-    ae_title: str
-    max_pdu: int
-    max_associations: int
-    allowed_calling_aets: Sequence[str]
-    network_timeout: float
-    acse_timeout: float
-
-
 class ReceiverHub:
     """The storage associations in flight: for the association limit and for shutdown."""
 
-    def __init__(self, settings: ReceiverSettings, ingest: IngestService) -> None:
+    def __init__(self, settings: AeSettings, ingest: IngestService) -> None:
         self.settings = settings
         self.ingest = ingest
         self._active: set[StorageAssociation] = set()
@@ -132,7 +121,8 @@ class MeshRequestHandler(RequestHandler):
         others = self._pynetdicom_acceptors()
         if request is None:
             if others + len(hub.active) >= hub.settings.max_associations and raw:
-                _reject(sock, len(raw), _LOCAL_LIMIT_EXCEEDED)
+                _reject(sock, len(raw), _LOCAL_LIMIT_EXCEEDED,
+                        "association rejected: the association limit is reached")  # fmt: skip
                 return
             super().handle()
             return
@@ -206,44 +196,33 @@ def _serve_storage(
 ) -> None:
     settings = hub.settings
     calling = str(request.calling_ae_title).strip()
-    called = str(request.called_ae_title).strip()
-    try:
-        _recv_exactly(sock, request_length)  # consume the request we peeked at
-        rejection: tuple[int, int, int] | None = None
-        allowed = [a.strip() for a in settings.allowed_calling_aets]
-        if allowed and calling not in allowed:
-            rejection = _CALLING_AE_NOT_RECOGNIZED
-        if called != settings.ae_title.strip():
-            rejection = _CALLED_AE_NOT_RECOGNIZED
-        negotiate = getattr(acse, "negotiate_unrestricted")  # noqa: B009 - wrapped at run time
-        results, _roles = negotiate(request.presentation_context_definition_list, supported, None)
-        association = StorageAssociation(
-            sock,
-            ingest=hub.ingest,
-            contexts={
-                cx.context_id: AcceptedContext(
-                    cx.context_id, str(cx.abstract_syntax), str(cx.transfer_syntax[0])
-                )
-                for cx in results
-                if cx.result == 0x00
-            },
-            calling_ae=calling,
-            max_pdu=settings.max_pdu,
-            implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
-            implementation_version_name=PYNETDICOM_IMPLEMENTATION_VERSION,
-        )
-        if rejection is None and not hub.admit(association, others):
-            rejection = _LOCAL_LIMIT_EXCEEDED
-        if rejection is not None:
-            LOG.warning("association from %s rejected (reason %d/%d/%d)", calling, *rejection)
-            sock.sendall(_reject_pdu(rejection))
-            _close(sock)
-            return
-    except OSError as exc:
-        LOG.warning("association request from %s failed: %s", calling, exc.strerror or exc)
-        _close(sock)
+    rejection = _ae_rejection(request, settings)
+    if rejection is not None:
+        _reject(sock, request_length, rejection, f"association from {calling} rejected")
+        return
+    negotiate = getattr(acse, "negotiate_unrestricted")  # noqa: B009 - wrapped at run time
+    results, _roles = negotiate(request.presentation_context_definition_list, supported, None)
+    association = StorageAssociation(
+        sock,
+        ingest=hub.ingest,
+        contexts={
+            cx.context_id: AcceptedContext(
+                cx.context_id, str(cx.abstract_syntax), str(cx.transfer_syntax[0])
+            )
+            for cx in results
+            if cx.result == 0x00
+        },
+        calling_ae=calling,
+        max_pdu=settings.max_pdu,
+        implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
+        implementation_version_name=PYNETDICOM_IMPLEMENTATION_VERSION,
+    )
+    if not hub.admit(association, others):
+        _reject(sock, request_length, _LOCAL_LIMIT_EXCEEDED,
+                "association rejected: the association limit is reached")  # fmt: skip
         return
     try:
+        _recv_exactly(sock, request_length)  # consume the request we peeked at
         sock.settimeout(settings.network_timeout)
         sock.sendall(_accept_pdu(request, results, settings.max_pdu))
         LOG.info("storage association from %s accepted", calling)
@@ -255,6 +234,19 @@ def _serve_storage(
         _close(sock)
     finally:
         hub.release(association)
+
+
+def _ae_rejection(
+    request: pdu_primitives.A_ASSOCIATE, settings: AeSettings
+) -> tuple[int, int, int] | None:
+    """pynetdicom's AE title checks, in its order (the later reason wins)."""
+    rejection = None
+    allowed = [a.strip() for a in settings.allowed_calling_aets]
+    if allowed and str(request.calling_ae_title).strip() not in allowed:
+        rejection = _CALLING_AE_NOT_RECOGNIZED
+    if str(request.called_ae_title).strip() != settings.ae_title.strip():
+        rejection = _CALLED_AE_NOT_RECOGNIZED
+    return rejection
 
 
 def _accept_pdu(
@@ -287,8 +279,11 @@ def _reject_pdu(reason: tuple[int, int, int]) -> bytes:
     return bytes(rj.encode())
 
 
-def _reject(sock: socket.socket, request_length: int, reason: tuple[int, int, int]) -> None:
-    LOG.warning("association rejected: the association limit is reached")
+def _reject(
+    sock: socket.socket, request_length: int, reason: tuple[int, int, int], why: str
+) -> None:
+    """Consume the peeked request, answer A-ASSOCIATE-RJ with ``reason``, close."""
+    LOG.warning("%s (reason %d/%d/%d)", why, *reason)
     try:
         _recv_exactly(sock, request_length)
         sock.sendall(_reject_pdu(reason))

@@ -268,26 +268,33 @@ class IngestService:
         a row without a file, which :func:`reconcile_recent` removes at the next start
         (it was never acknowledged).
         """
-        if received.early is None and len(received.head) < received.size:
-            return self._place_then_catalogue(received)  # the header must be read from disk
-        record = read_instance_record(
-            self._store.path_for(received.sha256),  # not read: the head holds the header
-            head=received.head,
-            sop_class_uid=received.sop_class_uid,
-            sop_instance_uid=received.sop_instance_uid,
-            transfer_syntax_uid=received.transfer_syntax_uid,
-            size=received.size,
-            sha256=received.sha256,
-            calling_ae=received.calling_ae,
-            received_at=self._clock(),
-            early=received.early,
-        )
-        row = self._writer.submit(record)
+        # A header running past the head is read from the placed file, after placing.
+        early = received.early is not None or len(received.head) >= received.size
+        submitted = self._submit(received) if early else None
         stored = self._place(received)
         if stored is None:
-            self._retract(row, record)
+            if submitted is not None:
+                self._retract(*submitted)
             return STATUS.OUT_OF_RESOURCES
+        row, record = submitted or self._submit(received)
         return self._await_row(row, stored, record, received.calling_ae)
+
+    def _submit(
+        self, received: ReceivedInstance
+    ) -> tuple[concurrent.futures.Future[AddResult], InstanceRecord]:
+        """Hand the instance's catalog row to the writer; its future and the record."""
+        record = self._record(
+            self._store.path_for(received.sha256),
+            received.head,
+            received.size,
+            received.sha256,
+            received.sop_class_uid,
+            received.sop_instance_uid,
+            received.transfer_syntax_uid,
+            received.calling_ae,
+            received.early,
+        )
+        return self._writer.submit(record), record
 
     def _place(self, received: ReceivedInstance) -> StoredFile | None:
         try:
@@ -308,19 +315,6 @@ class IngestService:
             LOG.error("could not retract the catalog row of a failed instance (%s); "
                       "it is removed at the next start", exc)  # fmt: skip
 
-    def _place_then_catalogue(self, received: ReceivedInstance) -> int:
-        stored = self._place(received)
-        if stored is None:
-            return STATUS.OUT_OF_RESOURCES
-        return self._catalogue(
-            stored,
-            received.sop_class_uid,
-            received.sop_instance_uid,
-            received.transfer_syntax_uid,
-            received.calling_ae,
-            received.early,
-        )
-
     def _catalogue(
         self,
         stored: StoredFile,
@@ -328,24 +322,36 @@ class IngestService:
         sop_instance: str,
         transfer_syntax: str,
         calling_ae: str,
-        early: HeaderAttributes | None = None,
     ) -> int:
-        record = read_instance_record(
-            stored.path,
-            head=stored.head,
+        record = self._record(stored.path, stored.head, stored.size, stored.sha256,
+                              sop_class, sop_instance, transfer_syntax, calling_ae)  # fmt: skip
+        return self._await_row(self._writer.submit(record), stored, record, calling_ae)
+
+    def _record(
+        self,
+        path: Path,
+        head: bytes,
+        size: int,
+        sha256: bytes,
+        sop_class: str,
+        sop_instance: str,
+        transfer_syntax: str,
+        calling_ae: str,
+        early: HeaderAttributes | None = None,
+    ) -> InstanceRecord:
+        """The catalog record of an instance stored (or about to be) at ``path``."""
+        return read_instance_record(
+            path,
+            head=head,
             sop_class_uid=sop_class,
             sop_instance_uid=sop_instance,
             transfer_syntax_uid=transfer_syntax,
-            size=stored.size,
-            sha256=stored.sha256,
+            size=size,
+            sha256=sha256,
             calling_ae=calling_ae,
             received_at=self._clock(),
             early=early,
         )
-        return self._commit(stored, record, calling_ae)
-
-    def _commit(self, stored: StoredFile, record: InstanceRecord, calling_ae: str) -> int:
-        return self._await_row(self._writer.submit(record), stored, record, calling_ae)
 
     def _await_row(
         self,

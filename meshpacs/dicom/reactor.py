@@ -15,8 +15,9 @@ call, which necessarily blocks. Deterministic: no dependence on catching the rea
 1 ms sleep between two GIL switches (an earlier version that watched ``_is_paused`` go
 False then True stalled for its full 1 s limit on about 1 send in 140).
 
-Used by every path that sends C-STOREs from another thread than the association's own:
-the C-STORE SCU (``scu.py``) and the C-MOVE sub-association (``qr.py``).
+Every C-STORE sent from another thread than the association's own (the C-STORE SCU,
+a C-MOVE sub-association) goes through :func:`reactor_held` in ``sender.py``, which
+pauses the reactor this way once and keeps it paused between sends.
 """
 
 from __future__ import annotations

@@ -77,10 +77,7 @@ class _Incoming:
 
     context: AcceptedContext
     message_id: int
-    sop_class_raw: bytes
-    sop_instance_raw: bytes
-    sop_class: str
-    sop_instance: str
+    command: pdu.Command  # the C-STORE-RQ: its UIDs as sent, echoed in the response
     status: int = STATUS.SUCCESS  # anything else: drain the dataset, write nothing
     file: PendingFile | None = None
     hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
@@ -248,14 +245,7 @@ class StorageAssociation:
 
     def _begin_store(self, context: AcceptedContext, command: pdu.Command, message_id: int) -> None:
         sop_class, sop_instance = command.text(0x0002), command.text(0x1000)
-        incoming = _Incoming(
-            context,
-            message_id,
-            command.elements.get(0x0002, b""),
-            command.elements.get(0x1000, b""),
-            sop_class,
-            sop_instance,
-        )
+        incoming = _Incoming(context, message_id, command)
         self._incoming = incoming
         if not (is_valid_uid(sop_class) and is_valid_uid(sop_instance)):
             LOG.warning("refusing an instance from %s: invalid SOP Class or Instance UID",
@@ -322,8 +312,9 @@ class StorageAssociation:
         status = incoming.status
         if status == STATUS.SUCCESS:
             status = self._commit(incoming)
+        elements = incoming.command.elements
         self._respond(incoming.context, C_STORE_RSP, incoming.message_id, status,
-                      incoming.sop_class_raw, incoming.sop_instance_raw)  # fmt: skip
+                      elements.get(0x0002, b""), elements.get(0x1000, b""))  # fmt: skip
 
     def _commit(self, incoming: _Incoming) -> int:
         assert incoming.file is not None
@@ -332,8 +323,8 @@ class StorageAssociation:
             sha256=incoming.hasher.digest(),
             size=incoming.size,
             head=bytes(incoming.head),
-            sop_class_uid=incoming.sop_class,
-            sop_instance_uid=incoming.sop_instance,
+            sop_class_uid=incoming.command.text(0x0002),
+            sop_instance_uid=incoming.command.text(0x1000),
             transfer_syntax_uid=incoming.context.transfer_syntax,
             calling_ae=self.calling_ae,
             early=incoming.early,

@@ -13,8 +13,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
@@ -24,7 +22,6 @@ from meshpacs.dicom.acceptor import (
     MeshAssociationServer,
     MeshRequestHandler,
     ReceiverHub,
-    ReceiverSettings,
 )
 from meshpacs.dicom.ingest import IngestService
 from meshpacs.dicom.negotiation import install_storage_negotiation
@@ -37,6 +34,7 @@ from meshpacs.dicom.qr import (
     QueryRetrieveService,
     install_raw_retrieve,
 )
+from meshpacs.dicom.settings import AeSettings
 
 __all__ = ["AeSettings", "DicomAE", "configure_pynetdicom", "storage_transfer_syntaxes"]
 
@@ -63,25 +61,6 @@ QUERY_TRANSFER_SYNTAXES = [
 
 def storage_transfer_syntaxes() -> list[str]:
     return [str(ts) for ts in ALL_TRANSFER_SYNTAXES if str(ts) not in DEFLATED_DATASET_SYNTAXES]
-
-
-@dataclass(frozen=True)
-class AeSettings:
-    """What the AE needs from the node's configuration."""
-
-    ae_title: str
-    bind: str = "0.0.0.0"
-    port: int = 11112
-    max_associations: int = 10
-    max_pdu: int = 65536
-    allowed_calling_aets: Sequence[str] = field(default_factory=tuple)
-    network_timeout: float = 60
-    acse_timeout: float = 30
-    dimse_timeout: float = 30
-    max_instance_bytes: int = 4 * 1024**3
-    # Serve plain storage associations with the node's own receiver (meshpacs.dicom.receiver)
-    # instead of pynetdicom's; off only to compare the two.
-    direct_storage: bool = True
 
 
 def configure_pynetdicom(*, log_phi: bool = False) -> None:
@@ -173,17 +152,7 @@ class DicomAE:
             ),
         )
         if s.direct_storage:
-            server.hub = ReceiverHub(
-                ReceiverSettings(
-                    ae_title=s.ae_title,
-                    max_pdu=s.max_pdu,
-                    max_associations=s.max_associations,
-                    allowed_calling_aets=tuple(s.allowed_calling_aets),
-                    network_timeout=s.network_timeout,
-                    acse_timeout=s.acse_timeout,
-                ),
-                self._ingest,
-            )
+            server.hub = ReceiverHub(s, self._ingest)
         thread = threading.Thread(target=server.serve_forever, name="meshpacs-dicom-accept")
         thread.daemon = True
         thread.start()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.filereader import read_file_meta_info
 
 from meshpacs.dicom import attributes
 from meshpacs.dicom.header import NotHere, RawElement, find_elements
@@ -30,26 +31,39 @@ def _pydicom_data() -> list[Path]:
     return sorted((Path(data_store.__file__).parent / "data").glob("*.dcm"))
 
 
-CORPUS = sorted(TEST_FILES.rglob("*.dcm")) + _pydicom_data()
+def _stored_syntax(path: Path) -> str | None:
+    """The transfer syntax of a file a C-STORE could have produced, None without file meta.
+
+    Reads the file meta only: this runs for every file at collection.
+    """
+    try:
+        syntax = str(read_file_meta_info(path).TransferSyntaxUID)
+        with path.open("rb") as f:
+            dataset_offset(f.read(65536))
+    except Exception:
+        return None
+    return syntax
 
 
-def _as_stored(path: Path) -> tuple[bytes, str] | None:
+SYNTAXES = {
+    path: syntax
+    for path in sorted(TEST_FILES.rglob("*.dcm")) + _pydicom_data()
+    if (syntax := _stored_syntax(path)) is not None
+}
+CORPUS = list(SYNTAXES)
+
+
+def _as_stored(path: Path) -> bytes:
     """The file as the node would store it: a fresh meta, then the dataset as it was."""
     data = path.read_bytes()
-    try:
-        meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
-        syntax = str(meta.TransferSyntaxUID)
-        start = dataset_offset(data[:65536])
-    except Exception:
-        return None  # no usable file meta: not something a C-STORE produces
     head = file_meta(
         sop_class_uid="1.2.3",
         sop_instance_uid="1.2.3.4",
-        transfer_syntax_uid=syntax,
+        transfer_syntax_uid=SYNTAXES[path],
         implementation_class_uid="1.2.3.5",
         implementation_version_name="TEST",
     )
-    return head + data[start:], syntax
+    return head + data[dataset_offset(data[:65536]) :]
 
 
 def _outcome(parse: object) -> object:
@@ -61,10 +75,7 @@ def _outcome(parse: object) -> object:
 
 @pytest.mark.parametrize("path", CORPUS, ids=lambda p: p.name)
 def test_the_walk_answers_as_pydicom_or_declines(path: Path, tmp_path: Path) -> None:
-    stored = _as_stored(path)
-    if stored is None:
-        pytest.skip("no file meta to rebuild")
-    data, syntax = stored
+    data, syntax = _as_stored(path), SYNTAXES[path]
     copy = tmp_path / "x.dcm"
     copy.write_bytes(data)
     try:
@@ -83,13 +94,10 @@ def test_most_of_the_corpus_is_walked_not_declined() -> None:
     """The walk is only worth having if it answers for ordinary files."""
     walked = 0
     tried = 0
-    for path in CORPUS:
-        stored = _as_stored(path)
-        if stored is None:
-            continue
-        data, syntax = stored
+    for path, syntax in SYNTAXES.items():
         if syntax == "1.2.840.10008.1.2.2":
             continue
+        data = _as_stored(path)
         tried += 1
         head = data[:HEAD_BYTES]
         try:

@@ -31,7 +31,7 @@ from meshpacs.metadata.records import AddResult, InstanceRecord, StudyState
 from meshpacs.testing import SeriesSpec, StudySpec, generate_study, write_study
 from meshpacs.testing.dcmtk import dcmtk_tool
 
-from .conftest import AE_TITLE, Node, dcmtk
+from .conftest import AE_TITLE, Node, dcmtk, running_node
 
 
 @pytest.fixture(name="node")
@@ -425,26 +425,27 @@ async def test_rows_without_their_file_are_removed_at_start(tmp_path: Path) -> N
 
 
 async def test_a_file_that_cannot_be_placed_takes_its_row_back(
-    node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Disk errors can't be made real here: place_pending is made to fail (ENOSPC)."""
-    if node.ae._server is None or node.ae._server.hub is None:
-        pytest.skip("only the direct receive path commits the row before placing the file")
+    """Only the direct receive path commits the row before placing the file. Disk errors
+    can't be made real here: place_pending is made to fail (ENOSPC)."""
     path = tmp_path / "x.dcm"
     _dataset_file(path, pixels=200_000)
     failing = True
-    original = node.store.place_pending
 
-    def place_pending(*args: Any) -> Any:
-        if failing:
-            InstanceStore.discard_pending(args[0])
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return original(*args)
+    async with running_node(tmp_path / "node") as node:
+        original = node.store.place_pending
 
-    monkeypatch.setattr(node.store, "place_pending", place_pending)
-    assert await asyncio.to_thread(_send, node.port, path) == 0xA700
-    assert (await node.catalog.counts())["instances"] == 0
-    failing = False
-    assert await asyncio.to_thread(_send, node.port, path) == 0x0000
-    assert (await node.catalog.counts())["instances"] == 1
-    assert len(stored_files(node)) == 1
+        def place_pending(*args: Any) -> Any:
+            if failing:
+                InstanceStore.discard_pending(args[0])
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return original(*args)
+
+        monkeypatch.setattr(node.store, "place_pending", place_pending)
+        assert await asyncio.to_thread(_send, node.port, path) == 0xA700
+        assert (await node.catalog.counts())["instances"] == 0
+        failing = False
+        assert await asyncio.to_thread(_send, node.port, path) == 0x0000
+        assert (await node.catalog.counts())["instances"] == 1
+        assert len(stored_files(node)) == 1

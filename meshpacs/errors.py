@@ -18,9 +18,19 @@ their position.
     │   ├── CorruptFragment         one fragment failed a check (``reason``, ``share``)
     │   └── CorruptBundle           a decrypted bundle whose index or contents do not add up
     ├── LimitExceeded               a length or count over a named bound, refused before allocating
+    │   └── QuotaExceeded           a partner's fragments would exceed the room given to it
     ├── InputChanged                an instance did not match the size or digest declared for it
     ├── ConfigError                 a config file, site directory or key file the node cannot use
     ├── Unrecoverable               fewer than k good fragments (``missing``, ``rejected``)
+    ├── FederationError             the federation CA, a certificate or the CRL is unusable
+    │   └── NotAMember              a peer not certified by the federation CA, or revoked
+    ├── InvalidRecord               a DHT record unsigned, forged, expired, replayed (``reason``)
+    ├── Forbidden                   a peer asked for what only another site may do
+    ├── PlacementError              fewer distinct partner sites than the bundle needs
+    ├── TransportError              a node-to-node exchange failed
+    │   ├── PeerUnreachable         could not connect, or the peer timed out
+    │   ├── PeerRefused             the peer answered with an error (``code``)
+    │   └── ProtocolViolation       frames that break the transport protocol
     └── CatalogError                the site catalog could not open, migrate or write
         ├── SchemaTooNew            a catalog written by a newer meshpacs; never downgraded
         └── InvalidQuery            a C-FIND/C-MOVE identifier the catalog cannot match
@@ -36,16 +46,26 @@ __all__ = [
     "ConfigError",
     "CorruptBundle",
     "CorruptFragment",
+    "FederationError",
+    "Forbidden",
     "FormatError",
     "InputChanged",
     "InvalidQuery",
+    "InvalidRecord",
     "KeyMaterialError",
     "LimitExceeded",
     "MeshError",
+    "NotAMember",
+    "PeerRefused",
+    "PeerUnreachable",
     "PhraseError",
+    "PlacementError",
+    "ProtocolViolation",
     "QueryTooLarge",
+    "QuotaExceeded",
     "SchemaTooNew",
     "ShamirError",
+    "TransportError",
     "UnknownVersion",
     "Unrecoverable",
     "WrongKey",
@@ -177,3 +197,59 @@ class InvalidQuery(CatalogError):
 
 class QueryTooLarge(InvalidQuery, LimitExceeded):
     """A query value, UID list or result set over its bound, refused before running it."""
+
+
+class QuotaExceeded(LimitExceeded):
+    """Storing this fragment would put a partner site over the room this node gives it."""
+
+
+class FederationError(MeshError):
+    """The federation CA, a node certificate or the revocation list cannot be used."""
+
+
+class NotAMember(FederationError):
+    """A peer whose certificate the federation CA did not issue, or has revoked or let expire.
+
+    The message says which check failed, never what the peer claimed to be beyond its
+    certificate's site ID.
+    """
+
+
+class InvalidRecord(MeshError):
+    """A DHT record that is unsigned, forged, expired, replayed or from a non-member.
+
+    ``reason`` is a short, fixed phrase (``"bad signature"``, ``"expired"``...) so callers
+    can count rejections by cause; such records are ignored, never trusted.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"DHT record ignored: {reason}")
+        self.reason = reason
+
+
+class Forbidden(MeshError):
+    """A peer asked for something only another site may do (delete or overwrite its data)."""
+
+
+class PlacementError(MeshError):
+    """Fewer distinct, live partner sites with room than the bundle's placement needs."""
+
+
+class TransportError(MeshError):
+    """A node-to-node exchange failed; the message names the peer by site ID and address."""
+
+
+class PeerUnreachable(TransportError):
+    """The peer could not be reached, or did not answer in time."""
+
+
+class PeerRefused(TransportError):
+    """The peer answered with an error; ``code`` is its status word."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"peer refused ({code}): {message}")
+        self.code = code
+
+
+class ProtocolViolation(TransportError):
+    """Frames that break the transport protocol: the connection is closed at once."""

@@ -15,17 +15,18 @@ RANK = {
     "errors": 0,
     "keys": 1,
     "testing": 1,  # generates DICOM with pydicom; imports nothing of meshpacs
-    "erasure": 2,
-    "dht": 2,
-    "store": 3,
-    "transport": 4,
-    "metadata": 5,
-    "dicom": 6,
-    "backup": 7,
-    "recovery": 7,
-    "node": 8,
-    "selftest": 8,
-    "cli": 9,
+    "federation": 2,  # CA, node certificates, CRL, TLS contexts
+    "erasure": 3,
+    "dht": 3,
+    "store": 4,
+    "transport": 5,
+    "metadata": 6,
+    "dicom": 7,
+    "backup": 8,
+    "recovery": 8,
+    "node": 9,
+    "selftest": 9,
+    "cli": 10,
 }
 
 

@@ -258,6 +258,23 @@ class Catalog:
                 raise
         return row is not None
 
+    async def write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``fn`` as one write transaction in the catalog's thread; its result back.
+
+        For the synchronous ledger functions (:mod:`meshpacs.metadata.ledger`): the whole
+        transaction is one call into SQLite's thread, committed before this returns, rolled
+        back if ``fn`` raises.
+        """
+        async with self._lock:
+            with _sqlite_errors("write"):
+                return await self._in_sqlite_thread(lambda db: _in_transaction(db, fn))
+
+    async def read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run the read-only ``fn`` in the catalog's thread (one consistent snapshot)."""
+        async with self._lock:
+            with _sqlite_errors("read"):
+                return await self._in_sqlite_thread(lambda db: _in_transaction(db, fn, "BEGIN"))
+
     async def latest_instances(self, limit: int) -> list[tuple[int, bytes]]:
         """(row id, sha256) of the ``limit`` most recently added instance rows."""
         async with self._read() as conn:
@@ -603,14 +620,24 @@ def _forget_rows(db: sqlite3.Connection, row_ids: Sequence[int]) -> None:
 
 
 def _forget_in_transaction(db: sqlite3.Connection, row_ids: Sequence[int]) -> None:
-    db.execute("BEGIN IMMEDIATE")
+    _in_transaction(db, lambda conn: _forget_rows(conn, row_ids))
+
+
+def _in_transaction(
+    db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T], begin: str = "BEGIN IMMEDIATE"
+) -> _T:
+    if db.in_transaction:  # left open by a cancelled rollback
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+    db.execute(begin)
     try:
-        _forget_rows(db, row_ids)
+        result = fn(db)
         db.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(sqlite3.Error):
             db.execute("ROLLBACK")
         raise
+    return result
 
 
 def _configure_sync(db: sqlite3.Connection) -> None:

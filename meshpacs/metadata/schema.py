@@ -22,6 +22,16 @@ Version 1::
                   unparsed), parse_error, conflict)  UNIQUE(sop_instance_uid, sha256)
     backup_queue (id, study_ref -> studies UNIQUE, queued_at)
 
+Version 2 (the backup ledger, :mod:`meshpacs.metadata.ledger`)::
+
+    bundles        (id, bundle_id UNIQUE (16 random bytes), study_ref -> studies (NULL for
+                    unparsed instances), k, n, segment_size, length, set_hash, wrapped_key,
+                    state planned|encoded|stored|degraded, created_at, stored_at)
+    bundle_members (bundle_ref -> bundles, position, instance_ref -> instances UNIQUE)
+                    PRIMARY KEY (bundle_ref, position)
+    placements     (bundle_ref -> bundles, share, holder_site, fragment_id, stored_at)
+                    PRIMARY KEY (bundle_ref, share, holder_site)
+
 ``*_fold`` columns hold the case-folded person names that PN matching compares against.
 Foreign-key columns are named ``*_ref`` so they are not mistaken for DICOM's Patient ID
 and Study ID. Only features of SQLite 3.30 are used (no STRICT tables, no RETURNING).
@@ -125,8 +135,47 @@ CREATE TABLE backup_queue (
 );
 """
 
+# Each instance belongs to at most one bundle (UNIQUE instance_ref): a late instance of a
+# protected study goes into a new bundle, never into a second copy of an old one.
+_V2 = """
+CREATE TABLE bundles (
+    id            INTEGER PRIMARY KEY,
+    bundle_id     BLOB NOT NULL UNIQUE CHECK (length(bundle_id) = 16),
+    study_ref     INTEGER REFERENCES studies (id),
+    k             INTEGER NOT NULL CHECK (k >= 1),
+    n             INTEGER NOT NULL CHECK (n >= k AND n <= 256),
+    segment_size  INTEGER NOT NULL CHECK (segment_size > 0),
+    length        INTEGER CHECK (length >= 0),
+    set_hash      BLOB CHECK (length(set_hash) = 32),
+    wrapped_key   BLOB NOT NULL,
+    state         TEXT NOT NULL DEFAULT 'planned'
+                  CHECK (state IN ('planned', 'encoded', 'stored', 'degraded')),
+    created_at    REAL NOT NULL,
+    stored_at     REAL
+);
+CREATE INDEX bundles_study ON bundles (study_ref);
+CREATE INDEX bundles_state ON bundles (state, id);
+
+CREATE TABLE bundle_members (
+    bundle_ref    INTEGER NOT NULL REFERENCES bundles (id),
+    position      INTEGER NOT NULL CHECK (position >= 0),
+    instance_ref  INTEGER NOT NULL UNIQUE REFERENCES instances (id),
+    PRIMARY KEY (bundle_ref, position)
+);
+
+CREATE TABLE placements (
+    bundle_ref    INTEGER NOT NULL REFERENCES bundles (id),
+    share         INTEGER NOT NULL CHECK (share >= 0 AND share < 256),
+    holder_site   TEXT NOT NULL,
+    fragment_id   TEXT NOT NULL,
+    stored_at     REAL NOT NULL,
+    PRIMARY KEY (bundle_ref, share, holder_site)
+);
+CREATE INDEX placements_holder ON placements (holder_site);
+"""
+
 # (version, script) in ascending order. Append only: a released entry is never edited.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1),)
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

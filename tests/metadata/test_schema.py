@@ -39,7 +39,7 @@ async def test_open_creates_newest_schema_in_wal(tmp_path: Path, clock: FakeCloc
     assert tables(path) >= TABLES
     with sqlite3.connect(path) as db:
         rows = db.execute("SELECT version, applied_at FROM schema_version").fetchall()
-    assert rows == [(1, clock.now)]
+    assert rows == [(v, clock.now) for v, _ in MIGRATIONS]
 
 
 async def test_reopen_keeps_data_and_does_not_migrate_again(
@@ -51,7 +51,7 @@ async def test_reopen_keeps_data_and_does_not_migrate_again(
     async with await Catalog.open(path, clock=clock) as catalog:
         assert (await catalog.counts())["instances"] == 1
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone() == (1,)
+        assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone() == (len(MIGRATIONS),)
 
 
 async def test_newer_schema_is_refused_and_left_alone(tmp_path: Path, clock: FakeClock) -> None:
@@ -70,25 +70,29 @@ async def test_newer_schema_is_refused_and_left_alone(tmp_path: Path, clock: Fak
 
 
 async def test_older_catalog_is_migrated_in_order(tmp_path: Path) -> None:
-    later = (*MIGRATIONS, (2, "CREATE TABLE extra (x TEXT);\nCREATE INDEX extra_x ON extra (x);"))
+    newest = len(MIGRATIONS)
+    extra = "CREATE TABLE extra (x TEXT);\nCREATE INDEX extra_x ON extra (x);"
+    later = (*MIGRATIONS, (newest + 1, extra))
     async with aiosqlite.connect(tmp_path / "c.sqlite", isolation_level=None) as conn:
         assert await current_version(conn) == 0
-        assert await migrate(conn, clock=lambda: 5.0) == 1
-        assert await migrate(conn, migrations=later, clock=lambda: 6.0) == 2
+        assert await migrate(conn, migrations=MIGRATIONS[:1], clock=lambda: 4.0) == 1
+        assert await migrate(conn, clock=lambda: 5.0) == newest
+        assert await migrate(conn, migrations=later, clock=lambda: 6.0) == newest + 1
         rows = list(await conn.execute_fetchall("SELECT * FROM schema_version ORDER BY version"))
-        assert [tuple(r) for r in rows] == [(1, 5.0), (2, 6.0)]
+        expected = [(1, 4.0)] + [(v, 5.0) for v in range(2, newest + 1)] + [(newest + 1, 6.0)]
+        assert [tuple(r) for r in rows] == expected
         # The older code now finds a newer catalog.
         with pytest.raises(SchemaTooNew):
             await migrate(conn)
 
 
 async def test_failed_migration_rolls_back_whole_step(tmp_path: Path) -> None:
-    broken = (*MIGRATIONS, (2, "CREATE TABLE half (x TEXT);\nCREATE TABLE broken (;"))
+    broken = (*MIGRATIONS, (len(MIGRATIONS) + 1, "CREATE TABLE half (x);\nCREATE TABLE broken (;"))
     async with aiosqlite.connect(tmp_path / "c.sqlite", isolation_level=None) as conn:
         await migrate(conn)
         with pytest.raises(CatalogError):
             await migrate(conn, migrations=broken)
-        assert await current_version(conn) == 1
+        assert await current_version(conn) == len(MIGRATIONS)
         names = await conn.execute_fetchall("SELECT name FROM sqlite_master WHERE name = 'half'")
         assert list(names) == []
         assert not conn.in_transaction
@@ -140,3 +144,17 @@ def test_catalog_errors_are_part_of_the_one_tree() -> None:
         assert name in errors.__all__
         assert name in (errors.__doc__ or "")
         assert issubclass(getattr(errors, name), MeshError)
+
+
+async def test_a_version_1_catalog_with_data_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    async with aiosqlite.connect(path, isolation_level=None) as conn:
+        await migrate(conn, migrations=MIGRATIONS[:1])
+        await conn.execute("INSERT INTO patients (patient_id) VALUES ('P1')")
+    async with await Catalog.open(path) as catalog:
+        assert (await catalog.counts())["patients"] == 1
+        await catalog.add_instances([make_record()])
+    async with aiosqlite.connect(path, isolation_level=None) as conn:
+        assert await current_version(conn) == SCHEMA_VERSION
+        names = {r[0] for r in await conn.execute_fetchall("SELECT name FROM sqlite_master")}
+    assert {"bundles", "bundle_members", "placements", "instances"} <= names

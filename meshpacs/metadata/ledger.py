@@ -42,6 +42,7 @@ __all__ = [
     "plan_bundles",
     "planned_bundles",
     "protection_counts",
+    "queued_studies",
     "record_encoded",
     "record_placement",
     "settle_bundle",
@@ -139,6 +140,12 @@ def next_queued_study(db: sqlite3.Connection) -> int | None:
     """The row id of the study that has waited longest in the backup queue."""
     row = db.execute("SELECT study_ref FROM backup_queue ORDER BY queued_at, id LIMIT 1").fetchone()
     return None if row is None else int(row[0])
+
+
+def queued_studies(db: sqlite3.Connection) -> list[int]:
+    """Row ids of every study in the backup queue, longest waiting first."""
+    rows = db.execute("SELECT study_ref FROM backup_queue ORDER BY queued_at, id").fetchall()
+    return [int(r[0]) for r in rows]
 
 
 def _unbundled(db: sqlite3.Connection, study_ref: int) -> list[tuple[int, int]]:

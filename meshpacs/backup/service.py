@@ -1,0 +1,278 @@
+"""The backup service: turns stable studies into bundles stored on partner sites.
+
+One pass (:meth:`BackupService.run_once`) does, in order, each step a catalog transaction
+so that a stop anywhere resumes without losing or repeating work::
+
+    mark quiet studies stable and queue them          (catalog)
+    plan bundles for every queued study               (ledger: planned)
+    encode each planned bundle into fragment files    (worker thread; ledger: encoded)
+    place each encoded bundle's missing shares        (DHT + transport; ledger: placements)
+    settle bundles (stored / degraded) and studies    (ledger; study PROTECTED)
+    tell the trusted peers about protected studies    (catalog replicas)
+
+It runs beside ingest: the catalog orders the two, and a study that receives an instance
+meanwhile simply goes back to RECEIVING and is bundled again (only its new instances)
+once quiet.
+
+The service reaches the mesh through :class:`Partners` (the node wires it to the DHT and
+the fragment transport) and announces protected studies through :class:`StudyPublisher`
+(the trusted-peer catalog replication); both are small protocols so that this module
+stays about the pipeline's order, not about sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Protocol
+
+from meshpacs.backup.encode import EncodedFiles, discard_work, encode_to_files, reuse_encoded
+from meshpacs.backup.placement import Candidate, placement_key, rank_candidates
+from meshpacs.backup.upload import UploadPolicy, place_shares
+from meshpacs.erasure import fragment_id
+from meshpacs.erasure.layout import FragmentHeader
+from meshpacs.errors import InputChanged, MeshError
+from meshpacs.keys import SiteKeys, unwrap_data_key, wrap_data_key
+from meshpacs.keys.wrap import DATA_KEY_SIZE
+from meshpacs.metadata import Catalog, ledger
+from meshpacs.metadata.ledger import BundlePlan, BundleRow
+
+__all__ = ["BackupService", "BackupSettings", "Partners", "PassReport", "StudyPublisher"]
+
+_log = logging.getLogger("meshpacs.backup")
+
+
+class Partners(Protocol):
+    """The mesh as the backup pipeline sees it."""
+
+    async def candidates(self, key: bytes, count: int) -> list[Candidate]:
+        """Up to ``count`` member sites near ``key``, from their signed node records."""
+        ...
+
+    async def put(self, site_id: str, fragment_id: str, path: Path) -> None:
+        """Store the fragment file at the site; returns once it is durably acknowledged."""
+        ...
+
+    async def delete(self, site_id: str, fragment_id: str) -> None:
+        """Ask the site to drop a fragment of ours."""
+        ...
+
+
+class StudyPublisher(Protocol):
+    """Sends a protected study's catalog record to the site's trusted peers."""
+
+    async def study_protected(self, study_ref: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    """Bundle shape, placement and timing (from the node's ``[backup]`` config)."""
+
+    plan: BundlePlan
+    happy: int
+    stable_seconds: float = 60.0
+    spare_sites: int = 2
+    upload: UploadPolicy = field(default_factory=UploadPolicy)
+
+    def __post_init__(self) -> None:
+        if not self.plan.k <= self.happy <= self.plan.n:
+            raise ValueError(f"happy must be between k and n, got {self.happy}")
+
+
+@dataclass
+class PassReport:
+    """What one pass did: counts, for logs and tests."""
+
+    queued: int = 0
+    planned: int = 0
+    encoded: int = 0
+    stored: int = 0
+    degraded: int = 0
+    waiting: int = 0  # encoded bundles still below happy (too few partners)
+    protected: int = 0
+    failed: int = 0
+
+
+class BackupService:
+    """Runs the backup pipeline for one site over its catalog and instance store."""
+
+    def __init__(
+        self,
+        *,
+        site_id: str,
+        keys: SiteKeys,
+        catalog: Catalog,
+        instance_path: Callable[[bytes], Path],
+        partners: Partners,
+        settings: BackupSettings,
+        work_dir: Path,
+        publisher: StudyPublisher | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.site_id = site_id
+        self._keys = keys
+        self._catalog = catalog
+        self._instance_path = instance_path
+        self._partners = partners
+        self._settings = settings
+        self._work_dir = work_dir
+        self._publisher = publisher
+        self._clock = clock
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Start the next pass now (a study became stable, a partner came back...)."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event, interval: float = 5.0) -> None:
+        """Pass after pass until ``stop`` is set; a failing pass is logged, not fatal."""
+        while not stop.is_set():
+            try:
+                await self.run_once()
+            except MeshError as error:
+                _log.error("backup pass failed: %s", error)
+            self._wake.clear()
+            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+            await asyncio.wait(waiters, timeout=interval, return_when="FIRST_COMPLETED")
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def run_once(self) -> PassReport:
+        report = PassReport()
+        plan = self._settings.plan
+        report.queued = len(await self._catalog.mark_stable(self._settings.stable_seconds))
+        studies = await self._catalog.read(ledger.queued_studies)
+        for study_ref in studies:
+            created = await self._catalog.write(
+                partial(
+                    ledger.plan_bundles,
+                    study_ref=study_ref,
+                    plan=plan,
+                    new_bundle=self._new_bundle,
+                    now=self._clock(),
+                )
+            )
+            report.planned += len(created)
+        for row in await self._catalog.read(ledger.planned_bundles):
+            if await self._encode(row):
+                report.encoded += 1
+            else:
+                report.failed += 1
+        for row in await self._catalog.read(ledger.encoded_bundles):
+            state = await self._place(row)
+            if state == "stored":
+                report.stored += 1
+            elif state == "degraded":
+                report.degraded += 1
+            else:
+                report.waiting += 1
+        for study_ref in studies:
+            if await self._catalog.write(partial(ledger.settle_study, study_ref=study_ref)):
+                report.protected += 1
+                _log.info("study row %d protected", study_ref)
+                if self._publisher is not None:
+                    await self._publisher.study_protected(study_ref)
+        return report
+
+    def _new_bundle(self) -> tuple[bytes, bytes]:
+        bundle_id = secrets.token_bytes(16)
+        data_key = secrets.token_bytes(DATA_KEY_SIZE)
+        return bundle_id, wrap_data_key(self._keys.key_wrap, bundle_id, data_key)
+
+    def _data_key(self, row: BundleRow) -> bytes:
+        return unwrap_data_key(self._keys.key_wrap, row.bundle_id, row.wrapped_key)
+
+    async def _encode(self, row: BundleRow) -> bool:
+        files = await self._encode_files(row)
+        if files is None:
+            return False
+        ref = files.ref
+        await self._catalog.write(
+            lambda db: ledger.record_encoded(db, row.ref, ref.length, ref.set_hash)
+        )
+        return True
+
+    async def _files(self, row: BundleRow) -> EncodedFiles | None:
+        """The encoded bundle's fragment files: left by an earlier pass, or encoded again."""
+        return reuse_encoded(row, self._work_dir) or await self._encode_files(row)
+
+    async def _encode_files(self, row: BundleRow) -> EncodedFiles | None:
+        members = await self._catalog.read(lambda db: ledger.bundle_members(db, row.ref))
+        try:
+            return await asyncio.to_thread(
+                encode_to_files,
+                row,
+                members,
+                self._instance_path,
+                self._data_key(row),
+                self._work_dir,
+            )
+        except (InputChanged, OSError) as error:
+            # Never place what does not match the catalog: the bundle waits and the
+            # operator sees why (the integrity audit of a later issue repairs it).
+            _log.error("bundle row %d cannot be encoded: %s", row.ref, error)
+            return None
+
+    async def _place(self, row: BundleRow) -> str:
+        assert row.length is not None
+        files = await self._files(row)
+        if files is None:
+            return row.state
+        placed = await self._catalog.read(lambda db: ledger.placements(db, row.ref))
+        already: dict[int, str] = {}
+        for placement in placed:
+            if placement.share not in already and placement.holder_site not in already.values():
+                already[placement.share] = placement.holder_site
+        header = FragmentHeader(row.k, row.n, 0, row.segment_size, row.length, row.bundle_id)
+        key = placement_key(row.bundle_id)
+        wanted = row.n + self._settings.spare_sites
+        ranked = rank_candidates(
+            key,
+            await self._partners.candidates(key, wanted + len(already) + 1),
+            owner_site=self.site_id,
+            fragment_size=header.fragment_size,
+            exclude=list(already.values()),
+        )
+        ids = [fragment_id(self._keys.fragment_id, row.bundle_id, s) for s in range(row.n)]
+
+        async def put(site: str, share: int) -> None:
+            await self._partners.put(site, ids[share], files.paths[share])
+
+        async def delete(site: str, share: int) -> None:
+            await self._partners.delete(site, ids[share])
+
+        async def on_placed(share: int, site: str) -> None:
+            now = self._clock()
+            await self._catalog.write(
+                lambda db: ledger.record_placement(db, row.ref, share, site, ids[share], now)
+            )
+
+        outcome = await place_shares(
+            range(row.n),
+            [c.site_id for c in ranked],
+            put,
+            delete,
+            on_placed,
+            policy=self._settings.upload,
+            already=already,
+        )
+        state = await self._catalog.write(
+            lambda db: ledger.settle_bundle(db, row.ref, self._settings.happy, self._clock())
+        )
+        if state in ("stored", "degraded"):
+            discard_work(row, self._work_dir)
+        else:
+            _log.warning(
+                "bundle row %d has %d of %d shares placed (happy is %d); will retry",
+                row.ref,
+                len(outcome.placed),
+                row.n,
+                self._settings.happy,
+            )
+        return state

@@ -1,0 +1,218 @@
+"""The fragment transport's wire format: fixed-size heads, bounded names, streamed bodies.
+
+One TLS connection carries requests one after another. Each request is a head, a name,
+and for ``PUT_FRAGMENT``/``PUT_RECORD`` a body of exactly ``length`` bytes, which the
+client sends only after the server said ``CONTINUE`` (so a quota or ownership refusal
+costs a round trip, never a 100 MB upload). Every response is a head, a message and
+``length`` body bytes. Everything a peer sends is bounded here, before anything is
+allocated: names at 64 bytes, messages at 1 KiB, bodies by the caller's own limits.
+
+Request head, version 1 (big-endian)::
+
+    offset  size  field
+    0       1     version      = 1
+    1       1     op           see :class:`Op`
+    2       1     kind         record kind for *_RECORD ops (1 catalog, 2 escrow), else 0
+    3       1     name_length  0..64
+    4       8     offset       GET_FRAGMENT: first byte wanted
+    12      8     length       PUT_*: body bytes that follow CONTINUE; GET_FRAGMENT: bytes
+                               wanted (0 = to the end)
+    20      N     name         ASCII: a fragment ID or record ID (64 lower-case hex)
+
+Response head, version 1::
+
+    offset  size  field
+    0       1     version      = 1
+    1       1     status       see :class:`Status`
+    2       2     message_length  0..1024
+    4       8     length       body bytes that follow the message
+    12      M     message      UTF-8, for logs; never carries PHI (peers hold none)
+
+Who may do what is not in the frames: the server reads the requester's site ID from its
+TLS certificate, and the owner of a fragment or record is always that site.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import struct
+from dataclasses import dataclass
+
+from meshpacs.errors import ProtocolViolation, UnknownVersion
+
+__all__ = [
+    "MAX_MESSAGE",
+    "MAX_NAME",
+    "REQUEST_HEAD_SIZE",
+    "RESPONSE_HEAD_SIZE",
+    "VERSION",
+    "Op",
+    "RecordKind",
+    "Request",
+    "RequestHead",
+    "Response",
+    "ResponseHead",
+    "Status",
+    "decode_request",
+    "decode_request_head",
+    "decode_response",
+    "decode_response_head",
+    "encode_request",
+    "encode_response",
+]
+
+VERSION = 1
+MAX_NAME = 64
+MAX_MESSAGE = 1024
+_REQUEST = struct.Struct(">BBBBQQ")
+_RESPONSE = struct.Struct(">BBHQ")
+REQUEST_HEAD_SIZE = _REQUEST.size  # 20
+RESPONSE_HEAD_SIZE = _RESPONSE.size  # 12
+_HEX_NAME = re.compile(rb"[0-9a-f]{64}")
+_MAX_U64 = 2**64 - 1
+
+
+class Op(enum.IntEnum):
+    PING = 1
+    PUT_FRAGMENT = 2
+    GET_FRAGMENT = 3
+    HAS_FRAGMENT = 4
+    DELETE_FRAGMENT = 5
+    PUT_RECORD = 6
+    GET_RECORD = 7
+    LIST_RECORDS = 8
+
+
+class RecordKind(enum.IntEnum):
+    NONE = 0
+    CATALOG = 1
+    ESCROW = 2
+
+
+class Status(enum.IntEnum):
+    OK = 0
+    CONTINUE = 1
+    NOT_FOUND = 2
+    FORBIDDEN = 3
+    QUOTA = 4
+    CORRUPT = 5
+    BAD_REQUEST = 6
+    TOO_LARGE = 7
+    UNAVAILABLE = 8
+
+
+_NAMED_OPS = {
+    Op.PUT_FRAGMENT,
+    Op.GET_FRAGMENT,
+    Op.HAS_FRAGMENT,
+    Op.DELETE_FRAGMENT,
+    Op.PUT_RECORD,
+    Op.GET_RECORD,
+}
+_RECORD_OPS = {Op.PUT_RECORD, Op.GET_RECORD, Op.LIST_RECORDS}
+
+
+@dataclass(frozen=True)
+class RequestHead:
+    version: int
+    op: Op
+    kind: RecordKind
+    name_length: int
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class Request:
+    op: Op
+    name: str = ""
+    kind: RecordKind = RecordKind.NONE
+    offset: int = 0
+    length: int = 0
+
+    def __post_init__(self) -> None:
+        _check_request(self.op, self.kind, self.name.encode("ascii", "replace"))
+        if not 0 <= self.offset <= _MAX_U64 or not 0 <= self.length <= _MAX_U64:
+            raise ProtocolViolation("offset and length must fit in 64 bits")
+
+
+@dataclass(frozen=True)
+class ResponseHead:
+    version: int
+    status: Status
+    message_length: int
+    length: int
+
+
+@dataclass(frozen=True)
+class Response:
+    status: Status
+    message: str = ""
+    length: int = 0
+
+
+def _check_request(op: Op, kind: RecordKind, name: bytes) -> None:
+    if op in _NAMED_OPS and not _HEX_NAME.fullmatch(name):
+        raise ProtocolViolation(f"{op.name} needs a 64-hex-digit name")
+    if op not in _NAMED_OPS and name:
+        raise ProtocolViolation(f"{op.name} takes no name")
+    if (op in _RECORD_OPS) != (kind != RecordKind.NONE):
+        raise ProtocolViolation(f"{op.name} with record kind {kind.name}")
+
+
+def encode_request(request: Request) -> bytes:
+    name = request.name.encode("ascii")
+    head = _REQUEST.pack(
+        VERSION, request.op, request.kind, len(name), request.offset, request.length
+    )
+    return head + name
+
+
+def decode_request_head(data: bytes) -> RequestHead:
+    """The fixed part of a request; the caller then reads ``name_length`` more bytes."""
+    if len(data) != REQUEST_HEAD_SIZE:
+        raise ProtocolViolation(f"request head is {len(data)} bytes, not {REQUEST_HEAD_SIZE}")
+    version, op, kind, name_length, offset, length = _REQUEST.unpack(data)
+    if version != VERSION:
+        raise UnknownVersion("transport request", version, [VERSION])
+    try:
+        parsed_op, parsed_kind = Op(op), RecordKind(kind)
+    except ValueError:
+        raise ProtocolViolation(f"unknown op {op} or record kind {kind}") from None
+    if name_length > MAX_NAME:
+        raise ProtocolViolation(f"name of {name_length} bytes is over {MAX_NAME}")
+    return RequestHead(version, parsed_op, parsed_kind, name_length, offset, length)
+
+
+def decode_request(head: RequestHead, name: bytes) -> Request:
+    if len(name) != head.name_length:
+        raise ProtocolViolation("name is cut short")
+    _check_request(head.op, head.kind, name)
+    return Request(head.op, name.decode("ascii"), head.kind, head.offset, head.length)
+
+
+def encode_response(response: Response) -> bytes:
+    message = response.message.encode("utf-8")[:MAX_MESSAGE]
+    return _RESPONSE.pack(VERSION, response.status, len(message), response.length) + message
+
+
+def decode_response_head(data: bytes) -> ResponseHead:
+    if len(data) != RESPONSE_HEAD_SIZE:
+        raise ProtocolViolation(f"response head is {len(data)} bytes, not {RESPONSE_HEAD_SIZE}")
+    version, status, message_length, length = _RESPONSE.unpack(data)
+    if version != VERSION:
+        raise UnknownVersion("transport response", version, [VERSION])
+    try:
+        parsed = Status(status)
+    except ValueError:
+        raise ProtocolViolation(f"unknown status {status}") from None
+    if message_length > MAX_MESSAGE:
+        raise ProtocolViolation(f"message of {message_length} bytes is over {MAX_MESSAGE}")
+    return ResponseHead(version, parsed, message_length, length)
+
+
+def decode_response(head: ResponseHead, message: bytes) -> Response:
+    if len(message) != head.message_length:
+        raise ProtocolViolation("message is cut short")
+    return Response(head.status, message.decode("utf-8", "replace"), head.length)

@@ -11,7 +11,9 @@
         ├── key_wrap             wraps each bundle's data key (wrap.py)
         │   └── data key         random per bundle, stored wrapped next to the bundle
         ├── catalog              encrypts the site catalog for trusted peers
-        ├── node_identity_seed   seed of the node's key pair
+        ├── node_identity_seed   seed of the node's key pairs (identity.py: NodeIdentity)
+        │   ├── Ed25519          signs certificate requests and DHT records; names the node
+        │   └── X25519           other sites encrypt escrow shares to it
         └── fingerprint          non-secret ID to confirm a typed phrase belongs to the site
 
 Why this shape: a site that loses everything but its phrase (or ``threshold`` escrow
@@ -21,6 +23,7 @@ backed up; and a leaked data key exposes one bundle, a leaked subkey one purpose
 
 from __future__ import annotations
 
+from meshpacs.keys.identity import NodeIdentity, node_id_for, verify_signature
 from meshpacs.keys.phrase import decode_phrase, encode_phrase
 from meshpacs.keys.secret import SiteKeys, SiteSecret
 from meshpacs.keys.shamir import (
@@ -35,6 +38,7 @@ from meshpacs.keys.wrap import DATA_KEY_SIZE, unwrap_data_key, wrap_data_key
 
 __all__ = [
     "DATA_KEY_SIZE",
+    "NodeIdentity",
     "ShamirShare",
     "SiteKeys",
     "SiteSecret",
@@ -44,7 +48,9 @@ __all__ = [
     "encode_phrase",
     "encode_share",
     "interpolate",
+    "node_id_for",
     "split",
     "unwrap_data_key",
+    "verify_signature",
     "wrap_data_key",
 ]

@@ -27,6 +27,8 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from meshpacs.errors import ConfigError
+from meshpacs.federation.names import SITE_ID_MAX_LENGTH, validate_site_id
+from meshpacs.federation.names import site_id_problem as _site_id_problem
 
 __all__ = [
     "AE_TITLE_MAX_LENGTH",
@@ -48,7 +50,6 @@ __all__ = [
 ]
 
 AE_TITLE_MAX_LENGTH = 16
-SITE_ID_MAX_LENGTH = 64
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 # Bounds that catch typos (a size in KiB where bytes were meant, a timeout in ms) while
@@ -60,7 +61,6 @@ _MAX_INSTANCE_BYTES_RANGE = (1024 * 1024, 1024**4)
 _MAX_TIMEOUT = 86400.0
 _MAX_STABLE_AFTER = 7 * 86400.0
 
-_SITE_ID = re.compile(r"[a-z0-9-]+")
 _HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,252})")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _SAMPLE_RESOURCE = "sample-config.toml"
@@ -187,16 +187,6 @@ class NodeConfig:
 # --- single values: each returns the problem in words, or None ------------------------
 
 
-def _site_id_problem(value: str) -> str | None:
-    if not value:
-        return "must not be empty"
-    if len(value) > SITE_ID_MAX_LENGTH:
-        return f"must be at most {SITE_ID_MAX_LENGTH} characters, not {len(value)}"
-    if not _SITE_ID.fullmatch(value):
-        return 'may contain only lower-case letters a-z, digits 0-9 and "-", e.g. "st-marys"'
-    return None
-
-
 def _ae_title_problem(value: str) -> str | None:
     """PS3.5 VR AE: 1-16 default-repertoire characters, no backslash, not only spaces."""
     title = value.strip(" ")
@@ -240,14 +230,6 @@ def _shown(value: str) -> str:
     """A user's value quoted for a message, cut short so a pasted blob stays readable."""
     text = value if len(value) <= 60 else value[:57] + "..."
     return '"' + text.encode("unicode_escape").decode("ascii").replace('"', '\\"') + '"'
-
-
-def validate_site_id(value: str) -> str:
-    """Return ``value`` if it is a valid site ID, else raise ``ConfigError`` saying why."""
-    problem = _site_id_problem(value)
-    if problem is not None:
-        raise ConfigError(f"site ID {_shown(value)}: {problem}")
-    return value
 
 
 def validate_ae_title(value: str) -> str:

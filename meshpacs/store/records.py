@@ -28,7 +28,7 @@ from meshpacs.federation.names import validate_site_id
 from meshpacs.store.durable import TEMP_SUFFIX, make_temp, remove_file, replace_file, write_all
 from meshpacs.store.names import validate_fragment_id
 
-__all__ = ["DEFAULT_RECORD_QUOTA", "MAX_RECORD_BYTES", "RecordStore"]
+__all__ = ["DEFAULT_RECORD_QUOTA", "MAX_RECORD_BYTES", "HeldRecords"]
 
 MAX_RECORD_BYTES = 80 * 1024 * 1024  # a sealed catalog record of a very large study
 DEFAULT_RECORD_QUOTA = 4 * 1024**3
@@ -36,7 +36,7 @@ _KINDS = {1: "catalog", 2: "escrow"}
 _MAX_LIST = 100_000
 
 
-class RecordStore:
+class HeldRecords:
     """Sealed records kept for their owners; synchronous, thread-safe."""
 
     def __init__(self, directory: Path, quota_bytes: int = DEFAULT_RECORD_QUOTA) -> None:

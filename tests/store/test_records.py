@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from meshpacs.errors import ConfigError, FormatError, LimitExceeded, QuotaExceeded
-from meshpacs.store.records import MAX_RECORD_BYTES, RecordStore
+from meshpacs.store.records import MAX_RECORD_BYTES, HeldRecords
 
 ID1, ID2 = "a" * 64, "b" * 64
 
 
 def test_put_get_list_and_replace(tmp_path: Path) -> None:
-    store = RecordStore(tmp_path / "records")
+    store = HeldRecords(tmp_path / "records")
     store.put(1, "site-a", ID1, b"first")
     store.put(1, "site-a", ID1, b"second version")
     store.put(1, "site-a", ID2, b"other")
@@ -27,13 +27,13 @@ def test_put_get_list_and_replace(tmp_path: Path) -> None:
     assert store.list(1, "site-b") == []
     assert store.delete(1, "site-a", ID2) and not store.delete(1, "site-a", ID2)
     # A reopened store has kept everything (and no temp file is listed).
-    again = RecordStore(tmp_path / "records")
+    again = HeldRecords(tmp_path / "records")
     assert again.list(1, "site-a") == [ID1]
     assert not list((tmp_path / "records").rglob("*.part"))
 
 
 def test_no_owner_text_or_bad_id_becomes_a_path(tmp_path: Path) -> None:
-    store = RecordStore(tmp_path / "records")
+    store = HeldRecords(tmp_path / "records")
     for bad_site in ["../x", "Site", "a/b", ""]:
         with pytest.raises(ConfigError):
             store.put(1, bad_site, ID1, b"x")
@@ -48,11 +48,11 @@ def test_no_owner_text_or_bad_id_becomes_a_path(tmp_path: Path) -> None:
 
 
 def test_quota_and_size_bounds(tmp_path: Path) -> None:
-    store = RecordStore(tmp_path / "records", quota_bytes=100)
+    store = HeldRecords(tmp_path / "records", quota_bytes=100)
     store.put(1, "site-a", ID1, b"x" * 60)
     with pytest.raises(QuotaExceeded):
         store.put(1, "site-a", ID2, b"y" * 60)
     store.put(1, "site-a", ID1, b"x" * 90)  # a replacement is charged the difference
     store.put(1, "site-b", ID2, b"y" * 60)  # another owner has its own quota
     with pytest.raises(LimitExceeded):
-        RecordStore(tmp_path / "big").put(1, "site-a", ID1, bytes(MAX_RECORD_BYTES + 1))
+        HeldRecords(tmp_path / "big").put(1, "site-a", ID1, bytes(MAX_RECORD_BYTES + 1))

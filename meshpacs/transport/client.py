@@ -1,0 +1,249 @@
+"""The owner's side of the fragment transport: one connection to one partner site.
+
+:class:`PartnerConnection` opens a mutual-TLS connection to a partner's address and
+checks, from the certificate, that it reached the site it meant to (``identify``, the
+same check the server makes), before any fragment goes out. Requests then run one at a
+time on that connection; a fragment file streams out in chunks, and a fragment read
+streams into the caller's sink, so neither sits whole in memory.
+
+Errors are typed: :class:`~meshpacs.errors.PeerUnreachable` for connecting, timeouts and
+a connection lost; :class:`~meshpacs.errors.PeerRefused` (with the partner's status) for
+an answer that is a refusal; :class:`~meshpacs.errors.ProtocolViolation` for answers
+that break the protocol, after which the connection is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from types import TracebackType
+
+from meshpacs.errors import MeshError, PeerRefused, PeerUnreachable, ProtocolViolation
+from meshpacs.transport.frames import (
+    RESPONSE_HEAD_SIZE,
+    Op,
+    RecordKind,
+    Request,
+    Response,
+    Status,
+    decode_response,
+    decode_response_head,
+    encode_request,
+)
+from meshpacs.transport.server import CHUNK, HAS_BODY
+
+__all__ = ["FragmentInfo", "PartnerConnection"]
+
+Identify = Callable[[ssl.SSLObject], str]
+Sink = Callable[[bytes], Awaitable[None] | None]
+
+_MAX_SMALL_BODY = 100 * 1024 * 1024  # records and lists are read into memory
+
+
+class FragmentInfo:
+    """What a partner says it holds for us under one fragment ID."""
+
+    __slots__ = ("set_hash", "size")
+
+    def __init__(self, size: int, set_hash: bytes) -> None:
+        self.size = size
+        self.set_hash = set_hash
+
+
+class PartnerConnection:
+    """A connection to one partner site; use ``async with await PartnerConnection.open(...)``."""
+
+    def __init__(
+        self,
+        site_id: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        timeout: float,
+    ) -> None:
+        self.site_id = site_id
+        self._reader = reader
+        self._writer = writer
+        self._timeout = timeout
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(
+        cls,
+        site_id: str,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext,
+        identify: Identify,
+        *,
+        timeout: float = 30.0,
+    ) -> PartnerConnection:
+        """Connect and check the peer's certificate names ``site_id``."""
+        where = f"site {site_id} at {host}:{port}"
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, ssl=ssl_context, server_hostname=None),
+                timeout,
+            )
+        except (OSError, TimeoutError, ssl.SSLError) as error:
+            raise PeerUnreachable(f"{where}: {error or type(error).__name__}") from None
+        try:
+            found = identify(writer.get_extra_info("ssl_object"))
+        except MeshError:
+            writer.close()
+            raise
+        if found != site_id:
+            writer.close()
+            raise PeerUnreachable(f"{where}: its certificate names site {found}")
+        return cls(site_id, reader, writer, timeout)
+
+    async def close(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            await self._writer.wait_closed()
+
+    async def __aenter__(self) -> PartnerConnection:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def ping(self) -> None:
+        async with self._exchange():
+            await self._send(Request(Op.PING))
+            self._accept(await self._response(), Status.OK)
+
+    async def put_fragment(self, fragment_id: str, path: Path) -> None:
+        """Stream the fragment file; returns once the partner kept it (verified, fsynced)."""
+        with open(path, "rb") as source:
+            size = os.fstat(source.fileno()).st_size
+            async with self._exchange():
+                await self._send(Request(Op.PUT_FRAGMENT, fragment_id, length=size))
+                self._accept(await self._response(), Status.CONTINUE)
+                remaining = size
+                while remaining:
+                    chunk = await asyncio.to_thread(source.read, min(CHUNK, remaining))
+                    if not chunk:
+                        raise ProtocolViolation("fragment file shrank while being sent")
+                    await self._write(chunk)
+                    remaining -= len(chunk)
+                self._accept(await self._response(), Status.OK)
+
+    async def get_fragment(
+        self, fragment_id: str, sink: Sink, *, offset: int = 0, length: int = 0
+    ) -> int:
+        """Stream the fragment (or ``length`` bytes from ``offset``) into ``sink``."""
+        async with self._exchange():
+            await self._send(Request(Op.GET_FRAGMENT, fragment_id, offset=offset, length=length))
+            response = self._accept(await self._response(), Status.OK)
+            if length and response.length != length:
+                raise ProtocolViolation(f"asked {length} bytes, partner sends {response.length}")
+            remaining = response.length
+            while remaining:
+                chunk = await self._read(min(CHUNK, remaining))
+                outcome = sink(chunk)
+                if outcome is not None:
+                    await outcome
+                remaining -= len(chunk)
+            return response.length
+
+    async def has_fragment(self, fragment_id: str) -> FragmentInfo | None:
+        async with self._exchange():
+            await self._send(Request(Op.HAS_FRAGMENT, fragment_id))
+            response = await self._response()
+            if response.status == Status.NOT_FOUND:
+                return None
+            self._accept(response, Status.OK)
+            if response.length != HAS_BODY.size:
+                raise ProtocolViolation("HAS answer of the wrong size")
+            size, set_hash = HAS_BODY.unpack(await self._read(HAS_BODY.size))
+            return FragmentInfo(size, set_hash)
+
+    async def delete_fragment(self, fragment_id: str) -> bool:
+        async with self._exchange():
+            await self._send(Request(Op.DELETE_FRAGMENT, fragment_id))
+            response = await self._response()
+            if response.status == Status.NOT_FOUND:
+                return False
+            self._accept(response, Status.OK)
+            return True
+
+    async def put_record(self, kind: RecordKind, record_id: str, data: bytes) -> None:
+        async with self._exchange():
+            await self._send(Request(Op.PUT_RECORD, record_id, kind, length=len(data)))
+            self._accept(await self._response(), Status.CONTINUE)
+            await self._write(data)
+            self._accept(await self._response(), Status.OK)
+
+    async def get_record(self, kind: RecordKind, record_id: str) -> bytes | None:
+        async with self._exchange():
+            await self._send(Request(Op.GET_RECORD, record_id, kind))
+            response = await self._response()
+            if response.status == Status.NOT_FOUND:
+                return None
+            return await self._small_body(self._accept(response, Status.OK))
+
+    async def list_records(self, kind: RecordKind) -> list[str]:
+        async with self._exchange():
+            await self._send(Request(Op.LIST_RECORDS, kind=kind))
+            body = await self._small_body(self._accept(await self._response(), Status.OK))
+            if len(body) % 64:
+                raise ProtocolViolation("record list is not a whole number of IDs")
+            names = [body[i : i + 64].decode("ascii") for i in range(0, len(body), 64)]
+            for name in names:
+                Request(Op.GET_RECORD, name, kind)  # checks each is 64 hex digits
+            return names
+
+    @contextlib.asynccontextmanager
+    async def _exchange(self) -> AsyncIterator[None]:
+        """One request at a time; a connection that failed mid-request is closed."""
+        async with self._lock:
+            try:
+                yield
+            except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as error:
+                await self.close()
+                raise PeerUnreachable(
+                    f"site {self.site_id}: connection lost: {error or type(error).__name__}"
+                ) from None
+            except TimeoutError:
+                await self.close()
+                raise PeerUnreachable(f"site {self.site_id}: no answer in time") from None
+            except ProtocolViolation:
+                await self.close()
+                raise
+
+    async def _send(self, request: Request) -> None:
+        await self._write(encode_request(request))
+
+    async def _write(self, data: bytes) -> None:
+        self._writer.write(data)
+        await asyncio.wait_for(self._writer.drain(), self._timeout)
+
+    async def _read(self, size: int) -> bytes:
+        return await asyncio.wait_for(self._reader.readexactly(size), self._timeout)
+
+    async def _response(self) -> Response:
+        head = decode_response_head(await self._read(RESPONSE_HEAD_SIZE))
+        message = await self._read(head.message_length) if head.message_length else b""
+        return decode_response(head, message)
+
+    def _accept(self, response: Response, expected: Status) -> Response:
+        if response.status == expected:
+            return response
+        if response.length:
+            # A refusal never carries a body; one that does has lost step with us.
+            raise ProtocolViolation(f"refusal {response.status.name} with a body")
+        raise PeerRefused(response.status.name, response.message)
+
+    async def _small_body(self, response: Response) -> bytes:
+        if response.length > _MAX_SMALL_BODY:
+            raise ProtocolViolation(f"answer of {response.length} bytes is over the bound")
+        return await self._read(response.length) if response.length else b""

@@ -1,0 +1,325 @@
+"""The holder's side of the fragment transport: partners put, get and delete their data.
+
+One asyncio TLS server; each connection is one authenticated partner site (its site ID is
+read from its certificate by ``identify``, never from anything it sends) issuing
+requests one at a time (:mod:`meshpacs.transport.frames`). Fragments stream through in
+chunks straight into the :class:`~meshpacs.store.FragmentStore`, which checks every one
+in full before it is kept; file work runs in threads so one slow disk does not stall
+other partners.
+
+Who may do what: a site puts, reads, lists and deletes only its own fragments and
+records. Asking for another site's data gets ``NOT_FOUND``, the same answer as for data
+that does not exist, so nobody can probe what this node holds for others.
+
+Every failure a peer can cause ends its request with a status, or (for frames that break
+the protocol, or a peer that stalls) closes its connection; none reaches the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from meshpacs.errors import (
+    CorruptFragment,
+    Forbidden,
+    FormatError,
+    LimitExceeded,
+    MeshError,
+    ProtocolViolation,
+    QuotaExceeded,
+)
+from meshpacs.store import FragmentStore
+from meshpacs.store.records import MAX_RECORD_BYTES, HeldRecords
+from meshpacs.transport.frames import (
+    REQUEST_HEAD_SIZE,
+    Op,
+    Request,
+    Response,
+    Status,
+    decode_request,
+    decode_request_head,
+    encode_response,
+)
+
+__all__ = ["HAS_BODY", "FragmentServer", "ServerLimits"]
+
+_log = logging.getLogger("meshpacs.transport")
+
+CHUNK = 1024 * 1024
+# HAS_FRAGMENT's body: fragment size and the set hash it verified against.
+HAS_BODY = struct.Struct(">Q32s")
+
+Identify = Callable[[ssl.SSLObject], str]
+OnStored = Callable[[str, str], Awaitable[None]]  # (fragment_id, owner site)
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    idle_seconds: float = 120.0  # between requests
+    io_seconds: float = 60.0  # for any one read or write while a request is under way
+    max_connections: int = 64
+
+
+class FragmentServer:
+    """Serves partners' fragments and records over mutual TLS."""
+
+    def __init__(
+        self,
+        fragments: FragmentStore,
+        records: HeldRecords,
+        ssl_context: ssl.SSLContext,
+        identify: Identify,
+        *,
+        limits: ServerLimits | None = None,
+        on_stored: OnStored | None = None,
+    ) -> None:
+        self._fragments = fragments
+        self._records = records
+        self._ssl = ssl_context
+        self._identify = identify
+        self._limits = limits or ServerLimits()
+        self._on_stored = on_stored
+        self._server: asyncio.Server | None = None
+        self._slots = asyncio.Semaphore(self._limits.max_connections)
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Listen on ``host:port`` (0: any free port); returns the address bound."""
+        self._server = await asyncio.start_server(
+            self._accept, host, port, ssl=self._ssl, ssl_handshake_timeout=15
+        )
+        bound = self._server.sockets[0].getsockname()
+        return str(bound[0]), int(bound[1])
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for task in list(self._connections):
+                task.cancel()
+            await asyncio.gather(*self._connections, return_exceptions=True)
+            await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            if self._slots.locked():
+                _log.warning("transport: connection limit reached, refusing a connection")
+                return
+            async with self._slots:
+                await self._serve(reader, writer)
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ssl_object = writer.get_extra_info("ssl_object")
+        try:
+            site = self._identify(ssl_object)
+        except MeshError as error:
+            _log.warning("transport: peer refused after handshake: %s", error)
+            return
+        peer = _Peer(site, reader, writer, self._limits)
+        try:
+            while True:
+                request = await peer.next_request()
+                if request is None:
+                    return
+                await self._handle(peer, request)
+        except (ProtocolViolation, FormatError) as error:
+            _log.warning("transport: site %s broke the protocol: %s", site, error)
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            _log.info("transport: connection from site %s ended mid-request", site)
+
+    async def _handle(self, peer: _Peer, request: Request) -> None:
+        handlers = {
+            Op.PING: self._ping,
+            Op.PUT_FRAGMENT: self._put_fragment,
+            Op.GET_FRAGMENT: self._get_fragment,
+            Op.HAS_FRAGMENT: self._has_fragment,
+            Op.DELETE_FRAGMENT: self._delete_fragment,
+            Op.PUT_RECORD: self._put_record,
+            Op.GET_RECORD: self._get_record,
+            Op.LIST_RECORDS: self._list_records,
+        }
+        await handlers[request.op](peer, request)
+
+    async def _ping(self, peer: _Peer, request: Request) -> None:
+        await peer.respond(Response(Status.OK))
+
+    async def _put_fragment(self, peer: _Peer, request: Request) -> None:
+        try:
+            pending = await asyncio.to_thread(
+                self._fragments.begin_put, request.name, peer.site, request.length
+            )
+        except MeshError as error:
+            await peer.respond(_refusal(error))
+            return
+        try:
+            await peer.respond(Response(Status.CONTINUE))
+            remaining = request.length
+            while remaining:
+                chunk = await peer.read(min(CHUNK, remaining))
+                remaining -= len(chunk)
+                await asyncio.to_thread(pending.write, chunk)
+            stored = await asyncio.to_thread(pending.commit)
+        except MeshError as error:
+            pending.abort()
+            # The rest of the body is still on the wire: drain it so the connection stays
+            # in step, then answer.
+            await peer.drain_body(remaining)
+            await peer.respond(_refusal(error))
+            return
+        except BaseException:
+            pending.abort()
+            raise
+        _log.info("transport: stored fragment share %d for site %s", stored.share, peer.site)
+        await peer.respond(Response(Status.OK))
+        if self._on_stored is not None:
+            await self._on_stored(request.name, peer.site)
+
+    async def _owned(self, peer: _Peer, fragment_id: str) -> bool:
+        stored = await asyncio.to_thread(self._fragments.has, fragment_id)
+        return stored is not None and stored.owner_site == peer.site
+
+    async def _get_fragment(self, peer: _Peer, request: Request) -> None:
+        if not await self._owned(peer, request.name):
+            await peer.respond(Response(Status.NOT_FOUND, "no such fragment"))
+            return
+        source = await asyncio.to_thread(self._fragments.open_read, request.name)
+        if source is None:
+            await peer.respond(Response(Status.NOT_FOUND, "no such fragment"))
+            return
+        with source:
+            size = source.seek(0, 2)
+            if request.offset > size:
+                await peer.respond(Response(Status.BAD_REQUEST, "offset past the end"))
+                return
+            length = size - request.offset if request.length == 0 else request.length
+            if request.offset + length > size:
+                await peer.respond(Response(Status.BAD_REQUEST, "range past the end"))
+                return
+            source.seek(request.offset)
+            await peer.respond(Response(Status.OK, length=length))
+            remaining = length
+            while remaining:
+                chunk = await asyncio.to_thread(source.read, min(CHUNK, remaining))
+                if not chunk:
+                    raise ConnectionError("fragment file shrank while being sent")
+                await peer.write(chunk)
+                remaining -= len(chunk)
+
+    async def _has_fragment(self, peer: _Peer, request: Request) -> None:
+        stored = await asyncio.to_thread(self._fragments.has, request.name)
+        if stored is None or stored.owner_site != peer.site:
+            await peer.respond(Response(Status.NOT_FOUND, "no such fragment"))
+            return
+        await peer.respond(Response(Status.OK, length=HAS_BODY.size))
+        await peer.write(HAS_BODY.pack(stored.size, stored.set_hash))
+
+    async def _delete_fragment(self, peer: _Peer, request: Request) -> None:
+        if not await self._owned(peer, request.name):
+            await peer.respond(Response(Status.NOT_FOUND, "no such fragment"))
+            return
+        try:
+            await asyncio.to_thread(self._fragments.delete, request.name, peer.site)
+        except MeshError as error:
+            await peer.respond(_refusal(error))
+            return
+        await peer.respond(Response(Status.OK))
+
+    async def _put_record(self, peer: _Peer, request: Request) -> None:
+        if request.length > MAX_RECORD_BYTES:
+            await peer.respond(Response(Status.TOO_LARGE, "record over the size limit"))
+            return
+        await peer.respond(Response(Status.CONTINUE))
+        data = await peer.read(request.length)
+        try:
+            await asyncio.to_thread(self._records.put, request.kind, peer.site, request.name, data)
+        except MeshError as error:
+            await peer.respond(_refusal(error))
+            return
+        await peer.respond(Response(Status.OK))
+
+    async def _get_record(self, peer: _Peer, request: Request) -> None:
+        data = await asyncio.to_thread(self._records.get, request.kind, peer.site, request.name)
+        if data is None:
+            await peer.respond(Response(Status.NOT_FOUND, "no such record"))
+            return
+        await peer.respond(Response(Status.OK, length=len(data)))
+        await peer.write(data)
+
+    async def _list_records(self, peer: _Peer, request: Request) -> None:
+        names = await asyncio.to_thread(self._records.list, request.kind, peer.site)
+        body = "".join(names).encode("ascii")
+        await peer.respond(Response(Status.OK, length=len(body)))
+        await peer.write(body)
+
+
+class _Peer:
+    """One connected partner: reads and writes with the server's timeouts."""
+
+    def __init__(
+        self,
+        site: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        limits: ServerLimits,
+    ) -> None:
+        self.site = site
+        self._reader = reader
+        self._writer = writer
+        self._limits = limits
+
+    async def next_request(self) -> Request | None:
+        try:
+            head_bytes = await asyncio.wait_for(
+                self._reader.readexactly(REQUEST_HEAD_SIZE), self._limits.idle_seconds
+            )
+        except asyncio.IncompleteReadError as error:
+            if not error.partial:
+                return None  # the partner closed between requests
+            raise
+        head = decode_request_head(head_bytes)
+        name = await self.read(head.name_length) if head.name_length else b""
+        return decode_request(head, name)
+
+    async def read(self, size: int) -> bytes:
+        return await asyncio.wait_for(self._reader.readexactly(size), self._limits.io_seconds)
+
+    async def drain_body(self, remaining: int) -> None:
+        while remaining:
+            remaining -= len(await self.read(min(CHUNK, remaining)))
+
+    async def write(self, data: bytes) -> None:
+        self._writer.write(data)
+        await asyncio.wait_for(self._writer.drain(), self._limits.io_seconds)
+
+    async def respond(self, response: Response) -> None:
+        await self.write(encode_response(response))
+
+
+def _refusal(error: MeshError) -> Response:
+    """The status a store error becomes; the message is the error's (never PHI here)."""
+    if isinstance(error, QuotaExceeded):
+        status = Status.QUOTA
+    elif isinstance(error, LimitExceeded):
+        status = Status.TOO_LARGE
+    elif isinstance(error, Forbidden):
+        status = Status.FORBIDDEN
+    elif isinstance(error, CorruptFragment):
+        status = Status.CORRUPT
+    elif isinstance(error, FormatError):
+        status = Status.BAD_REQUEST
+    else:
+        status = Status.UNAVAILABLE
+    return Response(status, str(error))

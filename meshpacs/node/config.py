@@ -10,6 +10,8 @@ Validation happens here, in ``parse_config``; the dataclasses trust their argume
 code and tests can build them directly. ``sample-config.toml`` next to this module is the
 documented sample (``render_config`` fills it in for ``meshpacs init``); a test checks that
 it documents every field of these dataclasses and that its values are their defaults.
+A few sizes are written in the unit a person thinks in, under a key naming it
+(``mesh.offer_gb``, ``backup.segment_kib``), and held in bytes (``offer_bytes``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from meshpacs.erasure.layout import MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE
 from meshpacs.errors import ConfigError
 from meshpacs.federation.names import SITE_ID_MAX_LENGTH, validate_site_id
 from meshpacs.federation.names import site_id_problem as _site_id_problem
@@ -34,10 +37,12 @@ __all__ = [
     "AE_TITLE_MAX_LENGTH",
     "LOG_LEVELS",
     "SITE_ID_MAX_LENGTH",
+    "BackupConfig",
     "CatalogConfig",
     "Destination",
     "DicomConfig",
     "LoggingConfig",
+    "MeshConfig",
     "NodeConfig",
     "SiteConfig",
     "load_config",
@@ -60,6 +65,13 @@ _MAX_PDU_RANGE = (4096, 16 * 1024 * 1024)
 _MAX_INSTANCE_BYTES_RANGE = (1024 * 1024, 1024**4)
 _MAX_TIMEOUT = 86400.0
 _MAX_STABLE_AFTER = 7 * 86400.0
+# [mesh] and [backup] sizes are written in the unit their key names (offer_gb is GiB).
+_KIB, _MIB, _GIB = 1024, 1024**2, 1024**3
+_MAX_GIB = 1024 * 1024  # 1 PiB
+_MAX_SHARES = 256  # zfec's limit on n
+_SEGMENT_KIB_RANGE = (MIN_SEGMENT_SIZE // _KIB, MAX_SEGMENT_SIZE // _KIB)
+_MAX_BUNDLE_MB_RANGE = (1, 1024 * 1024)
+_MAX_PASS_INTERVAL = 3600.0
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,252})")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -143,6 +155,42 @@ class CatalogConfig:
 
 
 @dataclass(frozen=True)
+class MeshConfig:
+    """``[mesh]``: this node's place in the federation (DHT, fragment transport, peers).
+
+    Off until the site is enrolled (``meshpacs federation enroll``) and ``enabled`` is
+    set: a node that only receives from its PACS needs none of it.
+    """
+
+    enabled: bool = False
+    bind: str = "0.0.0.0"
+    # The IP address partners reach this node at (the DHT needs an IP, not a name).
+    advertise_host: str = ""
+    dht_port: int = 11120
+    transport_port: int = 11121
+    bootstrap: tuple[Destination, ...] = ()
+    trusted_peers: tuple[str, ...] = ()
+    offer_bytes: int = 100 * 1024**3
+    partner_quota_bytes: int = 20 * 1024**3
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bootstrap", tuple(self.bootstrap))
+        object.__setattr__(self, "trusted_peers", tuple(self.trusted_peers))
+
+
+@dataclass(frozen=True)
+class BackupConfig:
+    """``[backup]``: how studies are cut, coded and spread."""
+
+    k: int = 4
+    n: int = 7
+    happy: int = 5
+    segment_bytes: int = 1024 * 1024
+    max_bundle_bytes: int = 1024**3
+    pass_interval_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     """``[logging]``. ``log_phi`` is a debug switch the node warns about at start."""
 
@@ -158,6 +206,8 @@ class NodeConfig:
     dicom: DicomConfig
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    backup: BackupConfig = field(default_factory=BackupConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -182,6 +232,26 @@ class NodeConfig:
     @property
     def tmp_dir(self) -> Path:
         return self.site.tmp_dir
+
+    @property
+    def records_dir(self) -> Path:
+        """Sealed catalog records and escrow shares kept for partner sites."""
+        return self.site.data_dir / "records"
+
+    @property
+    def dht_path(self) -> Path:
+        """The DHT records this node holds, kept across restarts."""
+        return self.site.data_dir / "dht.sqlite"
+
+    @property
+    def backup_work_dir(self) -> Path:
+        """Fragments of bundles being placed (ciphertext), removed once partners hold them."""
+        return self.site.data_dir / "tmp" / "backup"
+
+    @property
+    def state_dir(self) -> Path:
+        """What the running node reports to ``meshpacs status`` (peers seen)."""
+        return self.site.data_dir / "state"
 
 
 # --- single values: each returns the problem in words, or None ------------------------
@@ -344,16 +414,34 @@ class _Section:
         value: bool = self.get(key, bool, default)
         return value
 
+    def gibibytes(self, key: str, default_bytes: int) -> int:
+        """A size written in GiB (decimals allowed), returned in bytes."""
+        if key not in self.values:
+            return default_bytes
+        value = float(self.get(key, (int, float), None))
+        # Compared before converting: NaN fails every comparison, inf is over the bound.
+        if not 0 < value <= _MAX_GIB or value * _GIB < 1:
+            raise self.error(
+                key, f"must be more than 0 and at most {_MAX_GIB} (GiB), not {value:g}"
+            )
+        return int(value * _GIB)
 
-def _names(cls: type) -> frozenset[str]:
-    return frozenset(f.name for f in fields(cls))
+
+def _names(cls: type, **renamed: str) -> frozenset[str]:
+    """The keys of ``cls``'s table: its field names, except those ``renamed`` to a key."""
+    return frozenset(renamed.get(f.name, f.name) for f in fields(cls))
 
 
+# The file gives sizes in the unit a person thinks in, under a key naming that unit
+# (offer_gb = 100), while the dataclasses hold bytes; those fields are renamed here so the
+# unknown-key check knows the file's spelling (and suggests it for ``offer_bytes``).
 _SECTION_KEYS: dict[str, frozenset[str]] = {
     "site": _names(SiteConfig),
     "dicom": _names(DicomConfig),
     "catalog": _names(CatalogConfig),
     "logging": _names(LoggingConfig),
+    "mesh": _names(MeshConfig, offer_bytes="offer_gb", partner_quota_bytes="partner_quota_gb"),
+    "backup": _names(BackupConfig, segment_bytes="segment_kib", max_bundle_bytes="max_bundle_mb"),
 }
 
 
@@ -382,11 +470,15 @@ def parse_config(text: str, base_dir: Path, source: str) -> NodeConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     root = _Section(source, "", document, _SECTION_KEYS)
+    site = _site(root.table("site", _SECTION_KEYS["site"], required=True), base_dir)
+    dicom = _dicom(root.table("dicom", _SECTION_KEYS["dicom"], required=True))
     return NodeConfig(
-        site=_site(root.table("site", _SECTION_KEYS["site"], required=True), base_dir),
-        dicom=_dicom(root.table("dicom", _SECTION_KEYS["dicom"], required=True)),
+        site=site,
+        dicom=dicom,
         catalog=_catalog(root.table("catalog", _SECTION_KEYS["catalog"], required=False)),
         logging=_logging(root.table("logging", _SECTION_KEYS["logging"], required=False)),
+        mesh=_mesh(root.table("mesh", _SECTION_KEYS["mesh"], required=False), site, dicom),
+        backup=_backup(root.table("backup", _SECTION_KEYS["backup"], required=False)),
     )
 
 
@@ -510,6 +602,161 @@ def _logging(section: _Section) -> LoggingConfig:
     if level.upper() not in LOG_LEVELS:
         raise section.error("level", f"must be one of {', '.join(LOG_LEVELS)}, not {_shown(level)}")
     return LoggingConfig(level=level.upper(), log_phi=section.boolean("log_phi", defaults.log_phi))
+
+
+def _mesh(section: _Section, site: SiteConfig, dicom: DicomConfig) -> MeshConfig:
+    defaults = MeshConfig()
+    enabled = section.boolean("enabled", defaults.enabled)
+    bind = section.string("bind", defaults.bind)
+    problem = _host_problem(bind)
+    if problem is not None:
+        raise section.error("bind", f'{problem}; use an address of this machine or "0.0.0.0"')
+    dht_port, transport_port = _mesh_ports(section, dicom.port)
+    return MeshConfig(
+        enabled=enabled,
+        bind=bind,
+        advertise_host=_advertise_host(section, enabled),
+        dht_port=dht_port,
+        transport_port=transport_port,
+        bootstrap=_bootstrap(section),
+        trusted_peers=_trusted_peers(section, site.id),
+        offer_bytes=section.gibibytes("offer_gb", defaults.offer_bytes),
+        partner_quota_bytes=section.gibibytes("partner_quota_gb", defaults.partner_quota_bytes),
+    )
+
+
+def _mesh_ports(section: _Section, dicom_port: int) -> tuple[int, int]:
+    """``(dht_port, transport_port)``, each a number no other port of the node uses.
+
+    UDP and TCP could share a number, and two binds on different addresses could too, but
+    one number per service is simpler to open in firewalls and to reason about. Checked
+    even while the mesh is off, so that turning it on later cannot be what breaks the node.
+    """
+    defaults = MeshConfig()
+    dht_port = section.integer("dht_port", _PORT_RANGE, defaults.dht_port)
+    transport_port = section.integer("transport_port", _PORT_RANGE, defaults.transport_port)
+    own_number = "give each of the node's ports a number of its own"
+    if dht_port == dicom_port:
+        raise section.error("dht_port", f"{dht_port} is also dicom.port; {own_number}")
+    if transport_port in (dicom_port, dht_port):
+        other = "dicom.port" if transport_port == dicom_port else section.key_name("dht_port")
+        raise section.error("transport_port", f"{transport_port} is also {other}; {own_number}")
+    return dht_port, transport_port
+
+
+def _advertise_host(section: _Section, enabled: bool) -> str:
+    value = section.string("advertise_host", MeshConfig().advertise_host)
+    what = (
+        'write the IP address partner sites reach this node at, e.g. "203.0.113.10" or'
+        ' "2001:db8::10" (partners learn it through the DHT, which cannot use host names)'
+    )
+    if not value:
+        if not enabled:
+            return value
+        raise section.error(
+            "advertise_host", f"is required when {section.key_name('enabled')} = true; {what}"
+        )
+    if "%" in value:
+        raise section.error(
+            "advertise_host", f"{_shown(value)}: a zone (%...) means nothing to partners; {what}"
+        )
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise section.error(
+            "advertise_host", f"{_shown(value)} is not an IP address; {what}"
+        ) from None
+    if address.is_unspecified:
+        raise section.error(
+            "advertise_host", f"{value} means every address of this machine, not one; {what}"
+        )
+    return str(address)
+
+
+def _bootstrap(section: _Section) -> tuple[Destination, ...]:
+    peers: list[Destination] = []
+    for index, entry in enumerate(section.get("bootstrap", list, []), start=1):
+        if not isinstance(entry, str):
+            raise section.error(
+                "bootstrap",
+                f'entry {index} must be "IP address:port" in quotes, not {_describe(entry)}',
+            )
+        problem, peer = _parse_peer_address(entry)
+        if peer is None:
+            raise section.error("bootstrap", f"entry {index} ({_shown(entry)}): {problem}")
+        if peer in peers:
+            raise section.error("bootstrap", f"{peer} is listed twice")
+        peers.append(peer)
+    return tuple(peers)
+
+
+def _parse_peer_address(text: str) -> tuple[str, Destination | None]:
+    """Like a C-MOVE destination, but the host must be an IP address a partner can reach."""
+    problem, destination = _parse_destination(text)
+    if destination is None:
+        return problem, None
+    try:
+        address = ipaddress.ip_address(destination.host)
+    except ValueError:
+        return (
+            f"{_shown(destination.host)} is not an IP address; the DHT (kademlia) cannot look"
+            ' up host names, so write the partner\'s IP address, e.g. "203.0.113.7:11120"',
+            None,
+        )
+    if address.is_unspecified:
+        return f"{destination.host} is not the address of a partner; write its IP address", None
+    return "", destination
+
+
+def _trusted_peers(section: _Section, own_site_id: str) -> tuple[str, ...]:
+    peers: list[str] = []
+    for index, peer in enumerate(section.get("trusted_peers", list, []), start=1):
+        if not isinstance(peer, str):
+            raise section.error(
+                "trusted_peers", f"entry {index} must be a site ID in quotes, not {_describe(peer)}"
+            )
+        problem = _site_id_problem(peer)
+        if problem is not None:
+            raise section.error("trusted_peers", f"entry {index} ({_shown(peer)}) {problem}")
+        if peer == own_site_id:
+            raise section.error(
+                "trusted_peers",
+                f"entry {index} ({peer}) is this site's own site.id; list only partner sites",
+            )
+        if peer in peers:
+            raise section.error("trusted_peers", f"{peer} is listed twice")
+        peers.append(peer)
+    return tuple(peers)
+
+
+def _backup(section: _Section) -> BackupConfig:
+    defaults = BackupConfig()
+    k = section.integer("k", (1, _MAX_SHARES - 1), defaults.k)
+    n: int = section.get("n", int, defaults.n)
+    k_name, n_name = section.key_name("k"), section.key_name("n")
+    if not k < n <= _MAX_SHARES:
+        raise section.error(
+            "n",
+            f"must be more than {k_name} ({k}) and at most {_MAX_SHARES}, not {n};"
+            f" raise {n_name} or lower {k_name}",
+        )
+    happy: int = section.get("happy", int, defaults.happy)
+    if not k <= happy <= n:
+        raise section.error("happy", f"must be from {k_name} ({k}) to {n_name} ({n}), not {happy}")
+    segment_kib = section.integer("segment_kib", _SEGMENT_KIB_RANGE, defaults.segment_bytes // _KIB)
+    max_bundle_mb = section.integer(
+        "max_bundle_mb", _MAX_BUNDLE_MB_RANGE, defaults.max_bundle_bytes // _MIB
+    )
+    return BackupConfig(
+        k=k,
+        n=n,
+        happy=happy,
+        segment_bytes=segment_kib * _KIB,
+        max_bundle_bytes=max_bundle_mb * _MIB,
+        pass_interval_seconds=section.seconds(
+            "pass_interval_seconds", _MAX_PASS_INTERVAL, defaults.pass_interval_seconds
+        ),
+    )
 
 
 # --- the sample ------------------------------------------------------------------------

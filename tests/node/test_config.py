@@ -9,10 +9,12 @@ import pytest
 
 from meshpacs.errors import ConfigError, MeshError
 from meshpacs.node.config import (
+    BackupConfig,
     CatalogConfig,
     Destination,
     DicomConfig,
     LoggingConfig,
+    MeshConfig,
     NodeConfig,
     load_config,
     parse_config,
@@ -191,7 +193,7 @@ def test_invalid_toml_names_the_file_and_line() -> None:
         (MINIMAL + "[catalog]\nstable_after = 5\n", "catalog.stable_after", "stable_after"),
         (MINIMAL + "[loging]\nlevel = 'INFO'\n", "loging", "logging"),
         ("port = 104\n" + MINIMAL, "port", "[dicom]"),
-        (MINIMAL + "[backup]\nk = 4\n", "backup", "unknown table"),
+        (MINIMAL + "[replication]\nk = 4\n", "replication", "unknown table"),
         (MINIMAL.replace("[dicom]", 'colour = "blue"\n[dicom]'), "site.colour", "unknown"),
     ],
 )
@@ -365,3 +367,229 @@ def test_bad_destinations_are_refused(entry: str, key: str, words: tuple[str, ..
 def test_messages_about_long_values_stay_short() -> None:
     error = refused(MINIMAL.replace("st-marys", "x" * 5000), "site.id")
     assert len(str(error)) < 300
+
+
+# --- [mesh] and [backup] --------------------------------------------------------------
+
+GIB = 1024**3
+
+
+def with_mesh(lines: str) -> str:
+    return MINIMAL + "[mesh]\n" + lines + "\n"
+
+
+def with_backup(lines: str) -> str:
+    return MINIMAL + "[backup]\n" + lines + "\n"
+
+
+def test_mesh_and_backup_take_their_defaults_when_absent_or_empty() -> None:
+    for text in (MINIMAL, MINIMAL + "[mesh]\n[backup]\n"):
+        config = parse(text)
+        assert config.mesh == MeshConfig()
+        assert config.backup == BackupConfig()
+    mesh, backup = parse(MINIMAL).mesh, parse(MINIMAL).backup
+    assert (mesh.enabled, mesh.bind, mesh.advertise_host) == (False, "0.0.0.0", "")
+    assert (mesh.dht_port, mesh.transport_port) == (11120, 11121)
+    assert (mesh.bootstrap, mesh.trusted_peers) == ((), ())
+    assert (mesh.offer_bytes, mesh.partner_quota_bytes) == (100 * GIB, 20 * GIB)
+    assert (backup.k, backup.n, backup.happy) == (4, 7, 5)
+    assert (backup.segment_bytes, backup.max_bundle_bytes) == (1024 * 1024, GIB)
+    assert backup.pass_interval_seconds == 10
+
+
+def test_full_mesh_and_backup_tables_are_read() -> None:
+    config = parse(
+        MINIMAL
+        + """
+[mesh]
+enabled = true
+bind = "10.1.2.3"
+advertise_host = "2001:db8:0:0::10"
+dht_port = 4000
+transport_port = 4001
+bootstrap = ["203.0.113.7:11120", "[2001:db8::7]:11121"]
+trusted_peers = ["general-7", "north-3"]
+offer_gb = 2.5
+partner_quota_gb = 1048576
+[backup]
+k = 10
+n = 16
+happy = 12
+segment_kib = 4
+max_bundle_mb = 256
+pass_interval_seconds = 0.5
+"""
+    )
+    assert config.mesh == MeshConfig(
+        enabled=True,
+        bind="10.1.2.3",
+        advertise_host="2001:db8::10",  # written the one way partners compare it
+        dht_port=4000,
+        transport_port=4001,
+        bootstrap=(Destination("203.0.113.7", 11120), Destination("2001:db8::7", 11121)),
+        trusted_peers=("general-7", "north-3"),
+        offer_bytes=5 * GIB // 2,
+        partner_quota_bytes=1 << 50,
+    )
+    assert all(isinstance(peer, Destination) for peer in config.mesh.bootstrap)
+    assert config.backup == BackupConfig(
+        k=10,
+        n=16,
+        happy=12,
+        segment_bytes=4096,
+        max_bundle_bytes=256 * 1024 * 1024,
+        pass_interval_seconds=0.5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ('enabled = true\nadvertise_host = "127.0.0.1"', ("127.0.0.1", (11120, 11121))),
+        (
+            'advertise_host = "192.0.2.1"\ndht_port = 1\ntransport_port = 65535',
+            ("192.0.2.1", (1, 65535)),
+        ),
+        ("dht_port = 11121\ntransport_port = 11120", ("", (11121, 11120))),
+    ],
+)
+def test_mesh_hosts_and_ports_at_their_limits(
+    lines: str, expected: tuple[str, tuple[int, int]]
+) -> None:
+    mesh = parse(with_mesh(lines)).mesh
+    assert (mesh.advertise_host, (mesh.dht_port, mesh.transport_port)) == expected
+
+
+def test_enabled_mesh_without_advertise_host_says_what_to_write() -> None:
+    error = refused(
+        with_mesh("enabled = true"), "mesh.advertise_host", "required", "mesh.enabled = true"
+    )
+    assert "IP address" in str(error) and "203.0.113.10" in str(error)
+    refused(with_mesh('enabled = true\nadvertise_host = ""'), "mesh.advertise_host", "required")
+
+
+@pytest.mark.parametrize("wildcard", ["0.0.0.0", "::", "0:0::0"])
+@pytest.mark.parametrize("enabled", ["true", "false"])
+def test_advertise_host_must_not_be_a_wildcard(wildcard: str, enabled: str) -> None:
+    text = with_mesh(f'enabled = {enabled}\nadvertise_host = "{wildcard}"')
+    refused(text, "mesh.advertise_host", "every address", "IP address partner sites reach")
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "words"),
+    [
+        ('enabled = "yes"', "mesh.enabled", ("true or false",)),
+        ('bind = "not a host!"', "mesh.bind", ("neither an IP address nor a host name",)),
+        ('advertise_host = "mesh.hospital.example"', "mesh.advertise_host", ("not an IP",)),
+        ('advertise_host = "10.0.0.256"', "mesh.advertise_host", ("not an IP", "host names")),
+        ('advertise_host = " 10.0.0.1"', "mesh.advertise_host", ("not an IP",)),
+        ('advertise_host = "fe80::1%eth0"', "mesh.advertise_host", ("zone",)),
+        ("advertise_host = 10", "mesh.advertise_host", ("text in quotes",)),
+        ("dht_port = 0", "mesh.dht_port", ("from 1 to 65535",)),
+        ("dht_port = 65536", "mesh.dht_port", ("65535",)),
+        ("transport_port = 0", "mesh.transport_port", ("from 1",)),
+        ('transport_port = "11121"', "mesh.transport_port", ("whole number",)),
+        ("dht_port = 11112", "mesh.dht_port", ("dicom.port", "number of its own")),
+        ("transport_port = 11112", "mesh.transport_port", ("dicom.port", "number of its own")),
+        ("transport_port = 11120", "mesh.transport_port", ("mesh.dht_port", "of its own")),
+        ("dht_port = 5\ntransport_port = 5", "mesh.transport_port", ("mesh.dht_port",)),
+        ('bootstrap = "203.0.113.7:11120"', "mesh.bootstrap", ("a list",)),
+        ("bootstrap = [11120]", "mesh.bootstrap", ("entry 1", "IP address:port")),
+        ('bootstrap = ["peer.example:11120"]', "mesh.bootstrap", ("not an IP", "host names")),
+        ('bootstrap = ["localhost:11120"]', "mesh.bootstrap", ("entry 1", "host names")),
+        ('bootstrap = ["203.0.113.7"]', "mesh.bootstrap", ("host:port",)),
+        ('bootstrap = ["203.0.113.7:0"]', "mesh.bootstrap", ("1 to 65535",)),
+        (
+            'bootstrap = ["1.2.3.4:1", "2001:db8::7:11120"]',
+            "mesh.bootstrap",
+            ("entry 2", "brackets"),
+        ),
+        ('bootstrap = ["[peer]:11120"]', "mesh.bootstrap", ("not an IPv6 address",)),
+        ('bootstrap = ["0.0.0.0:11120"]', "mesh.bootstrap", ("not the address of a partner",)),
+        ('bootstrap = ["1.2.3.4:1", "1.2.3.4:1"]', "mesh.bootstrap", ("listed twice",)),
+        ('trusted_peers = "general-7"', "mesh.trusted_peers", ("a list",)),
+        ("trusted_peers = [7]", "mesh.trusted_peers", ("entry 1", "site ID")),
+        ('trusted_peers = ["General-7"]', "mesh.trusted_peers", ("entry 1", "lower-case")),
+        ('trusted_peers = ["a", ""]', "mesh.trusted_peers", ("entry 2", "empty")),
+        (f'trusted_peers = ["{"a" * 65}"]', "mesh.trusted_peers", ("at most 64",)),
+        ('trusted_peers = ["st-marys"]', "mesh.trusted_peers", ("own site.id",)),
+        ('trusted_peers = ["a", "b", "a"]', "mesh.trusted_peers", ("a is listed twice",)),
+        ("offer_gb = 0", "mesh.offer_gb", ("more than 0",)),
+        ("offer_gb = -1", "mesh.offer_gb", ("more than 0",)),
+        ("offer_gb = 1e-12", "mesh.offer_gb", ("more than 0",)),
+        ("offer_gb = 1048577", "mesh.offer_gb", ("at most 1048576",)),
+        ("offer_gb = nan", "mesh.offer_gb", ("more than 0",)),
+        ("offer_gb = inf", "mesh.offer_gb", ("at most 1048576",)),
+        ('offer_gb = "100"', "mesh.offer_gb", ("a whole number or a decimal",)),
+        ("partner_quota_gb = 0.0", "mesh.partner_quota_gb", ("more than 0",)),
+        ("partner_quota_gb = true", "mesh.partner_quota_gb", ("true or false",)),
+        ("offer_bytes = 1", "mesh.offer_bytes", ("unknown", "did you mean mesh.offer_gb")),
+        ("advertise = '1.2.3.4'", "mesh.advertise", ("did you mean mesh.advertise_host",)),
+    ],
+)
+def test_mesh_values_are_checked(line: str, key: str, words: tuple[str, ...]) -> None:
+    refused(with_mesh(line), key, *words)
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "words"),
+    [
+        ("k = 0", "backup.k", ("from 1 to 255",)),
+        ("k = 256\nn = 256", "backup.k", ("from 1 to 255",)),
+        ("k = 4.0", "backup.k", ("whole number",)),
+        ("n = 4", "backup.n", ("more than backup.k (4)", "raise backup.n or lower backup.k")),
+        ("k = 8", "backup.n", ("more than backup.k (8)", "not 7")),
+        ("k = 200\nn = 257\nhappy = 200", "backup.n", ("at most 256",)),
+        ("n = '7'", "backup.n", ("whole number",)),
+        ("happy = 3", "backup.happy", ("from backup.k (4) to backup.n (7)", "not 3")),
+        ("happy = 8", "backup.happy", ("from backup.k (4) to backup.n (7)",)),
+        ("n = 5\nhappy = 6", "backup.happy", ("backup.n (5)",)),
+        ("happy = 5.5", "backup.happy", ("whole number",)),
+        ("segment_kib = 3", "backup.segment_kib", ("from 4 to 65536",)),
+        ("segment_kib = 65537", "backup.segment_kib", ("65536",)),
+        ("segment_kib = 1.5", "backup.segment_kib", ("whole number",)),
+        ("max_bundle_mb = 0", "backup.max_bundle_mb", ("from 1 to 1048576",)),
+        ("max_bundle_mb = 1048577", "backup.max_bundle_mb", ("1048576",)),
+        ("pass_interval_seconds = 0", "backup.pass_interval_seconds", ("more than 0",)),
+        ("pass_interval_seconds = 3601", "backup.pass_interval_seconds", ("3600",)),
+        ("pass_interval_seconds = nan", "backup.pass_interval_seconds", ("more than 0",)),
+        ("segment_bytes = 4096", "backup.segment_bytes", ("did you mean backup.segment_kib",)),
+        ("max_bundle_bytes = 1", "backup.max_bundle_bytes", ("backup.max_bundle_mb",)),
+    ],
+)
+def test_backup_values_are_checked(line: str, key: str, words: tuple[str, ...]) -> None:
+    refused(with_backup(line), key, *words)
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ("k = 1\nn = 2\nhappy = 1", (1, 2, 1)),
+        ("k = 255\nn = 256\nhappy = 256", (255, 256, 256)),
+        ("k = 6\nn = 8\nhappy = 6", (6, 8, 6)),
+    ],
+)
+def test_backup_coding_at_its_limits(lines: str, expected: tuple[int, int, int]) -> None:
+    backup = parse(with_backup(lines)).backup
+    assert (backup.k, backup.n, backup.happy) == expected
+
+
+def test_backup_sizes_are_converted_to_bytes_at_their_limits() -> None:
+    low = parse(with_backup("segment_kib = 4\nmax_bundle_mb = 1")).backup
+    assert (low.segment_bytes, low.max_bundle_bytes) == (4096, 1 << 20)
+    high = parse(with_backup("segment_kib = 65536\nmax_bundle_mb = 1048576")).backup
+    assert (high.segment_bytes, high.max_bundle_bytes) == (64 << 20, 1 << 40)
+
+
+def test_mesh_settings_outside_their_table_are_pointed_to_it() -> None:
+    refused("enabled = true\n" + MINIMAL, "enabled", "unknown", "[mesh]")
+    refused("happy = 5\n" + MINIMAL, "happy", "unknown", "[backup]")
+    refused(with_dicom("trusted_peers = []"), "dicom.trusted_peers", "unknown")
+
+
+def test_mesh_lists_are_frozen() -> None:
+    mesh = parse(with_mesh('bootstrap = ["1.2.3.4:5"]\ntrusted_peers = ["a"]')).mesh
+    assert isinstance(mesh.bootstrap, tuple) and isinstance(mesh.trusted_peers, tuple)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        mesh.enabled = True  # type: ignore[misc]
+    assert hash(parse(MINIMAL).mesh) == hash(MeshConfig())

@@ -14,14 +14,12 @@ Pure functions over frozen dataclasses: the DHT and the transport sit around the
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Candidate", "placement_key", "rank_candidates"]
+from meshpacs.dht import placement_key
 
-_LABEL = b"meshpacs/v1/placement"
-KEY_SIZE = 20  # Kademlia node IDs are 160 bits
+__all__ = ["Candidate", "placement_key", "rank_candidates"]
 
 
 @dataclass(frozen=True)
@@ -32,11 +30,6 @@ class Candidate:
     node_id: bytes
     free_bytes: int
     online: bool = True
-
-
-def placement_key(bundle_id: bytes) -> bytes:
-    """The point in the DHT keyspace a bundle's shares are placed around."""
-    return hashlib.sha256(_LABEL + bundle_id).digest()[:KEY_SIZE]
 
 
 def _distance(node_id: bytes, key: bytes) -> int:

@@ -351,7 +351,7 @@ def load_certificate(data: bytes, what: str = "certificate") -> x509.Certificate
         if data.lstrip().startswith(b"-----BEGIN"):
             return x509.load_pem_x509_certificate(data)
         return x509.load_der_x509_certificate(data)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):  # InvalidVersion is not a ValueError
         raise FederationError(f"{what} is not an X.509 certificate (PEM or DER)") from None
 
 

@@ -53,7 +53,7 @@ SIGNATURE_SIZE = 64
 _SALT = b"meshpacs/node-identity/v1"
 _INFO_ED25519 = b"meshpacs/v1/node-identity/ed25519"
 _INFO_X25519 = b"meshpacs/v1/node-identity/x25519"
-_NODE_ID_LABEL = b"meshpacs/v1/dht-node-id"  # the same as meshpacs.dht.identity
+_NODE_ID_LABEL = b"meshpacs/v1/dht-node-id"
 
 _RAW = serialization.Encoding.Raw
 _RAW_PUBLIC = serialization.PublicFormat.Raw

@@ -5,7 +5,9 @@ character before it touches a path: exactly 64 lower-case hex characters, the he
 an HMAC-SHA256 (:mod:`meshpacs.erasure.ids`). Nothing else (no ``..``, no ``/``, no NUL,
 no upper case, which would give one fragment two names) gets through. A site ID comes from
 a peer's verified certificate and is only ever stored in the index, never in a path; it
-follows the rule of the site config (``[a-z0-9-]``, 1 to 64 characters).
+follows the federation's one rule (:func:`meshpacs.federation.names.site_id_problem`:
+``[a-z0-9-]``, 1 to 64 characters), but a bad one is refused here with the store's
+:class:`FormatError`, since it came from a peer, not from the node's own configuration.
 
 Messages give the length of a refused name, never the name: it may be garbage of any size.
 """
@@ -18,6 +20,7 @@ from typing import TypeGuard
 
 from meshpacs.erasure.ids import FRAGMENT_ID_SIZE
 from meshpacs.errors import FormatError
+from meshpacs.federation.names import SITE_ID_MAX_LENGTH, site_id_problem
 
 __all__ = [
     "FANOUT",
@@ -31,14 +34,11 @@ __all__ = [
 ]
 
 FRAGMENT_ID_LENGTH = 2 * FRAGMENT_ID_SIZE  # 64 hex characters
-# The same bound and alphabet as the node config's ``site.id``.
-SITE_ID_MAX_LENGTH = 64
 
 # The 256 fan-out directories: the first byte of the ID, in hex.
 FANOUT = tuple(f"{i:02x}" for i in range(256))
 
 _FRAGMENT_ID = re.compile(f"[0-9a-f]{{{FRAGMENT_ID_LENGTH}}}")
-_SITE_ID = re.compile(f"[a-z0-9-]{{1,{SITE_ID_MAX_LENGTH}}}")
 
 
 def is_fragment_id(value: object) -> TypeGuard[str]:
@@ -58,10 +58,11 @@ def validate_fragment_id(value: object) -> str:
 
 def validate_site_id(value: object) -> str:
     """``value`` if it is a well-formed site ID; :class:`FormatError` otherwise."""
-    if not isinstance(value, str) or _SITE_ID.fullmatch(value) is None:
-        raise FormatError(
-            f"site ID must be 1 to {SITE_ID_MAX_LENGTH} characters of a-z, 0-9 and '-'"
-        )
+    if not isinstance(value, str):
+        raise FormatError(f"site ID must be text, got {type(value).__name__}")
+    problem = site_id_problem(value)
+    if problem is not None:
+        raise FormatError(f"site ID {problem}")  # the rule's words never quote the value
     return value
 
 

@@ -24,9 +24,8 @@ import threading
 from pathlib import Path
 
 from meshpacs.errors import FormatError, LimitExceeded, QuotaExceeded
-from meshpacs.federation.names import validate_site_id
 from meshpacs.store.durable import TEMP_SUFFIX, make_temp, remove_file, replace_file, write_all
-from meshpacs.store.names import validate_fragment_id
+from meshpacs.store.names import validate_fragment_id, validate_site_id
 
 __all__ = ["DEFAULT_RECORD_QUOTA", "MAX_RECORD_BYTES", "HeldRecords"]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from meshpacs.errors import ConfigError, FormatError, LimitExceeded, QuotaExceeded
+from meshpacs.errors import FormatError, LimitExceeded, QuotaExceeded
 from meshpacs.store.records import MAX_RECORD_BYTES, HeldRecords
 
 ID1, ID2 = "a" * 64, "b" * 64
@@ -35,7 +35,7 @@ def test_put_get_list_and_replace(tmp_path: Path) -> None:
 def test_no_owner_text_or_bad_id_becomes_a_path(tmp_path: Path) -> None:
     store = HeldRecords(tmp_path / "records")
     for bad_site in ["../x", "Site", "a/b", ""]:
-        with pytest.raises(ConfigError):
+        with pytest.raises(FormatError):
             store.put(1, bad_site, ID1, b"x")
     for bad_id in ["../" + "a" * 61, "A" * 64, "a" * 63]:
         with pytest.raises(FormatError):

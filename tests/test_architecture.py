@@ -26,7 +26,8 @@ RANK = {
     "recovery": 8,
     "node": 9,
     "selftest": 9,
-    "cli": 10,
+    "testbed": 10,  # lays out and runs whole federations of nodes
+    "cli": 11,
 }
 
 

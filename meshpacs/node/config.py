@@ -44,6 +44,7 @@ __all__ = [
     "LoggingConfig",
     "MeshConfig",
     "NodeConfig",
+    "Setting",
     "SiteConfig",
     "load_config",
     "parse_config",
@@ -767,10 +768,21 @@ def sample_config() -> str:
     return resources.files("meshpacs.node").joinpath(_SAMPLE_RESOURCE).read_text("utf-8")
 
 
-def render_config(site_id: str, ae_title: str, data_dir: str | Path, dicom_port: int) -> str:
+Setting = bool | int | float | str | list[str]
+
+
+def render_config(
+    site_id: str,
+    ae_title: str,
+    data_dir: str | Path,
+    dicom_port: int,
+    settings: Mapping[tuple[str, str], Setting] | None = None,
+) -> str:
     """The sample config, comments kept, with this site's values filled in.
 
-    Raises ``ConfigError`` for a site ID, AE title or port that would not load.
+    ``settings`` sets more of the sample's keys, by ``(table, key)``, to plain values
+    (the testbed turns the mesh on this way). Raises ``ConfigError`` for a site ID, AE
+    title or port that would not load.
     """
     validate_site_id(site_id)
     title = validate_ae_title(ae_title)
@@ -784,6 +796,8 @@ def render_config(site_id: str, ae_title: str, data_dir: str | Path, dicom_port:
         ("dicom", "ae_title"): _toml_string(title),
         ("dicom", "port"): str(dicom_port),
     }
+    for place, value in (settings or {}).items():
+        values[place] = _toml_value(value)
     lines = sample_config().splitlines(keepends=True)
     table = ""
     done: set[tuple[str, str]] = set()
@@ -798,9 +812,19 @@ def render_config(site_id: str, ae_title: str, data_dir: str | Path, dicom_port:
             lines[index] = f"{place[1]} = {values[place]}\n"
             done.add(place)
     missing = set(values) - done
-    if missing:  # pragma: no cover - the sample and this function are edited together
-        raise AssertionError(f"sample config lacks {sorted(missing)}")
+    if missing:
+        raise ConfigError(f"the sample config has no setting {sorted(missing)}")
     return "".join(lines)
+
+
+def _toml_value(value: Setting) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    return "[" + ", ".join(_toml_string(item) for item in value) + "]"
 
 
 def _toml_string(value: str) -> str:

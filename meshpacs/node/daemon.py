@@ -1,4 +1,4 @@
-"""The node daemon: the DICOM AE, its instance store and catalog, wired and run until told to stop.
+"""The node daemon: the DICOM AE, its store and catalog, and the mesh, run until told to stop.
 
 Run in the foreground under systemd (or a terminal): logs go to stderr, SIGTERM and SIGINT
 stop it cleanly. On stop the AE refuses new associations, lets those in flight finish for a
@@ -24,8 +24,11 @@ from meshpacs.dicom.ingest import CatalogWriter, IngestService, reconcile_recent
 from meshpacs.dicom.qr import QueryRetrieveService
 from meshpacs.dicom.scp import AeSettings, DicomAE, configure_pynetdicom
 from meshpacs.dicom.storage import InstanceStore
+from meshpacs.keys import SiteKeys
 from meshpacs.metadata.catalog import Catalog
 from meshpacs.node.config import NodeConfig
+from meshpacs.node.mesh import MeshNode
+from meshpacs.node.site import load_site_secret
 
 __all__ = ["NodeStarted", "configure_logging", "run_node"]
 
@@ -39,6 +42,8 @@ class NodeStarted:
     """Told to the caller once the node accepts associations."""
 
     dicom_port: int
+    dht_port: int = 0  # 0: the mesh is off
+    transport_port: int = 0
 
 
 def configure_logging(level: str) -> None:
@@ -98,23 +103,41 @@ async def run_node(
     destinations = {aet: (d.host, d.port) for aet, d in config.dicom.destinations.items()}
     qr = QueryRetrieveService(catalog, store, loop, destinations)
     ae = DicomAE(_ae_settings(config), ingest, qr)
-    stability: asyncio.Task[None] | None = None
+    background: asyncio.Task[None] | None = None
+    mesh: MeshNode | None = None
     try:
         port = await asyncio.to_thread(ae.start)
         LOG.info("site %s: node running, DICOM AE %s on port %d",
                  config.site.id, config.dicom.ae_title, port)  # fmt: skip
-        stability = loop.create_task(_watch_stability(catalog, config.catalog.stable_after_seconds))
-        started(NodeStarted(dicom_port=port))
+        if config.mesh.enabled:
+            keys = SiteKeys.derive(load_site_secret(config.key_file))
+            mesh = MeshNode(config, keys, catalog, store, dicom_port=port)
+            await mesh.start()
+            # The backup service marks studies stable itself, pass by pass.
+            background = loop.create_task(mesh.run(stop))
+        else:
+            background = loop.create_task(
+                _watch_stability(catalog, config.catalog.stable_after_seconds)
+            )
+        started(
+            NodeStarted(
+                dicom_port=port,
+                dht_port=mesh.dht_port if mesh else 0,
+                transport_port=mesh.transport_port if mesh else 0,
+            )
+        )
         await stop.wait()
         LOG.info(
             "stopping: finishing associations in flight (up to %.0f s)", SHUTDOWN_GRACE_SECONDS
         )
     finally:
         await asyncio.to_thread(ae.stop, SHUTDOWN_GRACE_SECONDS)
-        if stability is not None:
-            stability.cancel()
+        if background is not None:
+            background.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await stability
+                await background
+        if mesh is not None:
+            await mesh.close()
         await writer.stop()
         await catalog.close()
         if handle_signals:

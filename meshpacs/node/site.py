@@ -21,12 +21,13 @@ import os
 import re
 import shlex
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshpacs.errors import ConfigError, FormatError, KeyMaterialError, UnknownVersion
 from meshpacs.keys.secret import SiteSecret
-from meshpacs.node.config import parse_config, render_config
+from meshpacs.node.config import Setting, parse_config, render_config
 
 __all__ = [
     "CONFIG_FILE_NAME",
@@ -58,7 +59,11 @@ class CreatedSite:
 
 
 def create_site(
-    directory: Path, site_id: str, ae_title: str, dicom_port: int = 11112
+    directory: Path,
+    site_id: str,
+    ae_title: str,
+    dicom_port: int = 11112,
+    settings: Mapping[tuple[str, str], Setting] | None = None,
 ) -> CreatedSite:
     """Set up a new site in ``directory``, which must not exist or be empty.
 
@@ -70,7 +75,7 @@ def create_site(
     """
     directory = directory.absolute()
     config_path = directory / CONFIG_FILE_NAME
-    text = render_config(site_id, ae_title, ".", dicom_port)
+    text = render_config(site_id, ae_title, ".", dicom_port, settings)
     config = parse_config(text, directory, str(config_path))
     _require_new_or_empty(directory)
 

@@ -1,0 +1,291 @@
+"""The node's mesh side, wired: DHT, fragment server, backup pipeline, trusted replication.
+
+Started by the daemon when ``[mesh] enabled`` is set and the site is enrolled::
+
+    site secret ─► NodeIdentity ─► MutualTls (federation CA, CRL, node certificate)
+                                     │
+          ┌──────────────────────────┼─────────────────────────────┐
+          ▼                          ▼                             ▼
+    DhtNode (UDP)             FragmentServer (TLS)           PartnerPool
+    node record, provider     partners' fragments and        (addresses from node
+    records, closest sites    records, into FragmentStore    records, checked mTLS)
+          │                   and HeldRecords                      │
+          └───────────────► BackupService ◄────────────────────────┘
+                             (+ TrustedReplicator for the catalog records)
+
+The node publishes its own signed node record at start and every ``republish`` seconds
+(a fresh sequence number each time, so a stale copy can never win), and a provider
+record for every fragment a partner stores with it. It writes what it knows of its
+peers to ``state/peers.json`` for ``meshpacs status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from meshpacs.backup.placement import Candidate
+from meshpacs.backup.replicate import TrustedReplicator
+from meshpacs.backup.service import BackupService, BackupSettings
+from meshpacs.backup.upload import UploadPolicy
+from meshpacs.dht import (
+    DhtNode,
+    Ed25519Signer,
+    NodeRecord,
+    ProviderRecord,
+    cert_fingerprint,
+    sign_record,
+)
+from meshpacs.dht import RecordStore as DhtRecordStore
+from meshpacs.dicom.storage import InstanceStore
+from meshpacs.errors import ConfigError, MeshError
+from meshpacs.federation import MutualTls, SiteFederationFiles
+from meshpacs.keys import NodeIdentity, SiteKeys
+from meshpacs.metadata import Catalog
+from meshpacs.metadata.ledger import BundlePlan
+from meshpacs.node.config import NodeConfig
+from meshpacs.store import FragmentStore, QuotaPolicy
+from meshpacs.store.records import HeldRecords
+from meshpacs.transport.frames import RecordKind
+from meshpacs.transport.pool import PartnerPool
+from meshpacs.transport.server import FragmentServer
+
+__all__ = ["PEERS_FILE", "MeshNode", "PeerState"]
+
+LOG = logging.getLogger("meshpacs.mesh")
+PEERS_FILE = "peers.json"
+RECORD_LIFETIME = 2 * 86400  # node and provider records; republished well before
+REPUBLISH_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class PeerState:
+    site_id: str
+    online: bool
+    trusted: bool
+
+
+class _MeshPartners:
+    """The backup pipeline's view of the mesh (``backup.service.Partners``)."""
+
+    def __init__(self, dht: DhtNode, pool: PartnerPool) -> None:
+        self._dht = dht
+        self._pool = pool
+
+    async def candidates(self, key: bytes, count: int) -> list[Candidate]:
+        found = await self._dht.closest_sites(key, count)
+        out = []
+        for node_id, record in found:
+            self._pool.remember(record)
+            out.append(Candidate(record.site_id, node_id, record.capacity_bytes))
+        return out
+
+    async def put(self, site_id: str, fragment_id: str, path: Path) -> None:
+        await self._pool.put_fragment(site_id, fragment_id, path)
+
+    async def delete(self, site_id: str, fragment_id: str) -> None:
+        await self._pool.delete_fragment(site_id, fragment_id)
+
+
+class MeshNode:
+    """Everything the node does with partners; ``start`` it, ``run`` it, ``close`` it."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        keys: SiteKeys,
+        catalog: Catalog,
+        instances: InstanceStore,
+        *,
+        dicom_port: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self._keys = keys
+        self._catalog = catalog
+        self._instances = instances
+        self._dicom_port = dicom_port
+        self._clock = clock
+        self.identity = NodeIdentity.from_keys(keys)
+        files = SiteFederationFiles.for_site(config.data_dir)
+        if not files.installed():
+            raise ConfigError(
+                f"site {config.site.id} is not enrolled in a federation ({files.directory} has"
+                " no certificate): run `meshpacs federation enroll` or `install` first,"
+                " or set [mesh] enabled = false"
+            )
+        self.tls = MutualTls(self.identity, files)
+        cert = x509.load_pem_x509_certificate(files.node_certificate_pem())
+        self._cert_der = cert.public_bytes(serialization.Encoding.DER)
+        self._signer = Ed25519Signer.from_identity(self.identity, self._cert_der)
+        self._dht_store = DhtRecordStore(config.dht_path, self.tls.federation, clock=clock)
+        self.dht = DhtNode(self._dht_store, self.tls.federation, clock=clock)
+        mesh = config.mesh
+        self.fragments = FragmentStore(
+            config.fragments_dir, QuotaPolicy(mesh.partner_quota_bytes), clock=clock
+        )
+        self.records = HeldRecords(config.records_dir)
+        self.server = FragmentServer(
+            self.fragments,
+            self.records,
+            self.tls.server_context(),
+            lambda obj: self.tls.peer_member(obj).site_id,
+            on_stored=self._provide,
+        )
+        self.pool = PartnerPool(self.dht, self.tls)
+        self.replicator = TrustedReplicator(
+            site_id=config.site.id,
+            catalog_key=keys.catalog,
+            catalog=catalog,
+            trusted=mesh.trusted_peers,
+            put_record=self._put_catalog_record,
+        )
+        b = config.backup
+        settings = BackupSettings(
+            plan=BundlePlan(b.k, b.n, b.segment_bytes, b.max_bundle_bytes),
+            happy=b.happy,
+            stable_seconds=config.catalog.stable_after_seconds,
+            upload=UploadPolicy(),
+        )
+        self.backup = BackupService(
+            site_id=config.site.id,
+            keys=keys,
+            catalog=catalog,
+            instance_path=instances.path_for,
+            partners=_MeshPartners(self.dht, self.pool),
+            settings=settings,
+            work_dir=config.backup_work_dir,
+            publisher=self.replicator,
+            clock=clock,
+        )
+        self.transport_port = 0
+        self.dht_port = 0
+        self._seq = 0
+
+    async def start(self) -> None:
+        mesh = self.config.mesh
+        _, self.dht_port = await self.dht.start(mesh.bind, mesh.dht_port, self.identity.node_id)
+        _, self.transport_port = await self.server.start(mesh.bind, mesh.transport_port)
+        peers = [(d.host, d.port) for d in mesh.bootstrap]
+        answered = await self.dht.bootstrap(peers) if peers else 0
+        LOG.info(
+            "mesh: DHT on UDP %d (%d of %d bootstrap peers answered), fragments on TCP %d",
+            self.dht_port,
+            answered,
+            len(peers),
+            self.transport_port,
+        )
+        await self.publish_node_record()
+        await self.replicator.resend_all()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Backup passes and mesh upkeep until ``stop`` is set."""
+        interval = self.config.backup.pass_interval_seconds
+        upkeep = asyncio.create_task(self._upkeep(stop))
+        try:
+            await self.backup.run(stop, interval=interval)
+        finally:
+            upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await upkeep
+
+    async def close(self) -> None:
+        await self.server.close()
+        await self.dht.stop()
+        self.fragments.close()
+        self._dht_store.close()
+
+    def _next_seq(self) -> int:
+        # Milliseconds since the epoch, and never twice the same: survives restarts.
+        self._seq = max(self._seq + 1, int(self._clock() * 1000))
+        return self._seq
+
+    async def publish_node_record(self) -> int:
+        mesh, dicom = self.config.mesh, self.config.dicom
+        offered = max(0, mesh.offer_bytes - self._held_bytes())
+        record = NodeRecord(
+            site_id=self.config.site.id,
+            cert_fingerprint=cert_fingerprint(self._cert_der),
+            transport_host=mesh.advertise_host,
+            transport_port=self.transport_port,
+            dicom_host=mesh.advertise_host,
+            dicom_port=self._dicom_port,
+            dicom_ae_title=dicom.ae_title,
+            capacity_bytes=min(offered, mesh.partner_quota_bytes),
+            seq=self._next_seq(),
+            expires_at=int(self._clock()) + RECORD_LIFETIME,
+        )
+        return await self.dht.publish(sign_record(record, self._signer))
+
+    def _held_bytes(self) -> int:
+        total = 0
+        for path in self.config.fragments_dir.rglob("*"):
+            with contextlib.suppress(OSError):
+                if path.is_file():
+                    total += path.stat().st_size
+        return total
+
+    async def _provide(self, fragment_id: str, owner_site: str) -> None:
+        record = ProviderRecord(
+            fragment_id=fragment_id,
+            holder_site_id=self.config.site.id,
+            seq=self._next_seq(),
+            expires_at=int(self._clock()) + RECORD_LIFETIME,
+        )
+        try:
+            await self.dht.publish(sign_record(record, self._signer))
+        except MeshError as error:
+            LOG.warning("provider record not published: %s", error)
+
+    async def _put_catalog_record(self, peer: str, record_id: str, sealed: bytes) -> None:
+        await self.pool.put_record(peer, RecordKind.CATALOG, record_id, sealed)
+
+    async def _upkeep(self, stop: asyncio.Event) -> None:
+        published = self._clock()
+        while not stop.is_set():
+            try:
+                if self._clock() - published > REPUBLISH_SECONDS:
+                    await self.publish_node_record()
+                    published = self._clock()
+                await self.replicator.flush()
+                self.write_peer_state(await self.peer_states())
+            except MeshError as error:
+                LOG.warning("mesh upkeep: %s", error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=30.0)
+
+    async def peer_states(self) -> list[PeerState]:
+        """Member sites seen in the DHT (online) and the trusted peers (pinged)."""
+        seen = await self.dht.closest_sites(self.identity.node_id, 20)
+        online = {record.site_id for _, record in seen}
+        trusted = set(self.config.mesh.trusted_peers)
+        for peer in trusted - online:
+            with contextlib.suppress(MeshError):
+                await self.pool.ping(peer)
+                online.add(peer)
+        sites = sorted(online | trusted)
+        return [PeerState(s, s in online, s in trusted) for s in sites if s != self.config.site.id]
+
+    def write_peer_state(self, peers: list[PeerState]) -> None:
+        state_dir = self.config.state_dir
+        state_dir.mkdir(mode=0o700, exist_ok=True)
+        document = {
+            "updated_at": self._clock(),
+            "peers": [
+                {"site_id": p.site_id, "online": p.online, "trusted": p.trusted} for p in peers
+            ],
+            "replication_waiting": self.replicator.waiting,
+        }
+        temp = state_dir / (PEERS_FILE + ".tmp")
+        temp.write_text(json.dumps(document, indent=2), encoding="utf-8")
+        os.replace(temp, state_dir / PEERS_FILE)

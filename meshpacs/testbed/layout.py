@@ -1,0 +1,167 @@
+"""A whole federation laid out on one machine: CA, sites, configs, phrases, on loopback.
+
+``create_testbed`` writes, under one root directory::
+
+    root/
+      ca/                       the federation CA (what the federation's administrator keeps)
+      sites/<site id>/          each site's directory: config.toml, site.key, data
+      phrases/<site id>.phrase  each site's recovery phrase (0600), OUTSIDE the site's
+                                directory, because a disaster drill destroys that directory
+      logs/                     node logs, when the testbed runs nodes as processes
+      testbed.json              what scripts read: sites, ports, paths (see ``TestbedPlan``)
+
+Every site gets the mesh turned on, bound to 127.0.0.1 with its own ports, bootstrapping
+from the first site's DHT (and the first from the second), and trusting the next two
+sites in a ring unless told otherwise. Timings can be made short for tests
+(``stable_seconds``, ``pass_interval``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from meshpacs.errors import ConfigError
+from meshpacs.federation import SiteFederationFiles, create_federation_ca, enroll_site
+from meshpacs.keys import NodeIdentity
+from meshpacs.node.config import Setting
+from meshpacs.node.site import create_site, load_site_secret
+from meshpacs.testing.loopback import free_port
+
+__all__ = ["TESTBED_FILE", "TestbedPlan", "TestbedSite", "create_testbed", "load_testbed"]
+
+TESTBED_FILE = "testbed.json"
+HOST = "127.0.0.1"
+
+
+@dataclass
+class TestbedSite:
+    """One site of the testbed, as ``testbed.json`` lists it."""
+
+    site_id: str
+    ae_title: str
+    host: str
+    dicom_port: int
+    dht_port: int
+    transport_port: int
+    config: str
+    data_dir: str
+    phrase_file: str
+    trusted: list[str]
+    pid: int | None = None
+    orthanc: dict[str, object] | None = None
+
+
+@dataclass
+class TestbedPlan:
+    """The whole testbed; ``save``/``load_testbed`` round-trip it through ``testbed.json``."""
+
+    root: str
+    k: int
+    n: int
+    happy: int
+    ca_dir: str
+    sites: list[TestbedSite] = field(default_factory=list)
+
+    def site(self, site_id: str) -> TestbedSite:
+        for site in self.sites:
+            if site.site_id == site_id:
+                return site
+        raise KeyError(site_id)
+
+    def save(self) -> None:
+        path = Path(self.root) / TESTBED_FILE
+        temp = path.with_suffix(".tmp")
+        temp.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        os.replace(temp, path)
+
+
+def load_testbed(root: Path) -> TestbedPlan:
+    try:
+        document = json.loads((root / TESTBED_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{root} holds no testbed ({TESTBED_FILE} is missing)") from None
+    except ValueError as error:
+        raise ConfigError(f"{root / TESTBED_FILE} is not valid JSON: {error}") from None
+    sites = [TestbedSite(**site) for site in document.pop("sites")]
+    return TestbedPlan(**document, sites=sites)
+
+
+def create_testbed(
+    root: Path,
+    sites: int,
+    *,
+    k: int = 2,
+    n: int = 3,
+    happy: int | None = None,
+    trust: int = 2,
+    stable_seconds: float = 2.0,
+    pass_interval: float = 1.0,
+    segment_kib: int = 256,
+    port: Callable[[], int] = free_port,
+) -> TestbedPlan:
+    """Lay out a federation of ``sites`` sites under ``root`` (new or empty)."""
+    if sites < n + 1:
+        raise ConfigError(
+            f"{sites} sites cannot hold n={n} shares on distinct partners: need at least {n + 1}"
+        )
+    if not 0 <= trust < sites:
+        raise ConfigError(f"each site can trust 0 to {sites - 1} others, not {trust}")
+    root = root.absolute()
+    if root.exists() and any(root.iterdir()):
+        raise ConfigError(f"{root} is not empty; give a new directory for the testbed")
+    happy = happy if happy is not None else min(n, k + 1)
+    ca = create_federation_ca(root / "ca", "meshpacs testbed")
+    (root / "phrases").mkdir(mode=0o700)
+    (root / "logs").mkdir(mode=0o700)
+    ids = [f"site-{chr(ord('a') + i)}" if i < 26 else f"site-{i + 1}" for i in range(sites)]
+    ports = [(port(), port(), port()) for _ in ids]
+    plan = TestbedPlan(str(root), k, n, happy, str(root / "ca"))
+    for index, site_id in enumerate(ids):
+        dicom_port, dht_port, transport_port = ports[index]
+        seed = 1 if index == 0 else 0
+        trusted = [ids[(index + step) % sites] for step in range(1, trust + 1)]
+        settings: dict[tuple[str, str], Setting] = {
+            ("dicom", "bind"): HOST,
+            ("catalog", "stable_after_seconds"): float(stable_seconds),
+            ("mesh", "enabled"): True,
+            ("mesh", "bind"): HOST,
+            ("mesh", "advertise_host"): HOST,
+            ("mesh", "dht_port"): dht_port,
+            ("mesh", "transport_port"): transport_port,
+            ("mesh", "bootstrap"): [f"{HOST}:{ports[seed][1]}"],
+            ("mesh", "trusted_peers"): trusted,
+            ("backup", "k"): k,
+            ("backup", "n"): n,
+            ("backup", "happy"): happy,
+            ("backup", "segment_kib"): segment_kib,
+            ("backup", "pass_interval_seconds"): float(pass_interval),
+        }
+        directory = root / "sites" / site_id
+        ae_title = f"MESH_{site_id.upper().replace('-', '_')}"[:16]
+        created = create_site(directory, site_id, ae_title, dicom_port, settings)
+        phrase_file = root / "phrases" / f"{site_id}.phrase"
+        fd = os.open(phrase_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(created.phrase + "\n")
+        identity = NodeIdentity.from_secret(load_site_secret(directory / "site.key"))
+        enroll_site(ca, SiteFederationFiles.for_site(directory), identity, site_id)
+        plan.sites.append(
+            TestbedSite(
+                site_id=site_id,
+                ae_title=ae_title,
+                host=HOST,
+                dicom_port=dicom_port,
+                dht_port=dht_port,
+                transport_port=transport_port,
+                config=str(created.config_path),
+                data_dir=str(directory),
+                phrase_file=str(phrase_file),
+                trusted=trusted,
+            )
+        )
+    plan.save()
+    return plan

@@ -51,6 +51,7 @@ __all__ = [
     "Outgoing",
     "Target",
     "context_refused_detail",
+    "echo",
     "send_instances",
 ]
 
@@ -183,6 +184,23 @@ def send_instances(
              target.ae_title, delivered, len(results), warned, len(results) - delivered,
              time.monotonic() - started)  # fmt: skip
     return results
+
+
+def echo(target: Target, *, timeout: float = 5.0) -> bool:
+    """True when ``target`` accepts an association and answers C-ECHO with Success."""
+    _prepare_pynetdicom()
+    ae = AE(ae_title=target.calling_ae_title)
+    ae.add_requested_context("1.2.840.10008.1.1")  # Verification
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = timeout
+    assoc = ae.associate(target.host, target.port, ae_title=target.ae_title)
+    if not assoc.is_established:
+        return False
+    try:
+        status = assoc.send_c_echo()
+        return bool(status) and int(status.Status) == 0
+    finally:
+        assoc.release()
 
 
 # -- internals ---------------------------------------------------------------------------

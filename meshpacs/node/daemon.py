@@ -52,6 +52,9 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # kademlia logs every crawl step at INFO: its own warnings are what an operator needs.
+    for chatty in ("kademlia", "rpcudp"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
 
 
 def _ae_settings(config: NodeConfig) -> AeSettings:

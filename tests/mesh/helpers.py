@@ -6,7 +6,7 @@ import asyncio
 import re
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from meshpacs.dicom.scu import Outgoing, Target, send_instances
@@ -50,6 +50,15 @@ async def wait_protected(site: RunningSite, study_uids: Iterable[str], timeout: 
             return
         await asyncio.sleep(0.2)
     raise AssertionError(f"not protected in {timeout} s: {study_states(site)}")
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 30, what: str = "") -> None:
+    """Wait until ``check()`` holds (the mesh works in passes, not in lockstep)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout} s: {what}")
+        await asyncio.sleep(0.2)
 
 
 def held_fragments(site: RunningSite) -> list[Path]:

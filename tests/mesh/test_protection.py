@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from .conftest import FederationFactory
 from .helpers import (
+    eventually,
     files_containing,
     held_catalog_records,
     held_fragments,
@@ -36,8 +38,12 @@ async def test_a_pushed_study_is_protected_on_n_distinct_partners_and_leaks_no_p
     assert all(len(files) == 1 for files in holders.values() if files)
 
     # The catalog record went to site-a's trusted peers (site-b, site-c) and nowhere else.
-    records = {s.site_id: held_catalog_records(s) for s in fed.sites}
-    assert {site for site, files in records.items() if files} == {"site-b", "site-c"}
+    def record_holders() -> set[str]:
+        return {s.site_id for s in fed.sites if held_catalog_records(s)}
+
+    await eventually(lambda: record_holders() == {"site-b", "site-c"}, what="records sent")
+    await asyncio.sleep(1.0)  # a pass later, still nobody else
+    assert record_holders() == {"site-b", "site-c"}
 
     # PHI containment: no partner's directory (fragments, DHT values, records), and no log
     # line of any node, holds a name, ID, UID or accession number of the study.

@@ -1,12 +1,8 @@
-"""The ``meshpacs`` command: a thin layer over the library, for PACS administrators."""
+"""``meshpacs federation ...``: the federation CA, node certificates, revocation."""
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import json
-import sys
-import tempfile
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,7 +10,6 @@ from typing import Annotated
 
 import typer
 
-from meshpacs import __version__
 from meshpacs.errors import FederationError, MeshError
 from meshpacs.federation import (
     FederationCA,
@@ -29,212 +24,7 @@ from meshpacs.federation import (
 from meshpacs.federation.certs import CA_DAYS, CRL_DAYS, NODE_DAYS, crl_number
 from meshpacs.keys.identity import NodeIdentity, node_id_for
 from meshpacs.node.config import NodeConfig, load_config
-from meshpacs.node.daemon import configure_logging, run_node
-from meshpacs.node.site import create_site, load_site_secret
-from meshpacs.selftest import run_selftest
-
-app = typer.Typer(
-    name="meshpacs",
-    help=(
-        "meshpacs backs up a hospital's PACS onto partner hospitals: studies are encrypted,"
-        " cut into k-of-n fragments and spread over the federation, and can be rebuilt"
-        " byte for byte from any k of them."
-    ),
-    no_args_is_help=True,
-    add_completion=False,
-)
-
-
-@app.callback()
-def _root() -> None:
-    """meshpacs: federated, encrypted, erasure-coded PACS backup."""
-
-
-@app.command()
-def version() -> None:
-    """Print the meshpacs version."""
-    typer.echo(__version__)
-
-
-@app.command()
-def selftest(
-    k: Annotated[int, typer.Option(help="Fragments needed to rebuild a study.")] = 4,
-    n: Annotated[int, typer.Option(help="Fragments made per study (n > k).")] = 7,
-    seed: Annotated[
-        int | None,
-        typer.Option(help="Seed for the generated study and the faults; random if unset."),
-    ] = None,
-    segment_size: Annotated[
-        int, typer.Option(help="Bytes per encrypted segment (4 KiB .. 64 MiB).")
-    ] = 1024 * 1024,
-    workdir: Annotated[
-        Path | None,
-        typer.Option(help="Keep the generated study and fragments here (must not exist yet)."),
-    ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON report for scripts.")
-    ] = False,
-) -> None:
-    """Check that this machine can back up and restore a study exactly.
-
-    Generates a synthetic study (no patient data), encrypts and erasure-codes it k-of-n
-    under a fresh throwaway site key, loses n-k-1 fragments, corrupts one more, rebuilds the
-    study from what is left and compares every instance byte for byte with the original.
-    Then loses one more fragment and checks that meshpacs reports the study as
-    unrecoverable instead of returning wrong data. Nothing leaves this machine.
-    Exit status 0 means every check held.
-    """
-    if workdir is not None and workdir.exists():
-        raise typer.BadParameter(
-            f"{workdir} already exists; name a new directory", param_hint="--workdir"
-        )
-    say = (lambda line: None) if as_json else typer.echo
-    try:
-        if workdir is None:
-            with tempfile.TemporaryDirectory(prefix="meshpacs-selftest-") as tmp:
-                result = run_selftest(
-                    Path(tmp), k=k, n=n, seed=seed, segment_size=segment_size, report=say
-                )
-        else:
-            result = run_selftest(
-                workdir, k=k, n=n, seed=seed, segment_size=segment_size, report=say
-            )
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    if as_json:
-        payload = dataclasses.asdict(result) | {"ok": result.ok}
-        typer.echo(json.dumps(payload, indent=2, sort_keys=True))
-    else:
-        for failure in result.failures:
-            typer.echo(f"FAILED: {failure}", err=True)
-        typer.echo("selftest passed" if result.ok else "selftest FAILED")
-    raise typer.Exit(0 if result.ok else 1)
-
-
-_PHRASE_WARNING = (
-    "Write this recovery phrase down on paper and keep it in a safe. It is the only way to"
-    " rebuild this site's keys if this machine is lost. It is not stored anywhere."
-)
-
-
-@app.command()
-def init(
-    site_id: Annotated[
-        str,
-        typer.Option(
-            "--site-id",
-            help=(
-                "This hospital's name in the federation, agreed with the partner sites:"
-                " 1-64 characters a-z, 0-9 and '-', e.g. st-marys."
-            ),
-        ),
-    ],
-    ae_title: Annotated[
-        str,
-        typer.Option(
-            "--ae-title",
-            help=(
-                "The AE title your PACS will send studies to, e.g. MESH_STMARYS:"
-                " 1-16 characters, unique in your DICOM network."
-            ),
-        ),
-    ],
-    directory: Annotated[
-        Path,
-        typer.Option(
-            "--dir",
-            help=(
-                "New or empty directory for the site's config, key and data. It will hold"
-                " patient data: use an encrypted, access-controlled disk."
-            ),
-        ),
-    ],
-    dicom_port: Annotated[
-        int, typer.Option("--dicom-port", help="TCP port the node listens on for DICOM.")
-    ] = 11112,
-    as_json: Annotated[
-        bool,
-        typer.Option(
-            "--json", help="Print one JSON object (config, fingerprint, recovery_phrase)."
-        ),
-    ] = False,
-) -> None:
-    """Set up a new meshpacs site in a new or empty directory.
-
-    Writes config.toml, with every setting explained in comments (review it
-    before starting the node), creates the data directories and generates
-    the site key, kept in site.key and readable only by this user.
-
-    Prints the site's recovery phrase once. Write the recovery phrase down on
-    paper and keep it in a safe: it is the only way to rebuild the site's
-    keys, and so to restore its backups, if this machine is lost. meshpacs
-    does not store it anywhere. The fingerprint printed with it lets you
-    check later that a typed phrase belongs to this site.
-    """
-    try:
-        created = create_site(directory, site_id, ae_title, dicom_port)
-    except MeshError as exc:
-        typer.echo(f"meshpacs init: {exc}", err=True)
-        raise typer.Exit(2) from None
-    if as_json:
-        payload = {
-            "config": str(created.config_path),
-            "fingerprint": created.fingerprint,
-            "recovery_phrase": created.phrase,
-        }
-        typer.echo(json.dumps(payload, indent=2))
-        return
-    typer.echo(f"Created a meshpacs site in {created.config_path.parent}")
-    typer.echo(f"  config:      {created.config_path}")
-    typer.echo(f"  fingerprint: {created.fingerprint}")
-    typer.echo("")
-    typer.echo("Recovery phrase (shown only now):")
-    typer.echo("")
-    typer.echo(f"    {created.phrase}")
-    typer.echo("")
-    typer.echo(textwrap.fill(_PHRASE_WARNING, width=78))
-    typer.echo("Note the fingerprint with it: a phrase typed back must give the same one.")
-    typer.echo("")
-    typer.echo(
-        textwrap.fill(
-            f"Next: review {created.config_path}, then register this machine on your PACS"
-            " as a DICOM destination with the AE title and port set there.",
-            width=78,
-        )
-    )
-
-
-node_app = typer.Typer(
-    help="Run this site's node: the DICOM AE your PACS sends studies to.",
-    no_args_is_help=True,
-)
-app.add_typer(node_app, name="node")
-
-
-@node_app.command("run")
-def node_run(
-    config: Annotated[
-        Path, typer.Option("--config", help="The site's config.toml, as written by meshpacs init.")
-    ],
-) -> None:
-    """Run the node in the foreground until stopped.
-
-    Listens for DICOM associations from your PACS (C-ECHO, C-STORE) on the AE
-    title and port in the config, keeps every instance exactly as received and
-    acknowledges it only once it is safely on disk. Logs go to standard error;
-    SIGTERM or Ctrl-C stops the node after the transfers in flight finish
-    (those still running after 10 s are aborted; the PACS sends them again).
-    Suitable for a systemd service with Type=simple.
-    """
-    try:
-        node_config = load_config(config)
-        load_site_secret(node_config.key_file)  # refuse a site whose key is missing or exposed
-    except MeshError as exc:
-        typer.echo(f"meshpacs node run: {exc}", err=True)
-        raise typer.Exit(2) from None
-    configure_logging(node_config.logging.level)
-    asyncio.run(run_node(node_config))
-
+from meshpacs.node.site import load_site_secret
 
 federation_app = typer.Typer(
     help=(
@@ -243,7 +33,6 @@ federation_app = typer.Typer(
     ),
     no_args_is_help=True,
 )
-app.add_typer(federation_app, name="federation")
 
 _CA_DIR_HELP = "The federation CA directory, as made by meshpacs federation create."
 _CONFIG_HELP = "The site's config.toml, as written by meshpacs init."
@@ -614,7 +403,3 @@ def federation_install(
     typer.echo(f"  CA fingerprint: {federation.ca_fingerprint}")
     typer.echo(f"  serial:         {member.serial:x}, valid until {member.not_after:%Y-%m-%d}")
     typer.echo(f"  revocation list number {crl_number(federation.crl)}")
-
-
-def main() -> None:
-    sys.exit(app())

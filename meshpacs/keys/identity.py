@@ -44,6 +44,7 @@ __all__ = [
     "NodeIdentity",
     "node_id_for",
     "verify_signature",
+    "x25519_public_for",
 ]
 
 NODE_ID_SIZE = 20
@@ -52,7 +53,6 @@ SIGNATURE_SIZE = 64
 
 _SALT = b"meshpacs/node-identity/v1"
 _INFO_ED25519 = b"meshpacs/v1/node-identity/ed25519"
-_INFO_X25519 = b"meshpacs/v1/node-identity/x25519"
 _NODE_ID_LABEL = b"meshpacs/v1/dht-node-id"
 
 _RAW = serialization.Encoding.Raw
@@ -70,6 +70,33 @@ def node_id_for(public_key: bytes) -> bytes:
             f"an Ed25519 public key is {PUBLIC_KEY_SIZE} bytes, not {len(public_key)}"
         )
     return hashlib.sha256(_NODE_ID_LABEL + bytes(public_key)).digest()[:NODE_ID_SIZE]
+
+
+# Curve25519's field prime; Ed25519 and X25519 are the same curve in two coordinate forms.
+_P = 2**255 - 19
+
+
+def _x25519_scalar(ed25519_seed: bytes) -> bytes:
+    """The X25519 private key that belongs to an Ed25519 key (RFC 8032's scalar, unclamped:
+    X25519 clamps it itself), as libsodium's ``crypto_sign_ed25519_sk_to_curve25519``."""
+    return hashlib.sha512(ed25519_seed).digest()[:32]
+
+
+def x25519_public_for(ed25519_public: bytes) -> bytes:
+    """The X25519 public key of the node whose certificate holds ``ed25519_public``.
+
+    Why: other sites encrypt escrow shares "to the peer's certificate key", and a
+    certificate holds an Ed25519 (signing) key. The birational map u = (1 + y) / (1 - y)
+    turns its point into the same key's Montgomery form, whose private half only that
+    node has (:attr:`NodeIdentity.x25519_private`), so no second key needs publishing.
+    """
+    if len(ed25519_public) != PUBLIC_KEY_SIZE:
+        raise KeyMaterialError(f"an Ed25519 public key is {PUBLIC_KEY_SIZE} bytes")
+    y = int.from_bytes(ed25519_public, "little") & ((1 << 255) - 1)
+    if y >= _P or y == 1:
+        raise KeyMaterialError("not an Ed25519 public key usable for key agreement")
+    u = (1 + y) * pow(1 - y, _P - 2, _P) % _P
+    return u.to_bytes(32, "little")
 
 
 def verify_signature(public_key: bytes, data: bytes, signature: bytes) -> bool:
@@ -101,7 +128,9 @@ class NodeIdentity:
             raise KeyMaterialError(f"a node identity seed is {SUBKEY_SIZE} bytes")
         seed = bytes(seed)
         self._signing = Ed25519PrivateKey.from_private_bytes(_hkdf(seed, _INFO_ED25519))
-        self._x25519 = X25519PrivateKey.from_private_bytes(_hkdf(seed, _INFO_X25519))
+        self._x25519 = X25519PrivateKey.from_private_bytes(
+            _x25519_scalar(_hkdf(seed, _INFO_ED25519))
+        )
         self._public = self._signing.public_key().public_bytes(_RAW, _RAW_PUBLIC)
 
     @classmethod

@@ -10,13 +10,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from meshpacs.errors import KeyMaterialError
 from meshpacs.keys import NodeIdentity, SiteKeys, SiteSecret, node_id_for, verify_signature
-from meshpacs.keys.identity import NODE_ID_SIZE
+from meshpacs.keys.identity import NODE_ID_SIZE, x25519_public_for
 
 SEED_SECRET = SiteSecret(bytes(range(32)))
 # Known answers: a rebuilt site must derive exactly these again, release after release,
 # or its certificate and its place in the DHT no longer match its keys.
 KNOWN_PUBLIC_KEY = "1b843a3bebb7bff336fe4422810b6bc192e69d066d962cf5fe171e28393a6dbc"
-KNOWN_X25519_PUBLIC = "f0c9c9f42ecde783eff3941a0ab166b3799811c2c95e4f11fe4a5ce031629c7e"
+KNOWN_X25519_PUBLIC = "61820e60107ad15b9af737ac98b60aedaa0fdc402afd2c753d1c839a8ec34224"
 KNOWN_NODE_ID = "7b08daf577772888c9b05102f0146a1c295fba92"
 
 
@@ -118,3 +118,18 @@ def test_a_seed_of_the_wrong_size_is_refused(seed: bytes) -> None:
 def test_node_id_for_refuses_a_key_of_the_wrong_size() -> None:
     with pytest.raises(KeyMaterialError):
         node_id_for(bytes(31))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_x25519_key_is_the_certificate_keys_montgomery_form(seed: int) -> None:
+    """Anyone holding a node's certificate can encrypt to it (escrow shares), and only the
+    node can decrypt: the X25519 public key follows from the Ed25519 one alone."""
+    identity = NodeIdentity(bytes((seed * 7 + i) % 256 for i in range(32)))
+    assert x25519_public_for(identity.public_key_bytes) == identity.x25519_public_bytes
+
+
+def test_a_point_unusable_for_key_agreement_is_refused() -> None:
+    with pytest.raises(KeyMaterialError):
+        x25519_public_for((1).to_bytes(32, "little"))
+    with pytest.raises(KeyMaterialError):
+        x25519_public_for(b"short")

@@ -28,6 +28,7 @@ RANK = {
     "selftest": 9,
     "testbed": 10,  # lays out and runs whole federations of nodes
     "cli": 11,
+    "__main__": 12,  # python -m meshpacs
 }
 
 

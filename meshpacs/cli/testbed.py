@@ -14,7 +14,8 @@ import typer
 from meshpacs.errors import MeshError
 from meshpacs.testbed import create_testbed, load_testbed
 from meshpacs.testbed.demo import run_demo
-from meshpacs.testbed.processes import start_nodes, stop_nodes
+from meshpacs.testbed.orthanc import start_orthancs
+from meshpacs.testbed.processes import start_nodes, stop_testbed
 
 __all__ = ["testbed_app"]
 
@@ -49,23 +50,45 @@ def testbed_up(
     stable_seconds: Annotated[
         float,
         typer.Option(
-            "--stable-seconds", help="Quiet time after which a study is complete and backed up."
+            "--stable-seconds",
+            help=(
+                "Quiet time after which a study is complete: backed up by the node, and"
+                " forwarded by Orthanc (whole seconds there)."
+            ),
         ),
     ] = 2.0,
+    with_orthanc: Annotated[
+        bool,
+        typer.Option(
+            "--with-orthanc",
+            help=(
+                "Also start a real Orthanc per site (/usr/sbin/Orthanc) that forwards every"
+                " stable study to its node with the shipped Lua script."
+            ),
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print testbed.json when ready.")] = False,
 ) -> None:
-    """Lay out a federation under --root and start every site's node.
+    """Lay out a federation under --root and start every site's node (and Orthanc).
 
-    Returns once every node answers C-ECHO. Push studies with any DICOM tool to a
-    site's AE title and port (see ROOT/testbed.json): they are backed up across the
-    other sites with no further step. Stop everything with `meshpacs testbed down`.
+    Returns once every node (and every Orthanc) answers C-ECHO. Push studies with any
+    DICOM tool to a site's AE title and port, or to its Orthanc's (see ROOT/testbed.json;
+    an Orthanc's REST password is in its password_file): they are backed up across the
+    other sites with no further step. Stop everything with `meshpacs testbed down`. If
+    starting fails half-way, what did start is stopped again.
     """
     try:
         plan = create_testbed(
             root, sites, k=k, n=n, trust=trust, stable_seconds=stable_seconds, pass_interval=0.5
         )
-        start_nodes(plan)
     except MeshError as exc:
+        raise _fail("up", exc) from None
+    try:
+        start_nodes(plan)
+        if with_orthanc:
+            start_orthancs(plan, stable_age=stable_seconds)
+    except MeshError as exc:
+        stop_testbed(plan)
         raise _fail("up", exc) from None
     if as_json:
         typer.echo(json.dumps(asdict(plan), indent=2))
@@ -76,18 +99,32 @@ def testbed_up(
             f"  {site.site_id}: AE {site.ae_title} at {site.host}:{site.dicom_port}"
             f"  (pid {site.pid}, trusts {', '.join(site.trusted) or 'nobody'})"
         )
+        if site.orthanc is not None:
+            typer.echo(
+                f"    Orthanc {site.orthanc['ae_title']} at {site.host}:"
+                f"{site.orthanc['dicom_port']}, REST {site.orthanc['url']}"
+                f"  (pid {site.orthanc['pid']})"
+            )
 
 
 @testbed_app.command("down")
 def testbed_down(
     root: Annotated[Path, typer.Option("--root", help="The testbed's directory.")],
 ) -> None:
-    """Stop exactly the node processes `testbed up` started (by PID), and nothing else."""
+    """Stop exactly the nodes and Orthancs `testbed up` started, by PID, and nothing else.
+
+    A PID is signalled only while it still runs that site's node or Orthanc with that
+    site's config; a PID since reused by another program is left alone.
+    """
     try:
-        stopped = stop_nodes(load_testbed(root))
+        stopped = stop_testbed(load_testbed(root))
     except MeshError as exc:
         raise _fail("down", exc) from None
-    typer.echo(f"Stopped {len(stopped)} node(s): {', '.join(stopped) or 'none was running'}")
+    typer.echo(
+        f"Stopped {len(stopped.nodes)} node(s): {', '.join(stopped.nodes) or 'none was running'}"
+    )
+    if stopped.orthancs:
+        typer.echo(f"Stopped {len(stopped.orthancs)} Orthanc(s): {', '.join(stopped.orthancs)}")
 
 
 @testbed_app.command("demo")

@@ -24,7 +24,6 @@ from meshpacs.dicom.ingest import CatalogWriter, IngestService, reconcile_recent
 from meshpacs.dicom.qr import QueryRetrieveService
 from meshpacs.dicom.scp import AeSettings, DicomAE, configure_pynetdicom
 from meshpacs.dicom.storage import InstanceStore
-from meshpacs.keys import SiteKeys
 from meshpacs.metadata.catalog import Catalog
 from meshpacs.node.config import NodeConfig
 from meshpacs.node.mesh import MeshNode
@@ -113,8 +112,9 @@ async def run_node(
         LOG.info("site %s: node running, DICOM AE %s on port %d",
                  config.site.id, config.dicom.ae_title, port)  # fmt: skip
         if config.mesh.enabled:
-            keys = SiteKeys.derive(load_site_secret(config.key_file))
-            mesh = MeshNode(config, keys, catalog, store, dicom_port=port)
+            mesh = MeshNode(
+                config, load_site_secret(config.key_file), catalog, store, dicom_port=port
+            )
             await mesh.start()
             # The backup service marks studies stable itself, pass by pass.
             background = loop.create_task(mesh.run(stop))

@@ -34,6 +34,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from meshpacs.backup.escrow import EscrowDepositor
 from meshpacs.backup.placement import Candidate
 from meshpacs.backup.replicate import TrustedReplicator
 from meshpacs.backup.service import BackupService, BackupSettings
@@ -50,7 +51,7 @@ from meshpacs.dht import RecordStore as DhtRecordStore
 from meshpacs.dicom.storage import InstanceStore
 from meshpacs.errors import ConfigError, MeshError
 from meshpacs.federation import MutualTls, SiteFederationFiles
-from meshpacs.keys import NodeIdentity, SiteKeys
+from meshpacs.keys import NodeIdentity, SiteKeys, SiteSecret
 from meshpacs.metadata import Catalog
 from meshpacs.metadata.ledger import BundlePlan
 from meshpacs.node.config import NodeConfig
@@ -103,7 +104,7 @@ class MeshNode:
     def __init__(
         self,
         config: NodeConfig,
-        keys: SiteKeys,
+        secret: SiteSecret,
         catalog: Catalog,
         instances: InstanceStore,
         *,
@@ -111,6 +112,7 @@ class MeshNode:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        keys = SiteKeys.derive(secret)
         self._keys = keys
         self._catalog = catalog
         self._instances = instances
@@ -139,7 +141,7 @@ class MeshNode:
             self.fragments,
             self.records,
             self.tls.server_context(),
-            lambda obj: self.tls.peer_member(obj).site_id,
+            self.tls.peer_member,
             on_stored=self._provide,
         )
         self.pool = PartnerPool(self.dht, self.tls)
@@ -168,6 +170,16 @@ class MeshNode:
             publisher=self.replicator,
             clock=clock,
         )
+        self.escrow = EscrowDepositor(
+            site_id=config.site.id,
+            secret=secret,
+            trusted=mesh.trusted_peers,
+            connect=self.pool.connect,
+            state_path=config.state_dir / "escrow.json",
+        )
+        # Peers, escrow and replication are checked three backup passes apart (30 s by
+        # default): often enough for status, rarely enough to cost nothing.
+        self._upkeep_seconds = max(1.0, 3 * config.backup.pass_interval_seconds)
         self.transport_port = 0
         self.dht_port = 0
         self._seq = 0
@@ -258,11 +270,12 @@ class MeshNode:
                     await self.publish_node_record()
                     published = self._clock()
                 await self.replicator.flush()
+                await self.escrow.ensure_deposited()
                 self.write_peer_state(await self.peer_states())
             except MeshError as error:
                 LOG.warning("mesh upkeep: %s", error)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=30.0)
+                await asyncio.wait_for(stop.wait(), timeout=self._upkeep_seconds)
 
     async def peer_states(self) -> list[PeerState]:
         """Member sites seen in the DHT (online) and the trusted peers (pinged)."""

@@ -3,9 +3,14 @@
 ``start_nodes`` launches ``python -m meshpacs node run --config ...`` for each site (its
 own session, so a Ctrl-C in the terminal that ran ``testbed up`` does not reach it; logs
 in ``logs/<site>.log``), records each PID in ``testbed.json`` and returns once every
-node answers C-ECHO. ``stop_nodes`` stops exactly those processes: it signals a PID only
-while that PID still runs a meshpacs node with that site's config (a PID reused by
-another program after a crash is left alone), SIGTERM first, SIGKILL after a grace time.
+node answers C-ECHO. (The sites' Orthancs are started by :mod:`meshpacs.testbed.orthanc`.)
+
+Stopping is by PID, and only while that PID still runs what the testbed started there:
+a meshpacs node with that site's config, or ``Orthanc`` with that site's Orthanc config
+(``/proc/<pid>/cmdline``; a zombie counts as stopped). A PID that the kernel handed to
+another program after a crash or a reboot is left alone. ``stop_testbed`` sends SIGTERM
+to all of them at once (Orthancs and nodes take seconds each to wind down), waits, and
+sends SIGKILL to whatever is still ours after the grace time.
 """
 
 from __future__ import annotations
@@ -16,15 +21,34 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from meshpacs.dicom.scu import Target, echo
 from meshpacs.errors import ConfigError
 from meshpacs.testbed.layout import TestbedPlan, TestbedSite
 
-__all__ = ["is_our_process", "start_nodes", "stop_nodes"]
+__all__ = [
+    "StoppedProcesses",
+    "is_our_orthanc",
+    "is_our_process",
+    "orthanc_pid",
+    "start_nodes",
+    "stop_nodes",
+    "stop_testbed",
+]
 
 _CALLING_AE = "MESH_TESTBED"
+_ORTHANC_PROGRAM = b"Orthanc"
+
+
+@dataclass(frozen=True)
+class StoppedProcesses:
+    """The site IDs whose node, and whose Orthanc, were still running and were stopped."""
+
+    nodes: list[str]
+    orthancs: list[str]
 
 
 def _log_path(plan: TestbedPlan, site: TestbedSite) -> Path:
@@ -60,39 +84,95 @@ def start_nodes(plan: TestbedPlan, *, timeout: float = 60.0) -> None:
             time.sleep(0.2)
 
 
+def _live_argv(pid: int | None) -> list[bytes] | None:
+    """The command line ``pid`` runs, or None when it has exited (zombies included)."""
+    if pid is None:
+        return None
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        stat = Path(f"/proc/{pid}/stat").read_text(errors="replace")
+    except OSError:
+        return None
+    # "pid (comm) S ...": comm may hold any character, so the state follows the LAST ")"
+    if stat[stat.rfind(")") + 1 :].split()[:1] == ["Z"]:
+        return None
+    return argv
+
+
 def is_our_process(site: TestbedSite) -> bool:
     """Whether ``site.pid`` still runs this site's meshpacs node (not a reused PID)."""
-    if site.pid is None:
-        return False
-    try:
-        cmdline = Path(f"/proc/{site.pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    stat = Path(f"/proc/{site.pid}/stat").read_text(errors="replace")
-    if ") Z" in stat:  # a zombie: it has exited already
-        return False
-    return b"meshpacs" in cmdline and site.config.encode() in cmdline
+    argv = _live_argv(site.pid)
+    return argv is not None and b"meshpacs" in argv and site.config.encode() in argv
+
+
+def orthanc_pid(site: TestbedSite) -> int | None:
+    """The PID ``testbed.json`` records for the site's Orthanc, if any."""
+    pid = (site.orthanc or {}).get("pid")
+    return pid if isinstance(pid, int) and not isinstance(pid, bool) else None
+
+
+def is_our_orthanc(site: TestbedSite) -> bool:
+    """Whether the site's recorded Orthanc PID still runs Orthanc with the site's config."""
+    config = (site.orthanc or {}).get("config")
+    argv = _live_argv(orthanc_pid(site))
+    return (
+        argv is not None
+        and isinstance(config, str)
+        and os.path.basename(argv[0]) == _ORTHANC_PROGRAM
+        and config.encode() in argv[1:]
+    )
+
+
+def _terminate(processes: list[tuple[int, Callable[[], bool]]], grace: float) -> None:
+    """SIGTERM each (pid, still ours?) at once, then SIGKILL those still ours after ``grace``."""
+    for pid, ours in processes:
+        if ours():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(ours() for _, ours in processes) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid, ours in processes:
+        if ours():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _node_process(site: TestbedSite) -> tuple[int, Callable[[], bool]]:
+    assert site.pid is not None
+    return site.pid, lambda: is_our_process(site)
+
+
+def _orthanc_process(site: TestbedSite) -> tuple[int, Callable[[], bool]]:
+    pid = orthanc_pid(site)
+    assert pid is not None
+    return pid, lambda: is_our_orthanc(site)
 
 
 def stop_nodes(plan: TestbedPlan, *, grace: float = 20.0) -> list[str]:
     """Stop every node this testbed started; returns the site IDs that were running."""
     running = [site for site in plan.sites if is_our_process(site)]
-    for site in running:
-        assert site.pid is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(site.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while any(is_our_process(site) for site in running) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for site in running:
-        if is_our_process(site):
-            assert site.pid is not None
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(site.pid, signal.SIGKILL)
+    _terminate([_node_process(site) for site in running], grace)
     for site in plan.sites:
         site.pid = None
     plan.save()
     return [site.site_id for site in running]
+
+
+def stop_testbed(plan: TestbedPlan, *, grace: float = 20.0) -> StoppedProcesses:
+    """Stop every node and every Orthanc this testbed started, and nothing else."""
+    nodes = [site for site in plan.sites if is_our_process(site)]
+    orthancs = [site for site in plan.sites if is_our_orthanc(site)]
+    _terminate(
+        [_orthanc_process(site) for site in orthancs] + [_node_process(site) for site in nodes],
+        grace,
+    )
+    for site in plan.sites:
+        site.pid = None
+        if site.orthanc is not None:
+            site.orthanc["pid"] = None
+    plan.save()
+    return StoppedProcesses([site.site_id for site in nodes], [site.site_id for site in orthancs])
 
 
 def _tail(path: Path, chars: int = 2000) -> str:

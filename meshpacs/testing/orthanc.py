@@ -21,6 +21,9 @@ What the defaults guarantee, whatever ``config`` adds on top:
 The process stays a direct child (``subprocess.Popen``, no shell, no daemonising): a
 process re-parented to PID 1 lingers as a zombie that ``kill -0`` still reports alive.
 ``stop`` sends SIGTERM, waits, and sends SIGKILL after ``stop_timeout`` seconds.
+``detached=True`` starts Orthanc in its own session instead (still a plain child): a
+Ctrl-C or a closing terminal then does not reach it, and it outlives the caller, as the
+testbed's Orthancs must outlive ``meshpacs testbed up``; whoever stops it goes by PID.
 
 Nothing here imports pytest: callers check :func:`orthanc_available` (or catch
 :class:`OrthancUnavailable`) and skip.
@@ -113,6 +116,7 @@ class OrthancProcess:
         executable: str = ORTHANC_BINARY,
         startup_timeout: float = 30.0,
         stop_timeout: float = 10.0,
+        detached: bool = False,
     ) -> None:
         self.directory = Path(directory).absolute()
         self.aet = aet
@@ -122,6 +126,7 @@ class OrthancProcess:
         self.executable = executable
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
+        self.detached = detached
         self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
         self._proc: subprocess.Popen[bytes] | None = None
         self.config = self._build_config(password, modalities or {}, config or {}, lua_script)
@@ -178,6 +183,7 @@ class OrthancProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=self.detached,
             )
         try:
             self._wait_ready()

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 
 from meshpacs.errors import MeshError, PeerRefused, PeerUnreachable, ProtocolViolation
+from meshpacs.federation import Member
 from meshpacs.transport.frames import (
     RESPONSE_HEAD_SIZE,
     Op,
@@ -38,7 +39,7 @@ from meshpacs.transport.server import CHUNK, HAS_BODY
 
 __all__ = ["FragmentInfo", "PartnerConnection"]
 
-Identify = Callable[[ssl.SSLObject], str]
+Identify = Callable[[ssl.SSLObject], Member]  # the peer, from its certificate
 Sink = Callable[[bytes], Awaitable[None] | None]
 
 _MAX_SMALL_BODY = 100 * 1024 * 1024  # records and lists are read into memory
@@ -59,12 +60,13 @@ class PartnerConnection:
 
     def __init__(
         self,
-        site_id: str,
+        member: Member,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         timeout: float,
     ) -> None:
-        self.site_id = site_id
+        self.member = member  # who answered, as its verified certificate says
+        self.site_id = member.site_id
         self._reader = reader
         self._writer = writer
         self._timeout = timeout
@@ -95,10 +97,10 @@ class PartnerConnection:
         except MeshError:
             writer.close()
             raise
-        if found != site_id:
+        if found.site_id != site_id:
             writer.close()
-            raise PeerUnreachable(f"{where}: its certificate names site {found}")
-        return cls(site_id, reader, writer, timeout)
+            raise PeerUnreachable(f"{where}: its certificate names site {found.site_id}")
+        return cls(found, reader, writer, timeout)
 
     async def close(self) -> None:
         self._writer.close()

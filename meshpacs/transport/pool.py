@@ -77,7 +77,7 @@ class PartnerPool:
             record.transport_host,
             record.transport_port,
             self._tls.client_context(),
-            lambda obj: self._tls.peer_member(obj).site_id,
+            self._tls.peer_member,
             timeout=self._timeout,
         )
 

@@ -34,6 +34,7 @@ from meshpacs.errors import (
     ProtocolViolation,
     QuotaExceeded,
 )
+from meshpacs.federation import Member
 from meshpacs.store import FragmentStore
 from meshpacs.store.records import MAX_RECORD_BYTES, HeldRecords
 from meshpacs.transport.frames import (
@@ -55,7 +56,7 @@ CHUNK = 1024 * 1024
 # HAS_FRAGMENT's body: fragment size and the set hash it verified against.
 HAS_BODY = struct.Struct(">Q32s")
 
-Identify = Callable[[ssl.SSLObject], str]
+Identify = Callable[[ssl.SSLObject], Member]  # the peer, from its certificate
 OnStored = Callable[[str, str], Awaitable[None]]  # (fragment_id, owner site)
 
 
@@ -124,7 +125,7 @@ class FragmentServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         ssl_object = writer.get_extra_info("ssl_object")
         try:
-            site = self._identify(ssl_object)
+            site = self._identify(ssl_object).site_id
         except MeshError as error:
             _log.warning("transport: peer refused after handshake: %s", error)
             return

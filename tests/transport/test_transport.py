@@ -62,7 +62,7 @@ async def holder(ca: FederationCA, tmp_path: Path) -> AsyncIterator[Holder]:
         store,
         records,
         me.tls.server_context(),
-        lambda obj: me.tls.peer_member(obj).site_id,
+        me.tls.peer_member,
         limits=ServerLimits(idle_seconds=5, io_seconds=5),
         on_stored=on_stored,
     )
@@ -83,7 +83,7 @@ async def connect(who: Member, holder: Holder, expect: str = "holder") -> Partne
         "127.0.0.1",
         holder.port,
         who.tls.client_context(),
-        lambda obj: who.tls.peer_member(obj).site_id,
+        who.tls.peer_member,
         timeout=5,
     )
 

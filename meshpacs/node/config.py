@@ -66,6 +66,7 @@ _MAX_PDU_RANGE = (4096, 16 * 1024 * 1024)
 _MAX_INSTANCE_BYTES_RANGE = (1024 * 1024, 1024**4)
 _MAX_TIMEOUT = 86400.0
 _MAX_STABLE_AFTER = 7 * 86400.0
+_MAX_DHT_TIMEOUT = 60.0
 # [mesh] and [backup] sizes are written in the unit their key names (offer_gb is GiB).
 _KIB, _MIB, _GIB = 1024, 1024**2, 1024**3
 _MAX_GIB = 1024 * 1024  # 1 PiB
@@ -173,6 +174,7 @@ class MeshConfig:
     trusted_peers: tuple[str, ...] = ()
     offer_bytes: int = 100 * 1024**3
     partner_quota_bytes: int = 20 * 1024**3
+    dht_timeout_seconds: float = 5.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bootstrap", tuple(self.bootstrap))
@@ -623,6 +625,9 @@ def _mesh(section: _Section, site: SiteConfig, dicom: DicomConfig) -> MeshConfig
         trusted_peers=_trusted_peers(section, site.id),
         offer_bytes=section.gibibytes("offer_gb", defaults.offer_bytes),
         partner_quota_bytes=section.gibibytes("partner_quota_gb", defaults.partner_quota_bytes),
+        dht_timeout_seconds=section.seconds(
+            "dht_timeout_seconds", _MAX_DHT_TIMEOUT, defaults.dht_timeout_seconds
+        ),
     )
 
 

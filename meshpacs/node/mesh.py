@@ -131,7 +131,12 @@ class MeshNode:
         self._cert_der = cert.public_bytes(serialization.Encoding.DER)
         self._signer = Ed25519Signer.from_identity(self.identity, self._cert_der)
         self._dht_store = DhtRecordStore(config.dht_path, self.tls.federation, clock=clock)
-        self.dht = DhtNode(self._dht_store, self.tls.federation, clock=clock)
+        self.dht = DhtNode(
+            self._dht_store,
+            self.tls.federation,
+            rpc_timeout=config.mesh.dht_timeout_seconds,
+            clock=clock,
+        )
         mesh = config.mesh
         self.fragments = FragmentStore(
             config.fragments_dir, QuotaPolicy(mesh.partner_quota_bytes), clock=clock
@@ -266,6 +271,7 @@ class MeshNode:
         published = self._clock()
         while not stop.is_set():
             try:
+                await self._rejoin()
                 if self._clock() - published > REPUBLISH_SECONDS:
                     await self.publish_node_record()
                     published = self._clock()
@@ -276,6 +282,18 @@ class MeshNode:
                 LOG.warning("mesh upkeep: %s", error)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self._upkeep_seconds)
+
+    async def _rejoin(self) -> None:
+        """Bootstrap again while the routing table knows fewer nodes than were configured.
+
+        A node whose bootstrap peers were down when it started (or that lost its contacts
+        while partners restarted) would otherwise stay alone until the DHT's own
+        maintenance, minutes later; nobody contacts a node that contacts nobody.
+        """
+        peers = [(d.host, d.port) for d in self.config.mesh.bootstrap]
+        if peers and len(self.dht.contacts()) < len(peers):
+            await self.dht.bootstrap(peers)
+            await self.publish_node_record()
 
     async def peer_states(self) -> list[PeerState]:
         """Member sites seen in the DHT (online) and the trusted peers (pinged)."""

@@ -11,7 +11,7 @@
       testbed.json              what scripts read: sites, ports, paths (see ``TestbedPlan``)
 
 Every site gets the mesh turned on, bound to 127.0.0.1 with its own ports, bootstrapping
-from the first site's DHT (and the first from the second), and trusting the next two
+from two of the first three sites' DHTs (never its own), and trusting the next two
 sites in a ring unless told otherwise. Timings can be made short for tests
 (``stable_seconds``, ``pass_interval``).
 """
@@ -122,7 +122,8 @@ def create_testbed(
     plan = TestbedPlan(str(root), k, n, happy, str(root / "ca"))
     for index, site_id in enumerate(ids):
         dicom_port, dht_port, transport_port = ports[index]
-        seed = 1 if index == 0 else 0
+        # Two bootstrap peers (never itself), so one of them down does not isolate it.
+        seeds = [i for i in (0, 1, 2) if i != index][:2]
         trusted = [ids[(index + step) % sites] for step in range(1, trust + 1)]
         settings: dict[tuple[str, str], Setting] = {
             ("dicom", "bind"): HOST,
@@ -132,8 +133,10 @@ def create_testbed(
             ("mesh", "advertise_host"): HOST,
             ("mesh", "dht_port"): dht_port,
             ("mesh", "transport_port"): transport_port,
-            ("mesh", "bootstrap"): [f"{HOST}:{ports[seed][1]}"],
+            ("mesh", "bootstrap"): [f"{HOST}:{ports[seed][1]}" for seed in seeds],
             ("mesh", "trusted_peers"): trusted,
+            # Loopback answers in microseconds: a short wait finds stopped sites quickly.
+            ("mesh", "dht_timeout_seconds"): 1.0,
             ("backup", "k"): k,
             ("backup", "n"): n,
             ("backup", "happy"): happy,

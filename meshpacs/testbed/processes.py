@@ -41,6 +41,7 @@ __all__ = [
 
 _CALLING_AE = "MESH_TESTBED"
 _ORTHANC_PROGRAM = b"Orthanc"
+_EXEC_RETRIES = 50  # x 10 ms
 
 
 @dataclass(frozen=True)
@@ -85,18 +86,27 @@ def start_nodes(plan: TestbedPlan, *, timeout: float = 60.0) -> None:
 
 
 def _live_argv(pid: int | None) -> list[bytes] | None:
-    """The command line ``pid`` runs, or None when it has exited (zombies included)."""
+    """The command line ``pid`` runs, or None when it has exited (zombies included).
+
+    A process in the middle of ``execve`` shows an empty command line for a moment (and
+    ``Popen`` may already have returned), so an empty one is read again for a short while
+    before it counts as "not ours" (kernel threads keep it empty).
+    """
     if pid is None:
         return None
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        stat = Path(f"/proc/{pid}/stat").read_text(errors="replace")
-    except OSError:
-        return None
-    # "pid (comm) S ...": comm may hold any character, so the state follows the LAST ")"
-    if stat[stat.rfind(")") + 1 :].split()[:1] == ["Z"]:
-        return None
-    return argv
+    for _ in range(_EXEC_RETRIES):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            stat = Path(f"/proc/{pid}/stat").read_text(errors="replace")
+        except OSError:
+            return None
+        # "pid (comm) S ...": comm may hold any character, so the state follows the LAST ")"
+        if stat[stat.rfind(")") + 1 :].split()[:1] == ["Z"]:
+            return None
+        if cmdline:
+            return cmdline.rstrip(b"\0").split(b"\0")
+        time.sleep(0.01)
+    return None
 
 
 def is_our_process(site: TestbedSite) -> bool:

@@ -1,6 +1,11 @@
 """A whole federation on one machine, for tests, demos and disaster drills.
 
 * :mod:`~meshpacs.testbed.layout`: CA, sites, configs and phrases laid out on disk.
+* :mod:`~meshpacs.testbed.processes`: every node (and Orthanc) its own process, stopped by
+  PID only while that PID still runs what the testbed started.
+* :mod:`~meshpacs.testbed.orthanc`: with ``--with-orthanc``, a real Orthanc per site running
+  the shipped auto-forward script (``docs/orthanc/``) towards its node.
+* :mod:`~meshpacs.testbed.demo`: the README's local-federation drill.
 """
 
 from meshpacs.testbed.layout import (

@@ -9,6 +9,7 @@ so that a stop anywhere resumes without losing or repeating work::
     place each encoded bundle's missing shares        (DHT + transport; ledger: placements)
     settle bundles (stored / degraded) and studies    (ledger; study PROTECTED)
     tell the trusted peers about protected studies    (catalog replicas)
+    remove local copies the retention setting frees   (ledger: pruned_at, then unlink)
 
 It runs beside ingest: the catalog orders the two, and a study that receives an instance
 meanwhile simply goes back to RECEIVING and is bundled again (only its new instances)
@@ -79,6 +80,7 @@ class BackupSettings:
     stable_seconds: float = 60.0
     spare_sites: int = 2
     upload: UploadPolicy = field(default_factory=UploadPolicy)
+    keep_local_seconds: float | None = None  # None: keep local copies for ever
 
     def __post_init__(self) -> None:
         if not self.plan.k <= self.happy <= self.plan.n:
@@ -97,6 +99,7 @@ class PassReport:
     waiting: int = 0  # encoded bundles still below happy (too few partners)
     protected: int = 0
     failed: int = 0
+    pruned: int = 0  # local instance files removed under the retention setting
 
 
 class BackupService:
@@ -178,7 +181,26 @@ class BackupService:
                 _log.info("study row %d protected", study_ref)
                 if self._publisher is not None:
                     await self._publisher.study_protected(study_ref)
+        report.pruned = await self._prune()
         return report
+
+    async def _prune(self) -> int:
+        """Remove local copies the retention setting lets go; the rows stay (marked)."""
+        keep = self._settings.keep_local_seconds
+        if keep is None:
+            return 0
+        cutoff = self._clock() - keep
+        pruned = 0
+        while True:
+            batch = await self._catalog.read(lambda db: ledger.prunable_instances(db, cutoff))
+            if not batch:
+                return pruned
+            ids = [row for row, _ in batch]
+            await self._catalog.write(partial(ledger.mark_pruned, row_ids=ids, now=self._clock()))
+            for _, sha256 in batch:
+                await asyncio.to_thread(self._instance_path(sha256).unlink, missing_ok=True)
+            pruned += len(batch)
+            _log.info("retention: removed %d local instance files now held by the mesh", len(batch))
 
     def _new_bundle(self) -> tuple[bytes, bytes]:
         bundle_id = secrets.token_bytes(16)

@@ -221,6 +221,12 @@ class QueryRetrieveService:
         self, event: Any, located: list[InstanceLocation], what: str
     ) -> Iterator[tuple[int, Dataset | None]]:
         LOG.info("%s from %s: %d instances", what, _calling(event), len(located))
+        missing = sum(1 for loc in located if not self._store.path_for(loc.sha256).exists())
+        if missing:
+            # Pruned under [backup] keep_local (or lost): each fails its sub-operation and
+            # the peer gets 0xB000; recovery brings them back from the partners.
+            LOG.warning("%s: %d of %d instances are not held on this node's disk and will fail",
+                        what, missing, len(located))  # fmt: skip
         for location in located:
             if event.is_cancelled:
                 yield CANCEL, None

@@ -276,10 +276,15 @@ class Catalog:
                 return await self._in_sqlite_thread(lambda db: _in_transaction(db, fn, "BEGIN"))
 
     async def latest_instances(self, limit: int) -> list[tuple[int, bytes]]:
-        """(row id, sha256) of the ``limit`` most recently added instance rows."""
+        """(row id, sha256) of the ``limit`` most recently added rows whose file is kept here.
+
+        Rows pruned under the retention setting are left out: their files are gone on
+        purpose, not lost in a crash.
+        """
         async with self._read() as conn:
             rows = await conn.execute_fetchall(
-                "SELECT id, sha256 FROM instances ORDER BY id DESC LIMIT ?", (limit,)
+                "SELECT id, sha256 FROM instances WHERE pruned_at IS NULL ORDER BY id DESC LIMIT ?",
+                (limit,),
             )
         return [(int(row[0]), bytes(row[1])) for row in rows]
 
@@ -334,6 +339,11 @@ class Catalog:
             (record.sop_instance_uid,),
         ).fetchall()
         if any(bytes(row[1]) == record.sha256 for row in stored):
+            # Received again after its local copy was pruned: the file is back.
+            db.execute(
+                "UPDATE instances SET pruned_at = NULL WHERE sop_instance_uid = ? AND sha256 = ?",
+                (record.sop_instance_uid, record.sha256),
+            )
             return AddResult.DUPLICATE
         study_ref: int | None = None
         series_ref: int | None = None

@@ -37,11 +37,13 @@ __all__ = [
     "bundle",
     "bundle_members",
     "encoded_bundles",
+    "mark_pruned",
     "next_queued_study",
     "placements",
     "plan_bundles",
     "planned_bundles",
     "protection_counts",
+    "prunable_instances",
     "queued_studies",
     "record_encoded",
     "record_placement",
@@ -305,10 +307,11 @@ def settle_bundle(db: sqlite3.Connection, bundle_ref: int, happy: int, now: floa
         state = "degraded"
     else:
         return row.state
-    db.execute(
-        "UPDATE bundles SET state = ?, stored_at = coalesce(stored_at, ?) WHERE id = ?",
-        (state, now, bundle_ref),
-    )
+    if state != row.state:
+        # stored_at: when the bundle reached this state (retention counts from "stored").
+        db.execute(
+            "UPDATE bundles SET state = ?, stored_at = ? WHERE id = ?", (state, now, bundle_ref)
+        )
     return state
 
 
@@ -346,3 +349,34 @@ def protection_counts(db: sqlite3.Connection) -> ProtectionCounts:
     ).fetchone()
     total, protected, degraded = int(row[0]), int(row[1]), int(row[2])
     return ProtectionCounts(total, protected - degraded, degraded, total - protected)
+
+
+def prunable_instances(
+    db: sqlite3.Connection, protected_before: float, limit: int = 1000
+) -> list[tuple[int, bytes]]:
+    """(row id, sha256) of local instances the retention setting lets go.
+
+    Only instances in a bundle stored at all n sites (not merely degraded) of a study that
+    is PROTECTED and received nothing since ``protected_before``: a local copy is the one
+    thing that still covers a bundle below n.
+    """
+    rows = db.execute(
+        "SELECT i.id, i.sha256 FROM instances i"
+        " JOIN bundle_members m ON m.instance_ref = i.id"
+        " JOIN bundles b ON b.id = m.bundle_ref"
+        " JOIN studies s ON s.id = b.study_ref"
+        " WHERE i.pruned_at IS NULL AND b.state = 'stored' AND s.state = ?"
+        " AND s.last_received <= ? AND b.stored_at <= ?"
+        " ORDER BY i.id LIMIT ?",
+        (StudyState.PROTECTED.value, protected_before, protected_before, limit),
+    ).fetchall()
+    return [(int(r[0]), bytes(r[1])) for r in rows]
+
+
+def mark_pruned(db: sqlite3.Connection, row_ids: Sequence[int], now: float) -> None:
+    """Record that these instances' files are about to go (before they go: a crash in
+    between leaves a file nobody needs, never a row that looks lost)."""
+    db.executemany(
+        "UPDATE instances SET pruned_at = ? WHERE id = ? AND pruned_at IS NULL",
+        [(now, row) for row in row_ids],
+    )

@@ -22,6 +22,9 @@ Version 1::
                   unparsed), parse_error, conflict)  UNIQUE(sop_instance_uid, sha256)
     backup_queue (id, study_ref -> studies UNIQUE, queued_at)
 
+Version 3: ``instances.pruned_at`` (NULL while the file is kept here; see the ledger's
+retention functions).
+
 Version 2 (the backup ledger, :mod:`meshpacs.metadata.ledger`)::
 
     bundles        (id, bundle_id UNIQUE (16 random bytes), study_ref -> studies (NULL for
@@ -174,8 +177,15 @@ CREATE TABLE placements (
 CREATE INDEX placements_holder ON placements (holder_site);
 """
 
+# An instance whose local file was removed under the retention setting keeps its row (it
+# is still the site's, held by the mesh): pruned_at says when its file went.
+_V3 = """
+ALTER TABLE instances ADD COLUMN pruned_at REAL;
+CREATE INDEX instances_pruned ON instances (pruned_at) WHERE pruned_at IS NOT NULL;
+"""
+
 # (version, script) in ascending order. Append only: a released entry is never edited.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2))
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

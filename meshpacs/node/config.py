@@ -191,6 +191,9 @@ class BackupConfig:
     segment_bytes: int = 1024 * 1024
     max_bundle_bytes: int = 1024**3
     pass_interval_seconds: float = 10.0
+    # None: keep every instance here for ever; 0: remove it once its study is protected at
+    # n sites; N: remove it N seconds after that.
+    keep_local_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -444,7 +447,12 @@ _SECTION_KEYS: dict[str, frozenset[str]] = {
     "catalog": _names(CatalogConfig),
     "logging": _names(LoggingConfig),
     "mesh": _names(MeshConfig, offer_bytes="offer_gb", partner_quota_bytes="partner_quota_gb"),
-    "backup": _names(BackupConfig, segment_bytes="segment_kib", max_bundle_bytes="max_bundle_mb"),
+    "backup": _names(
+        BackupConfig,
+        segment_bytes="segment_kib",
+        max_bundle_bytes="max_bundle_mb",
+        keep_local_seconds="keep_local",
+    ),
 }
 
 
@@ -762,6 +770,27 @@ def _backup(section: _Section) -> BackupConfig:
         pass_interval_seconds=section.seconds(
             "pass_interval_seconds", _MAX_PASS_INTERVAL, defaults.pass_interval_seconds
         ),
+        keep_local_seconds=_keep_local(section),
+    )
+
+
+_KEEP_LOCAL = re.compile(r"([0-9]{1,5}) days?")
+
+
+def _keep_local(section: _Section) -> float | None:
+    """``"forever"``, ``"protected"`` or ``"<N> days"`` (N from 1 to 36500)."""
+    value = section.string("keep_local", "forever").strip().lower()
+    if value == "forever":
+        return None
+    if value == "protected":
+        return 0.0
+    days = _KEEP_LOCAL.fullmatch(value)
+    if days and 1 <= int(days.group(1)) <= 36500:
+        return int(days.group(1)) * 86400.0
+    raise section.error(
+        "keep_local",
+        f'must be "forever", "protected" or a number of days such as "30 days",'
+        f" not {_shown(value)}",
     )
 
 

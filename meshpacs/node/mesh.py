@@ -163,6 +163,7 @@ class MeshNode:
             happy=b.happy,
             stable_seconds=config.catalog.stable_after_seconds,
             upload=UploadPolicy(),
+            keep_local_seconds=b.keep_local_seconds,
         )
         self.backup = BackupService(
             site_id=config.site.id,

@@ -240,3 +240,43 @@ async def test_a_large_study_is_cut_into_several_bundles(site: Site) -> None:
     report = await site.service(cap=7000).run_once()
     assert report.planned == 3 and report.protected == 1
     assert await decode_all(site, k=2) == sent
+
+
+async def test_retention_removes_local_copies_only_once_stored_at_n(site: Site) -> None:
+    sent = await site.receive(3)
+    service = BackupService(
+        site_id="owner",
+        keys=site.keys,
+        catalog=site.catalog,
+        instance_path=site.store.path_for,
+        partners=site.partners,
+        settings=BackupSettings(
+            plan=BundlePlan(k=2, n=4, segment_size=4096, max_bundle_bytes=10**6),
+            happy=3,
+            stable_seconds=60,
+            keep_local_seconds=3600,
+        ),
+        work_dir=site.work,
+        clock=site.clock,
+    )
+    site.partners.down = {"partner-0", "partner-1", "partner-2"}  # degraded: 3 of 4
+    report = await service.run_once()
+    assert (report.degraded, report.pruned) == (1, 0)
+    site.clock.advance(7200)
+    assert (await service.run_once()).pruned == 0  # degraded: the local copy still counts
+    assert len(list(site.store.instances_dir.rglob("*.dcm"))) == 3
+
+    site.partners.down = set()
+    rows = await site.catalog.read(lambda db: [r[0] for r in db.execute("SELECT id FROM bundles")])
+    await site.catalog.write(
+        lambda db: db.execute("UPDATE bundles SET state = 'encoded' WHERE id = ?", (rows[0],))
+    )
+    await service.run_once()  # tops up to n: stored
+    assert (await service.run_once()).pruned == 0  # stored just now: kept for an hour
+    site.clock.advance(3601)
+    assert (await service.run_once()).pruned == 3
+    assert list(site.store.instances_dir.rglob("*.dcm")) == []
+    assert await decode_all(site, k=2) == sent  # the mesh still has every byte
+    # The rows stay, marked, and are not mistaken for files lost in a crash.
+    assert await site.catalog.latest_instances(10) == []
+    assert (await site.catalog.counts())["instances"] == 3

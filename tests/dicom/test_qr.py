@@ -291,3 +291,29 @@ async def test_c_find_with_an_over_long_value_fails_and_the_node_goes_on(
     assert "refused: outofresources" in report, report
     echo = await dcmtk([TOOLS["echoscu"], "-aec", AE_TITLE, "127.0.0.1", str(node.port)])
     assert echo.returncode == 0
+
+
+async def test_a_move_that_includes_pruned_instances_reports_them_failed(
+    loaded: Node, receiver: Path
+) -> None:
+    """Instances whose local copy the retention setting removed are not silently skipped:
+    the C-MOVE delivers the others and reports the missing ones as failed sub-operations."""
+    hs = headers()
+    study = hs[0].StudyInstanceUID
+    in_study = [(p, h) for p, h in zip(HIERARCHY, hs, strict=True) if h.StudyInstanceUID == study]
+    assert len(in_study) >= 2
+    _, gone = in_study[0]
+    [location] = await loaded.catalog.locate("IMAGE", {"SOPInstanceUID": str(gone.SOPInstanceUID)})
+    stored = loaded.store.path_for(location.sha256)
+    assert stored.exists()
+    stored.unlink()
+    level = keys("QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}")
+    done = await scu(loaded, "movescu", "-S", "-aem", RECEIVER_AE, *level)
+    report = done.stdout + done.stderr
+    received = received_datasets(receiver)
+    assert str(gone.SOPInstanceUID) not in received
+    assert len(received) == len(in_study) - 1
+    assert "OneOrMoreFailures" in report, report  # 0xB000: the others went, these failed
+    # The node goes on serving.
+    again = await scu(loaded, "echoscu")
+    assert again.returncode == 0

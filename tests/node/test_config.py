@@ -593,3 +593,23 @@ def test_mesh_lists_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         mesh.enabled = True  # type: ignore[misc]
     assert hash(parse(MINIMAL).mesh) == hash(MeshConfig())
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ('"forever"', None),
+        ('"protected"', 0.0),
+        ('"30 days"', 30 * 86400.0),
+        ('"1 day"', 86400.0),
+        ('"Protected"', 0.0),
+    ],
+)
+def test_keep_local_reads_forever_protected_or_days(text: str, seconds: float | None) -> None:
+    assert parse(with_backup(f"keep_local = {text}")).backup.keep_local_seconds == seconds
+
+
+@pytest.mark.parametrize("text", ['"30"', '"0 days"', '"-3 days"', '"a week"', "30", '""'])
+def test_keep_local_refuses_anything_else(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"backup\.keep_local"):
+        parse(with_backup(f"keep_local = {text}"))

@@ -40,6 +40,7 @@ SAMPLE_KEY_OF_FIELD = {
     ("mesh", "partner_quota_bytes"): "partner_quota_gb",
     ("backup", "segment_bytes"): "segment_kib",
     ("backup", "max_bundle_bytes"): "max_bundle_mb",
+    ("backup", "keep_local_seconds"): "keep_local",
 }
 
 

@@ -13,11 +13,12 @@ tries again; records waiting when the node stops are sent again by :meth:`resend
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 
 from meshpacs.errors import MeshError
 from meshpacs.metadata import Catalog
-from meshpacs.metadata.replica import export_study, seal_record
+from meshpacs.metadata.replica import StudyRecord, export_study, export_unplaced, seal_record
 
 __all__ = ["PutRecord", "TrustedReplicator"]
 
@@ -44,40 +45,55 @@ class TrustedReplicator:
         self._catalog = catalog
         self._trusted = tuple(trusted)
         self._put = put_record
-        self._waiting: dict[str, set[int]] = {peer: set() for peer in self._trusted}
+        # (kind, row id): ("study", study row) or ("unplaced", bundle row)
+        self._waiting: dict[str, set[tuple[str, int]]] = {peer: set() for peer in self._trusted}
 
     @property
     def waiting(self) -> dict[str, int]:
-        """How many study records each trusted peer still has to receive."""
+        """How many records each trusted peer still has to receive."""
         return {peer: len(refs) for peer, refs in self._waiting.items()}
 
     async def study_protected(self, study_ref: int) -> None:
         for refs in self._waiting.values():
-            refs.add(study_ref)
+            refs.add(("study", study_ref))
+        await self.flush()
+
+    async def unplaced_protected(self, bundle_ref: int) -> None:
+        for refs in self._waiting.values():
+            refs.add(("unplaced", bundle_ref))
         await self.flush()
 
     async def flush(self) -> None:
         """Try every waiting record on every trusted peer once."""
         for peer, refs in self._waiting.items():
-            for study_ref in sorted(refs):
+            for item in sorted(refs):
                 try:
-                    await self._send(peer, study_ref)
+                    await self._send(peer, item)
                 except MeshError as error:
                     _log.warning("catalog record for trusted peer %s waits: %s", peer, error)
                     break  # the peer is likely down: the rest waits for the next pass
-                refs.discard(study_ref)
+                refs.discard(item)
 
     async def resend_all(self) -> None:
-        """Queue every protected study for every trusted peer (at start, after a stop)."""
-        refs = await self._catalog.read(
-            lambda db: [
-                int(r[0]) for r in db.execute("SELECT id FROM studies WHERE state = 'protected'")
-            ]
-        )
-        for waiting in self._waiting.values():
-            waiting.update(refs)
+        """Queue every protected study (and stored bundle of unparsed instances) for every
+        trusted peer: at start, after a stop, and as the periodic snapshot."""
 
-    async def _send(self, peer: str, study_ref: int) -> None:
-        record = await self._catalog.read(lambda db: export_study(db, study_ref))
+        def protected(db: sqlite3.Connection) -> list[tuple[str, int]]:
+            studies = db.execute("SELECT id FROM studies WHERE state = 'protected'")
+            unplaced = db.execute(
+                "SELECT id FROM bundles WHERE study_ref IS NULL AND state IN ('stored', 'degraded')"
+            )
+            return [("study", int(r[0])) for r in studies] + [
+                ("unplaced", int(r[0])) for r in unplaced
+            ]
+
+        items = await self._catalog.read(protected)
+        for waiting in self._waiting.values():
+            waiting.update(items)
+
+    async def _send(self, peer: str, item: tuple[str, int]) -> None:
+        kind, ref = item
+        exporter = export_study if kind == "study" else export_unplaced
+        record: StudyRecord = await self._catalog.read(lambda db: exporter(db, ref))
         record_id, sealed = seal_record(self._key, self._site_id, record)
         await self._put(peer, record_id, sealed)

@@ -70,6 +70,10 @@ class StudyPublisher(Protocol):
 
     async def study_protected(self, study_ref: int) -> None: ...
 
+    async def unplaced_protected(self, bundle_ref: int) -> None:
+        """The same for a bundle of unparsed instances, which belongs to no study."""
+        ...
+
 
 @dataclass(frozen=True)
 class BackupSettings:
@@ -162,6 +166,16 @@ class BackupService:
                 )
             )
             report.planned += len(created)
+        unplaced = await self._catalog.write(
+            partial(
+                ledger.plan_unplaced,
+                plan=plan,
+                new_bundle=self._new_bundle,
+                now=self._clock(),
+                received_before=self._clock() - self._settings.stable_seconds,
+            )
+        )
+        report.planned += len(unplaced)
         for row in await self._catalog.read(ledger.planned_bundles):
             if await self._encode(row):
                 report.encoded += 1
@@ -175,6 +189,9 @@ class BackupService:
                 report.degraded += 1
             else:
                 report.waiting += 1
+            settled = state in ("stored", "degraded")
+            if row.study_ref is None and settled and self._publisher is not None:
+                await self._publisher.unplaced_protected(row.ref)
         for study_ref in studies:
             if await self._catalog.write(partial(ledger.settle_study, study_ref=study_ref)):
                 report.protected += 1

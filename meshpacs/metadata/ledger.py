@@ -41,6 +41,7 @@ __all__ = [
     "next_queued_study",
     "placements",
     "plan_bundles",
+    "plan_unplaced",
     "planned_bundles",
     "protection_counts",
     "prunable_instances",
@@ -201,6 +202,41 @@ def plan_bundles(
         )
         ref = cursor.lastrowid
         assert ref is not None  # an INSERT always sets it
+        db.executemany(
+            "INSERT INTO bundle_members (bundle_ref, position, instance_ref) VALUES (?, ?, ?)",
+            [(ref, position, instance) for position, instance in enumerate(group)],
+        )
+        created.append(ref)
+    return created
+
+
+def plan_unplaced(
+    db: sqlite3.Connection,
+    plan: BundlePlan,
+    new_bundle: Callable[[], tuple[bytes, bytes]],
+    now: float,
+    received_before: float,
+) -> list[int]:
+    """Bundles (of no study) for instances kept unparsed, received before ``received_before``.
+
+    A dataset the node could not parse is still the PACS's data, kept byte for byte: it is
+    backed up like any other, in bundles of its own, once nothing has arrived for a while.
+    """
+    rows = db.execute(
+        "SELECT id, size FROM instances WHERE series_ref IS NULL AND received_at <= ?"
+        " AND id NOT IN (SELECT instance_ref FROM bundle_members) ORDER BY id",
+        (received_before,),
+    ).fetchall()
+    created: list[int] = []
+    for group in _cut([(int(r[0]), int(r[1])) for r in rows], plan):
+        bundle_id, wrapped_key = new_bundle()
+        cursor = db.execute(
+            "INSERT INTO bundles (bundle_id, study_ref, k, n, segment_size, wrapped_key,"
+            " created_at) VALUES (?, NULL, ?, ?, ?, ?, ?)",
+            (bundle_id, plan.k, plan.n, plan.segment_size, wrapped_key, now),
+        )
+        ref = cursor.lastrowid
+        assert ref is not None
         db.executemany(
             "INSERT INTO bundle_members (bundle_ref, position, instance_ref) VALUES (?, ?, ?)",
             [(ref, position, instance) for position, instance in enumerate(group)],

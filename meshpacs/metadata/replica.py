@@ -44,6 +44,7 @@ __all__ = [
     "RECORD_VERSION",
     "StudyRecord",
     "export_study",
+    "export_unplaced",
     "open_record",
     "seal_record",
     "study_record_id",
@@ -122,6 +123,42 @@ def _rows(db: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> list[
     ]
 
 
+def _bundle_documents(
+    db: sqlite3.Connection, where: str, params: tuple[object, ...]
+) -> list[dict[str, Any]]:
+    bundles = _rows(db, f"SELECT * FROM bundles WHERE {where} ORDER BY id", params)
+    for bundle in bundles:
+        bundle["members"] = _rows(
+            db,
+            "SELECT position, instance_ref FROM bundle_members WHERE bundle_ref = ?"
+            " ORDER BY position",
+            (bundle["id"],),
+        )
+        bundle["placements"] = _rows(
+            db,
+            "SELECT share, holder_site, fragment_id, stored_at FROM placements"
+            " WHERE bundle_ref = ? ORDER BY share, holder_site",
+            (bundle["id"],),
+        )
+    return bundles
+
+
+def export_unplaced(db: sqlite3.Connection, bundle_ref: int) -> StudyRecord:
+    """The record of a bundle of unparsed instances (no study): its instances and itself.
+
+    Named ``unplaced-<bundle id hex>`` in place of a Study Instance UID.
+    """
+    bundles = _bundle_documents(db, "id = ?", (bundle_ref,))
+    instances = _rows(
+        db,
+        "SELECT i.* FROM instances i JOIN bundle_members m ON m.instance_ref = i.id"
+        " WHERE m.bundle_ref = ? ORDER BY m.position",
+        (bundle_ref,),
+    )
+    name = f"unplaced-{bundles[0]['bundle_id']}"
+    return StudyRecord(name, {"instances": instances, "bundles": bundles})
+
+
 def export_study(db: sqlite3.Connection, study_ref: int) -> StudyRecord:
     """Everything the catalog holds about one study, for its sealed record.
 
@@ -136,20 +173,7 @@ def export_study(db: sqlite3.Connection, study_ref: int) -> StudyRecord:
         " WHERE s.study_ref = ? ORDER BY i.id",
         (study_ref,),
     )
-    bundles = _rows(db, "SELECT * FROM bundles WHERE study_ref = ? ORDER BY id", (study_ref,))
-    for bundle in bundles:
-        bundle["members"] = _rows(
-            db,
-            "SELECT position, instance_ref FROM bundle_members WHERE bundle_ref = ?"
-            " ORDER BY position",
-            (bundle["id"],),
-        )
-        bundle["placements"] = _rows(
-            db,
-            "SELECT share, holder_site, fragment_id, stored_at FROM placements"
-            " WHERE bundle_ref = ? ORDER BY share, holder_site",
-            (bundle["id"],),
-        )
+    bundles = _bundle_documents(db, "study_ref = ?", (study_ref,))
     document = {
         "patient": patient,
         "study": study,

@@ -67,6 +67,9 @@ LOG = logging.getLogger("meshpacs.mesh")
 PEERS_FILE = "peers.json"
 RECORD_LIFETIME = 2 * 86400  # node and provider records; republished well before
 REPUBLISH_SECONDS = 3600.0
+# Every sealed catalog record is sent to the trusted peers again this often (the
+# "snapshot"): a peer that lost its copy, or joined the trusted set later, catches up.
+SNAPSHOT_SECONDS = 86400.0
 
 
 @dataclass(frozen=True)
@@ -269,13 +272,16 @@ class MeshNode:
         await self.pool.put_record(peer, RecordKind.CATALOG, record_id, sealed)
 
     async def _upkeep(self, stop: asyncio.Event) -> None:
-        published = self._clock()
+        published = snapshot = self._clock()
         while not stop.is_set():
             try:
                 await self._rejoin()
                 if self._clock() - published > REPUBLISH_SECONDS:
                     await self.publish_node_record()
                     published = self._clock()
+                if self._clock() - snapshot > SNAPSHOT_SECONDS:
+                    await self.replicator.resend_all()  # every record again, once a day
+                    snapshot = self._clock()
                 await self.replicator.flush()
                 await self.escrow.ensure_deposited()
                 self.write_peer_state(await self.peer_states())

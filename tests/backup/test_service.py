@@ -280,3 +280,28 @@ async def test_retention_removes_local_copies_only_once_stored_at_n(site: Site) 
     # The rows stay, marked, and are not mistaken for files lost in a crash.
     assert await site.catalog.latest_instances(10) == []
     assert (await site.catalog.counts())["instances"] == 3
+
+
+async def test_unparsed_instances_are_backed_up_in_bundles_of_their_own(site: Site) -> None:
+    data = b"not DICOM at all, kept byte for byte" * 50
+    site.store.write(data)
+    await site.catalog.add_instances(
+        [make_record("1.2.3.9.1", data=data, placed=False, parse_error="no header")]
+    )
+    site.clock.advance(61)
+    published: list[int] = []
+
+    class Publisher:
+        async def study_protected(self, study_ref: int) -> None:
+            raise AssertionError("no study here")
+
+        async def unplaced_protected(self, bundle_ref: int) -> None:
+            published.append(bundle_ref)
+
+    service = site.service()
+    service._publisher = Publisher()
+    report = await service.run_once()
+    assert (report.planned, report.stored, report.protected) == (1, 1, 0)
+    assert len(published) == 1
+    assert await decode_all(site, k=2) == {"1.2.3.9.1": data}
+    assert (await service.run_once()).planned == 0  # bundled once only

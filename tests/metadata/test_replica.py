@@ -9,7 +9,13 @@ import pytest
 from meshpacs.errors import FormatError, UnknownVersion, WrongKey
 from meshpacs.metadata import Catalog, ledger
 from meshpacs.metadata.ledger import BundlePlan
-from meshpacs.metadata.replica import export_study, open_record, seal_record, study_record_id
+from meshpacs.metadata.replica import (
+    export_study,
+    export_unplaced,
+    open_record,
+    seal_record,
+    study_record_id,
+)
 
 from .helpers import FakeClock, make_record
 
@@ -81,3 +87,20 @@ async def test_tampered_wrong_key_wrong_site_or_id_are_refused(
         open_record(KEY, "site-a", record_id, b"\x09" + sealed[1:])
     with pytest.raises(FormatError):
         open_record(KEY, "site-a", record_id, sealed[:10])
+
+
+async def test_a_bundle_of_unparsed_instances_has_a_record_of_its_own(
+    catalog: Catalog, clock: FakeClock
+) -> None:
+    await catalog.add_instances(
+        [make_record("1.2.3.9.1", data=b"junk", placed=False, parse_error="unreadable")]
+    )
+    plan = BundlePlan(k=2, n=3, segment_size=4096, max_bundle_bytes=10**6)
+    [bundle] = await catalog.write(
+        lambda db: ledger.plan_unplaced(db, plan, lambda: (b"U" * 16, b"w"), 5.0, clock() + 1)
+    )
+    record = await catalog.read(lambda db: export_unplaced(db, bundle))
+    assert record.study_uid == f"unplaced-{(b'U' * 16).hex()}"
+    assert [i["sop_instance_uid"] for i in record.document["instances"]] == ["1.2.3.9.1"]
+    record_id, sealed = seal_record(KEY, "site-a", record)
+    assert open_record(KEY, "site-a", record_id, sealed) == record

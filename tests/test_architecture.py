@@ -13,6 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "meshpacs"
 # Top to bottom, as the developers' guide draws it: a room may import only rooms below it.
 RANK = {
     "errors": 0,
+    "durable": 1,  # careful file writes and reads, for every room that keeps files
     "keys": 1,
     "testing": 1,  # generates DICOM with pydicom; imports nothing of meshpacs
     "federation": 2,  # CA, node certificates, CRL, TLS contexts

@@ -23,6 +23,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meshpacs.durable import fsync_dir
 from meshpacs.errors import LimitExceeded
 
 __all__ = ["FANOUT", "HEAD_BYTES", "InstanceStore", "PendingFile", "StoredFile"]
@@ -152,13 +153,13 @@ class InstanceStore:
             temp_path.unlink(missing_ok=True)
             # The earlier copy may have been renamed into place by a process that died
             # before its directory fsync: make sure its name is durable before it counts.
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
             return StoredFile(sha256, size, target, existed=True, head=head)
         try:
             os.replace(temp_path, target)
         except OSError:
             self._copy_into_place(temp_path, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         return StoredFile(sha256, size, target, existed=False, head=head)
 
     def write(self, data: bytes) -> StoredFile:
@@ -177,8 +178,8 @@ class InstanceStore:
         for name in FANOUT:
             if name not in present:
                 (self.instances_dir / name).mkdir(exist_ok=True)
-        _fsync_dir(self.instances_dir)
-        _fsync_dir(self.instances_dir.parent)
+        fsync_dir(self.instances_dir)
+        fsync_dir(self.instances_dir.parent)
 
     def _copy_into_place(self, source: Path, target: Path) -> None:
         fd, name = _mkstemp(self.tmp_dir)
@@ -243,11 +244,3 @@ def _can_link_unnamed(directory: Path) -> bool:
         os.close(fd)
         os.close(dir_fd)
     return True
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -37,14 +37,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from meshpacs.errors import ConfigError, FederationError
-from meshpacs.federation._fileio import (
-    fsync_directory,
+from meshpacs.durable import (
+    fsync_dir,
     read_bounded,
     read_private,
     write_atomic,
     write_new,
 )
+from meshpacs.errors import ConfigError, FederationError
 from meshpacs.federation.certs import (
     CA_DAYS,
     CRL_DAYS,
@@ -147,7 +147,7 @@ def create_federation_ca(
         created.append(directory / CRL_NAME)
         write_new(directory / CA_CERT_NAME, pem(ca_cert), _PUBLIC_MODE)  # last: marks complete
         created.append(directory / CA_CERT_NAME)
-        fsync_directory(directory)
+        fsync_dir(directory)
     except OSError as exc:
         _remove(created)
         raise ConfigError(
@@ -161,7 +161,9 @@ class FederationCA:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory.absolute()
-        cert_pem = read_bounded(self.cert_path, MAX_CERT_BYTES, "federation CA certificate")
+        cert_pem = read_bounded(
+            self.cert_path, MAX_CERT_BYTES, "federation CA certificate", FederationError
+        )
         self.certificate = load_certificate(cert_pem, f"federation CA certificate {self.cert_path}")
         self._key = self._load_key()
         self.crl()  # refuse a directory whose CRL is missing or not from this CA
@@ -198,7 +200,8 @@ class FederationCA:
 
     def crl(self) -> x509.CertificateRevocationList:
         return load_crl(
-            read_bounded(self.crl_path, MAX_CRL_BYTES, "revocation list"), self.certificate
+            read_bounded(self.crl_path, MAX_CRL_BYTES, "revocation list", FederationError),
+            self.certificate,
         )
 
     def crl_pem(self) -> bytes:
@@ -208,7 +211,9 @@ class FederationCA:
         """Every certificate in ``issued/``, oldest expiry first."""
         found = []
         for path in sorted(self.issued_dir.glob("*.pem")):
-            cert = load_certificate(read_bounded(path, MAX_CERT_BYTES, "issued certificate"))
+            cert = load_certificate(
+                read_bounded(path, MAX_CERT_BYTES, "issued certificate", FederationError)
+            )
             found.append(_issued(cert))
         return sorted(found, key=lambda item: (item.not_after, item.serial))
 
@@ -259,7 +264,7 @@ class FederationCA:
                 days=days,
             )
             write_new(self._issued_path(cert.serial_number), pem(cert), _PUBLIC_MODE)
-            fsync_directory(self.issued_dir)
+            fsync_dir(self.issued_dir)
             if others:
                 self._publish([c.serial for c in others], now=now)
         return _issued(cert)

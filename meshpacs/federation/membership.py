@@ -22,8 +22,8 @@ from pathlib import Path
 
 from cryptography import x509
 
+from meshpacs.durable import read_bounded
 from meshpacs.errors import FederationError, NotAMember
-from meshpacs.federation._fileio import read_bounded
 from meshpacs.federation.certs import (
     MAX_CERT_BYTES,
     MAX_CRL_BYTES,
@@ -67,7 +67,7 @@ class Federation:
     @classmethod
     def load(cls, ca_path: Path, crl_path: Path) -> Federation:
         """A federation from its files; the CRL file is read again whenever it changes."""
-        ca_pem = read_bounded(ca_path, MAX_CERT_BYTES, "federation CA certificate")
+        ca_pem = read_bounded(ca_path, MAX_CERT_BYTES, "federation CA certificate", FederationError)
         ca_cert = load_certificate(ca_pem, f"federation CA certificate {ca_path}")
         stamp = _stamp(crl_path)
         crl = _read_crl(crl_path, ca_cert)
@@ -153,7 +153,7 @@ def _stamp(path: Path) -> _FileStamp:
 
 
 def _read_crl(path: Path, ca_cert: x509.Certificate) -> x509.CertificateRevocationList:
-    data = read_bounded(path, MAX_CRL_BYTES, "revocation list")
+    data = read_bounded(path, MAX_CRL_BYTES, "revocation list", FederationError)
     try:
         return load_crl(data, ca_cert)
     except FederationError as exc:

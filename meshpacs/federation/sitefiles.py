@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from meshpacs.durable import read_bounded, write_atomic
 from meshpacs.errors import FederationError
-from meshpacs.federation._fileio import read_bounded, write_atomic
 from meshpacs.federation.ca import FederationCA
 from meshpacs.federation.certs import (
     MAX_CERT_BYTES,
@@ -85,7 +85,7 @@ class SiteFederationFiles:
 
     def node_certificate_pem(self) -> bytes:
         self._require_installed()
-        return read_bounded(self.node_cert, MAX_CERT_BYTES, "node certificate")
+        return read_bounded(self.node_cert, MAX_CERT_BYTES, "node certificate", FederationError)
 
     def _require_installed(self) -> None:
         if not self.installed():
@@ -181,4 +181,4 @@ def enroll_site(
 def _installed(path: Path, limit: int, what: str) -> bytes:
     if not path.is_file():
         raise FederationError(f"no {what} is installed at {path} yet; install one first")
-    return read_bounded(path, limit, what)
+    return read_bounded(path, limit, what, FederationError)

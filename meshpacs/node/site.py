@@ -17,14 +17,12 @@ rather than used to derive wrong keys. Error messages name the file, never its c
 
 from __future__ import annotations
 
-import os
 import re
-import shlex
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meshpacs.durable import fsync_dir, read_private, write_new
 from meshpacs.errors import ConfigError, FormatError, KeyMaterialError, UnknownVersion
 from meshpacs.keys.secret import SiteSecret
 from meshpacs.node.config import Setting, parse_config, render_config
@@ -85,15 +83,15 @@ def create_site(
         if not directory.exists():
             directory.mkdir(mode=_DIR_MODE, parents=True)
             created.append(directory)
-            _fsync_directory(directory.parent)
+            fsync_dir(directory.parent)
         for path in (config.instances_dir, config.fragments_dir, config.tmp_dir):
             path.mkdir(mode=_DIR_MODE)
             created.append(path)
-        _write_new_file(config.key_file, _key_file_text(secret).encode("ascii"), _KEY_FILE_MODE)
+        write_new(config.key_file, _key_file_text(secret).encode("ascii"), _KEY_FILE_MODE)
         created.append(config.key_file)
-        _write_new_file(config_path, text.encode("utf-8"), _CONFIG_FILE_MODE)
+        write_new(config_path, text.encode("utf-8"), _CONFIG_FILE_MODE)
         created.append(config_path)
-        _fsync_directory(directory)
+        fsync_dir(directory)
     except OSError as exc:
         _remove(created)
         raise ConfigError(
@@ -113,27 +111,9 @@ def load_site_secret(path: Path) -> SiteSecret:
     (``FormatError``), one of another format version (``UnknownVersion``) and one whose
     fingerprint does not match its secret (``KeyMaterialError``).
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise ConfigError(f"site key file {path} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot open site key file {path}: {exc.strerror or exc}") from None
-    try:
-        info = os.fstat(fd)  # of the file opened, so it cannot be swapped after the check
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"site key file {path} is not a regular file")
-        if info.st_mode & 0o077:
-            raise ConfigError(
-                f"site key file {path} is open to other users"
-                f" (mode {stat.S_IMODE(info.st_mode):04o}) and it holds the site secret;"
-                f" restrict it with: chmod 600 {shlex.quote(str(path))}"
-            )
-        data = _read_at_most(fd, _MAX_KEY_FILE_SIZE + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read site key file {path}: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
+    # Read a little past the key file's own bound, so that a file just too long is refused
+    # as "not a key file" (FormatError) by the parser, like any other malformed one.
+    data = read_private(path, 16 * _MAX_KEY_FILE_SIZE, "site key file")
     return _parse_key_file(data, path)
 
 
@@ -190,45 +170,6 @@ def _require_new_or_empty(directory: Path) -> None:
             )
     except OSError as exc:
         raise ConfigError(f"cannot use {directory}: {exc.strerror or exc}") from None
-
-
-def _write_new_file(path: Path, data: bytes, mode: int) -> None:
-    """Create ``path`` (never replacing a file), write ``data``, fsync; remove it on failure."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(path, flags, mode)
-    try:
-        # The umask may only take permissions away; make sure the owner can read and write.
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        path.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _read_at_most(fd: int, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = os.read(fd, limit - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 def _remove(created: list[Path]) -> None:

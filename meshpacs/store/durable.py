@@ -14,6 +14,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from meshpacs.durable import fsync_dir, write_all
+
 __all__ = [
     "TEMP_SUFFIX",
     "fsync_dir",
@@ -27,14 +29,6 @@ __all__ = [
 
 TEMP_SUFFIX = ".part"
 _DIR_MODE = 0o700  # partners' ciphertext: nobody else on the host needs to list it
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def make_dir(directory: Path) -> bool:
@@ -53,14 +47,6 @@ def make_temp(directory: Path) -> tuple[int, Path]:
     """A new, empty file open for writing in ``directory`` (mode 0600)."""
     fd, name = tempfile.mkstemp(dir=directory, suffix=TEMP_SUFFIX)
     return fd, Path(name)
-
-
-def write_all(fd: int, data: bytes | memoryview) -> None:
-    """Write every byte of ``data``; ``os.write`` may write fewer than asked."""
-    view = memoryview(data).cast("B")
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 def replace_file(source: Path, target: Path) -> None:

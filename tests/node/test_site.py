@@ -162,14 +162,14 @@ def test_a_failure_half_way_removes_what_was_made(
 ) -> None:
     import meshpacs.node.site as site_module
 
-    real = site_module._write_new_file
+    real = site_module.write_new
 
     def fail_on_config(path: Path, data: bytes, mode: int) -> None:
         if path.name == "config.toml":
             raise OSError(28, "No space left on device")
         real(path, data, mode)
 
-    monkeypatch.setattr(site_module, "_write_new_file", fail_on_config)
+    monkeypatch.setattr(site_module, "write_new", fail_on_config)
     with pytest.raises(ConfigError, match="No space left on device"):
         create_site(tmp_path / "site", "st-marys", "MESH")
     assert not (tmp_path / "site").exists()

@@ -1,9 +1,11 @@
-"""Small, careful file operations for the federation's files.
+"""Small, careful file operations, one definition for every room that writes files.
 
-Certificates and CRLs are replaced atomically (temporary file in the same directory,
-fsync, rename, fsync of the directory), so a node reading them never sees half a file and
-a crash leaves either the old or the new one. Key files are created exclusively, never
-replacing an existing key. Reads are bounded before anything is allocated.
+A name is durable only once its directory is fsynced, and a file's bytes only once the
+file is. Files others read whole (certificates, CRLs, config) are replaced atomically
+(temporary file in the same directory, fsync, rename, fsync of the directory), so a reader
+never sees half a file and a crash leaves either the old or the new one. Key files are
+created exclusively, never replacing an existing key, and refused when others may read
+them. Reads are bounded before anything is allocated.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import shlex
 import stat
 from pathlib import Path
 
-from meshpacs.errors import ConfigError, FederationError
+from meshpacs.errors import ConfigError, MeshError
 
 __all__ = [
-    "fsync_directory",
+    "fsync_dir",
     "read_bounded",
     "read_private",
+    "write_all",
     "write_atomic",
     "write_new",
 ]
@@ -32,7 +35,7 @@ def write_new(path: Path, data: bytes, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, mode)
     try:
         os.fchmod(fd, mode)  # the umask may only take permissions away
-        _write_all(fd, data)
+        write_all(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -50,10 +53,11 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    fsync_directory(path.parent)
+    fsync_dir(path.parent)
 
 
-def fsync_directory(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make the names in ``directory`` (a rename, a new or removed file) durable."""
     fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_CLOEXEC)
     try:
         os.fsync(fd)
@@ -61,17 +65,17 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def read_bounded(path: Path, limit: int, what: str) -> bytes:
-    """The whole of ``path``, refused with ``FederationError`` if it is over ``limit`` bytes."""
+def read_bounded(path: Path, limit: int, what: str, error: type[MeshError] = ConfigError) -> bytes:
+    """The whole of ``path``, refused with ``error`` if it is over ``limit`` bytes."""
     try:
         with path.open("rb") as stream:
             data = stream.read(limit + 1)
     except FileNotFoundError:
-        raise FederationError(f"{what} {path} does not exist") from None
+        raise error(f"{what} {path} does not exist") from None
     except OSError as exc:
-        raise FederationError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     if len(data) > limit:
-        raise FederationError(f"{what} {path} is over {limit} bytes; it is not one")
+        raise error(f"{what} {path} is over {limit} bytes; it is not one")
     return data
 
 
@@ -101,8 +105,9 @@ def read_private(path: Path, limit: int, what: str) -> bytes:
     return data
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write every byte of ``data``; ``os.write`` may write fewer than asked."""
+    view = memoryview(data).cast("B")
     while view:
         written = os.write(fd, view)
         view = view[written:]

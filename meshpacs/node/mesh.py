@@ -65,7 +65,8 @@ __all__ = ["PEERS_FILE", "MeshNode", "PeerState"]
 
 LOG = logging.getLogger("meshpacs.mesh")
 PEERS_FILE = "peers.json"
-RECORD_LIFETIME = 2 * 86400  # node and provider records; republished well before
+RECORD_LIFETIME = 2 * 86400  # node records; republished hourly
+PROVIDER_LIFETIME = 3 * 86400  # provider records; every one re-announced daily
 REPUBLISH_SECONDS = 3600.0
 # Every sealed catalog record is sent to the trusted peers again this often (the
 # "snapshot"): a peer that lost its copy, or joined the trusted set later, catches up.
@@ -256,17 +257,34 @@ class MeshNode:
                     total += path.stat().st_size
         return total
 
-    async def _provide(self, fragment_id: str, owner_site: str) -> None:
+    async def _provide(self, fragment_id: str, owner_site: str = "") -> None:
         record = ProviderRecord(
             fragment_id=fragment_id,
             holder_site_id=self.config.site.id,
             seq=self._next_seq(),
-            expires_at=int(self._clock()) + RECORD_LIFETIME,
+            expires_at=int(self._clock()) + PROVIDER_LIFETIME,
         )
         try:
             await self.dht.publish(sign_record(record, self._signer))
         except MeshError as error:
             LOG.warning("provider record not published: %s", error)
+
+    async def reannounce_held(self) -> int:
+        """Publish a fresh provider record for every fragment held here; how many.
+
+        DHT records expire (so a holder that vanished stops being advertised); a holder
+        still holding a fragment says so again well before its record runs out.
+        """
+        count = 0
+        after: str | None = None
+        while True:
+            page = await asyncio.to_thread(self.fragments.held_ids, after=after, limit=1000)
+            for fragment_id in page:
+                await self._provide(fragment_id)
+            count += len(page)
+            if len(page) < 1000:
+                return count
+            after = page[-1]
 
     async def _put_catalog_record(self, peer: str, record_id: str, sealed: bytes) -> None:
         await self.pool.put_record(peer, RecordKind.CATALOG, record_id, sealed)
@@ -281,6 +299,7 @@ class MeshNode:
                     published = self._clock()
                 if self._clock() - snapshot > SNAPSHOT_SECONDS:
                     await self.replicator.resend_all()  # every record again, once a day
+                    await self.reannounce_held()
                     snapshot = self._clock()
                 await self.replicator.flush()
                 await self.escrow.ensure_deposited()

@@ -148,6 +148,14 @@ class FragmentIndex:
         ).fetchall()
         return [_record(row) for row in rows]
 
+    def held(self, after: str, limit: int) -> list[str]:
+        """IDs of whole fragments (state ok) after ``after``, in ID order."""
+        rows = self._db.execute(
+            "SELECT id FROM fragments WHERE state = 'ok' AND id > ? ORDER BY id LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        return [str(row[0]) for row in rows]
+
     def ids_with_prefix(self, prefix: str) -> set[str]:
         """IDs starting with ``prefix`` (hex): one fan-out directory's worth."""
         # "g" sorts after every hex digit, so [prefix, prefix + "g") is exactly the prefix.

@@ -215,6 +215,18 @@ class FragmentStore:
             rows = self._index.owned(owner_site, start, limit)
         return [row for row in rows if row.state is not FragmentState.WRITING]
 
+    def held_ids(self, *, after: str | None = None, limit: int = MAX_LIST) -> list[str]:
+        """One page of every fragment held here (any owner), in ID order, after ``after``.
+
+        For the holder's periodic re-announcement of what it holds (DHT provider records).
+        """
+        start = "" if after is None else validate_fragment_id(after)
+        if not 1 <= limit <= MAX_LIST:
+            raise LimitExceeded(f"list page of {limit} rows; 1..{MAX_LIST} allowed")
+        with self._lock:
+            self._check_open()
+            return self._index.held(start, limit)
+
     # --- removing ----------------------------------------------------------------------
 
     def delete(self, fragment_id: str, requester_site: str) -> bool:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from pathlib import Path
 
 import pytest
 
-from .conftest import FederationFactory
+from meshpacs.dht import ProviderRecord, decode_record, provider_key
+
+from .conftest import FederationFactory, RunningSite
 from .helpers import (
     eventually,
     files_containing,
@@ -45,6 +48,13 @@ async def test_a_pushed_study_is_protected_on_n_distinct_partners_and_leaks_no_p
     await asyncio.sleep(1.0)  # a pass later, still nobody else
     assert record_holders() == {"site-b", "site-c"}
 
+    # Each holder announced its fragment in the DHT: a signed provider record naming it
+    # is stored under the fragment's key at the other sites.
+    for site_id, files in holders.items():
+        for fragment in files:
+            found = provider_records(fed.sites, fragment.name)
+            assert site_id in {record.holder_site_id for record in found}, (site_id, found)
+
     # PHI containment: no partner's directory (fragments, DHT values, records), and no log
     # line of any node, holds a name, ID, UID or accession number of the study.
     needles = phi_strings(instances)
@@ -55,3 +65,19 @@ async def test_a_pushed_study_is_protected_on_n_distinct_partners_and_leaks_no_p
     assert [n.decode() for n in needles if n.decode() in logged] == []
     # ... while the owner itself does hold them (the search can find what is there).
     assert files_containing(owner.data_dir, needles)
+
+
+def provider_records(sites: list[RunningSite], fragment_id: str) -> list[ProviderRecord]:
+    """Provider records for ``fragment_id`` in every site's DHT store (their SQLite files)."""
+    found = []
+    for site in sites:
+        path = site.data_dir / "dht.sqlite"
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            rows = db.execute(
+                "SELECT value FROM records WHERE dht_key = ?", (provider_key(fragment_id),)
+            ).fetchall()
+        for (value,) in rows:
+            record = decode_record(bytes(value)).record
+            assert isinstance(record, ProviderRecord)
+            found.append(record)
+    return found

@@ -15,6 +15,7 @@ import typer
 
 from meshpacs import __version__
 from meshpacs.cli.federation import federation_app
+from meshpacs.cli.recover import recover
 from meshpacs.cli.testbed import testbed_app
 from meshpacs.errors import MeshError
 from meshpacs.node.config import load_config
@@ -228,6 +229,7 @@ def node_run(
 
 app.add_typer(federation_app, name="federation")
 app.add_typer(testbed_app, name="testbed")
+app.command()(recover)
 
 
 @app.command()

@@ -1,0 +1,178 @@
+"""``meshpacs recover``: rebuild a lost archive from the federation, for a tired administrator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from meshpacs.dicom.scu import Target
+from meshpacs.errors import MeshError
+from meshpacs.keys import SiteSecret
+from meshpacs.recovery.command import RecoverRequest, dry_run, run_recovery
+from meshpacs.recovery.plan import PlanFilter
+from meshpacs.recovery.session import RecoveryCredentials
+
+__all__ = ["recover"]
+
+_MAX_FILE = 1024 * 1024
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"meshpacs recover: {message}", err=True)
+    return typer.Exit(2)
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise _fail(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > _MAX_FILE:
+        raise _fail(f"{what} {path} is too large to be one")
+    return data
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise _fail(f'--bootstrap takes "ip:port" (the DHT port of a partner), not {text!r}')
+    return host.strip("[]"), int(port)
+
+
+def _target(text: str) -> Target:
+    title, sep, rest = text.partition("@")
+    host, sep2, port = rest.rpartition(":")
+    if not sep or not sep2 or not port.isdigit():
+        raise _fail(f'--to-ae takes "AET@host:port", e.g. ORTHANC@10.1.2.20:4242, not {text!r}')
+    try:
+        return Target(title, host, int(port), "MESHPACS_RCV")
+    except ValueError as exc:
+        raise _fail(f"--to-ae {text!r}: {exc}") from None
+
+
+def _phrase(phrase_file: Path | None) -> SiteSecret:
+    if phrase_file is not None:
+        text = _read(phrase_file, "phrase file").decode("utf-8", "replace")
+    else:
+        text = typer.prompt("Recovery phrase (not shown)", hide_input=True)
+    try:
+        return SiteSecret.from_phrase(text)
+    except MeshError as exc:
+        raise _fail(str(exc)) from None
+
+
+def recover(
+    site_id: Annotated[str, typer.Option("--site-id", help="The site being recovered.")],
+    ca: Annotated[Path, typer.Option("--ca", help="The federation CA certificate (ca.pem).")],
+    cert: Annotated[
+        Path, typer.Option("--cert", help="This site's node certificate (any kept copy).")
+    ],
+    crl: Annotated[Path, typer.Option("--crl", help="The federation's current revocation list.")],
+    bootstrap: Annotated[
+        list[str],
+        typer.Option("--bootstrap", help='A partner\'s DHT address "ip:port" (repeatable).'),
+    ],
+    workdir: Annotated[
+        Path,
+        typer.Option(
+            "--workdir",
+            help="Recovery's own directory (journal, fragments in flight); keep it to resume.",
+        ),
+    ],
+    phrase_file: Annotated[
+        Path | None,
+        typer.Option("--phrase-file", help="File holding the recovery phrase (else: prompt)."),
+    ] = None,
+    to_ae: Annotated[
+        str | None,
+        typer.Option("--to-ae", help='Deliver by C-STORE to "AET@host:port" (the rebuilt PACS).'),
+    ] = None,
+    to_dir: Annotated[
+        Path | None, typer.Option("--to-dir", help="Write DICOM files and a manifest here.")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only studies dated on/after YYYYMMDD.")
+    ] = None,
+    patient: Annotated[str | None, typer.Option("--patient", help="Only this Patient ID.")] = None,
+    study: Annotated[
+        str | None, typer.Option("--study", help="Only this Study Instance UID.")
+    ] = None,
+    modality: Annotated[
+        str | None, typer.Option("--modality", help="Only studies with this modality.")
+    ] = None,
+    order: Annotated[str, typer.Option("--order", help="newest (default) or oldest first.")] = (
+        "newest"
+    ),
+    peer: Annotated[
+        list[str] | None,
+        typer.Option("--peer", help="A trusted peer to ask for the catalog (default: all)."),
+    ] = None,
+    associations: Annotated[
+        int, typer.Option("--associations", help="Parallel C-STORE associations.")
+    ] = 4,
+    dry: Annotated[
+        bool, typer.Option("--dry-run", help="Show the plan and what is recoverable; move nothing.")
+    ] = False,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Write the final report here as JSON.")
+    ] = None,
+) -> None:
+    """Rebuild this site's archive from the federation, byte for byte.
+
+    From the recovery phrase (and the public certificates, kept outside the lost site),
+    rejoins the federation, reads the site's catalog back from its trusted peers, and for
+    each study (newest first) gathers any k good fragments of each bundle, checks every
+    instance's SHA-256 and delivers the exact original files by C-STORE or to a folder.
+    Run it again after any interruption: the journal in --workdir resumes it without
+    delivering anything twice. Exit code 0 only when everything planned was delivered.
+    """
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if (to_ae is None) == (to_dir is None) and not dry:
+        raise _fail("give --to-ae AET@host:port or --to-dir DIR (one of them)")
+    try:
+        plan = PlanFilter(since, patient, study, modality, order)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    credentials = RecoveryCredentials(
+        site_id=site_id,
+        ca_pem=_read(ca, "CA certificate"),
+        cert_pem=_read(cert, "node certificate"),
+        crl_pem=_read(crl, "revocation list"),
+        bootstrap=tuple(_address(b) for b in bootstrap),
+        bind="0.0.0.0" if any(not b.startswith("127.") for b in bootstrap) else "127.0.0.1",
+    )
+    target_ae = _target(to_ae) if to_ae else None
+    if dry and target_ae is None and to_dir is None:
+        to_dir = workdir / "dry-run"  # never written: a dry run delivers nothing
+    request = RecoverRequest(
+        secret=_phrase(phrase_file),
+        credentials=credentials,
+        workdir=workdir,
+        plan=plan,
+        to_ae=target_ae,
+        to_dir=to_dir if target_ae is None else None,
+        peers=tuple(peer or ()),
+        associations=associations,
+    )
+
+    def say(message: str) -> None:
+        typer.echo(message, err=True)
+
+    try:
+        if dry:
+            result = asyncio.run(dry_run(request, say))
+            typer.echo(json.dumps(result, indent=2))
+            return
+        report = asyncio.run(run_recovery(request, say))
+    except MeshError as exc:
+        raise _fail(str(exc)) from None
+    if json_file is not None:
+        report.write_json(json_file)
+    typer.echo(report.summary())
+    raise typer.Exit(report.exit_code)

@@ -7,6 +7,8 @@
       sites/<site id>/          each site's directory: config.toml, site.key, data
       phrases/<site id>.phrase  each site's recovery phrase (0600), OUTSIDE the site's
                                 directory, because a disaster drill destroys that directory
+      certs/<site id>.pem       a copy of each site's node certificate (public), ditto
+      recovery/<site id>/       where `meshpacs recover` keeps its journal for that site
       logs/                     node logs, when the testbed runs nodes as processes
       testbed.json              what scripts read: sites, ports, paths (see ``TestbedPlan``)
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,6 +56,9 @@ class TestbedSite:
     trusted: list[str]
     pid: int | None = None
     orthanc: dict[str, object] | None = None
+    # What `meshpacs recover` needs besides --phrase-file, --to-ae and --json, all outside
+    # data_dir (option name without dashes -> value; lists repeat the option).
+    recover_args: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -151,7 +157,11 @@ def create_testbed(
         with os.fdopen(fd, "w", encoding="ascii") as out:
             out.write(created.phrase + "\n")
         identity = NodeIdentity.from_secret(load_site_secret(directory / "site.key"))
-        enroll_site(ca, SiteFederationFiles.for_site(directory), identity, site_id)
+        files = SiteFederationFiles.for_site(directory)
+        enroll_site(ca, files, identity, site_id)
+        kept_cert = root / "certs" / f"{site_id}.pem"  # a copy that outlives the site
+        kept_cert.parent.mkdir(mode=0o755, exist_ok=True)
+        shutil.copyfile(files.node_cert, kept_cert)
         plan.sites.append(
             TestbedSite(
                 site_id=site_id,
@@ -164,6 +174,14 @@ def create_testbed(
                 data_dir=str(directory),
                 phrase_file=str(phrase_file),
                 trusted=trusted,
+                recover_args={
+                    "site-id": site_id,
+                    "ca": str(root / "ca" / "ca.pem"),
+                    "cert": str(kept_cert),
+                    "crl": str(root / "ca" / "crl.pem"),
+                    "bootstrap": [f"{HOST}:{ports[i][1]}" for i in range(sites) if i != index],
+                    "workdir": str(root / "recovery" / site_id),
+                },
             )
         )
     plan.save()

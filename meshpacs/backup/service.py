@@ -7,6 +7,7 @@ so that a stop anywhere resumes without losing or repeating work::
     plan bundles for every queued study               (ledger: planned)
     encode each planned bundle into fragment files    (worker thread; ledger: encoded)
     place each encoded bundle's missing shares        (DHT + transport; ledger: placements)
+        (the next bundle is encoded while earlier ones upload, PLACE_AHEAD at most)
     settle bundles (stored / degraded) and studies    (ledger; study PROTECTED)
     tell the trusted peers about protected studies    (catalog replicas)
     remove local copies the retention setting frees   (ledger: pruned_at, then unlink)
@@ -45,6 +46,10 @@ from meshpacs.metadata import Catalog, ledger
 from meshpacs.metadata.ledger import BundlePlan, BundleRow
 
 __all__ = ["BackupService", "BackupSettings", "Partners", "PassReport", "StudyPublisher"]
+
+# Bundles encoded but not yet placed, at most: the codec works on the next while these
+# upload, and their work files (n/k times the bundle) stay bounded on disk.
+PLACE_AHEAD = 2
 
 _log = logging.getLogger("meshpacs.backup")
 
@@ -176,22 +181,7 @@ class BackupService:
             )
         )
         report.planned += len(unplaced)
-        for row in await self._catalog.read(ledger.planned_bundles):
-            if await self._encode(row):
-                report.encoded += 1
-            else:
-                report.failed += 1
-        for row in await self._catalog.read(ledger.encoded_bundles):
-            state = await self._place(row)
-            if state == "stored":
-                report.stored += 1
-            elif state == "degraded":
-                report.degraded += 1
-            else:
-                report.waiting += 1
-            settled = state in ("stored", "degraded")
-            if row.study_ref is None and settled and self._publisher is not None:
-                await self._publisher.unplaced_protected(row.ref)
+        await self._encode_and_place(report)
         for study_ref in studies:
             if await self._catalog.write(partial(ledger.settle_study, study_ref=study_ref)):
                 report.protected += 1
@@ -218,6 +208,48 @@ class BackupService:
                 await asyncio.to_thread(self._instance_path(sha256).unlink, missing_ok=True)
             pruned += len(batch)
             _log.info("retention: removed %d local instance files now held by the mesh", len(batch))
+
+    async def _encode_and_place(self, report: PassReport) -> None:
+        """Encode planned bundles one by one while earlier ones are being placed.
+
+        At most ``PLACE_AHEAD`` bundles are encoded and not yet placed at a time, so the
+        work files on disk stay bounded while the codec and the uploads overlap.
+        """
+        ahead = asyncio.Semaphore(PLACE_AHEAD)
+        placing: list[asyncio.Task[None]] = []
+
+        async def place(row: BundleRow) -> None:
+            try:
+                state = await self._place(row)
+            finally:
+                ahead.release()
+            if state == "stored":
+                report.stored += 1
+            elif state == "degraded":
+                report.degraded += 1
+            else:
+                report.waiting += 1
+            settled = state in ("stored", "degraded")
+            if row.study_ref is None and settled and self._publisher is not None:
+                await self._publisher.unplaced_protected(row.ref)
+
+        try:
+            for row in await self._catalog.read(ledger.encoded_bundles):
+                await ahead.acquire()
+                placing.append(asyncio.create_task(place(row)))
+            for row in await self._catalog.read(ledger.planned_bundles):
+                await ahead.acquire()
+                if not await self._encode(row):
+                    ahead.release()
+                    report.failed += 1
+                    continue
+                report.encoded += 1
+                encoded = await self._catalog.read(partial(ledger.bundle, ref=row.ref))
+                placing.append(asyncio.create_task(place(encoded)))
+            await asyncio.gather(*placing)
+        finally:
+            for task in placing:
+                task.cancel()
 
     def _new_bundle(self) -> tuple[bytes, bytes]:
         bundle_id = secrets.token_bytes(16)

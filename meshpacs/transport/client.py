@@ -21,6 +21,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 from meshpacs.errors import MeshError, PeerRefused, PeerUnreachable, ProtocolViolation
 from meshpacs.federation import Member
@@ -130,14 +131,29 @@ class PartnerConnection:
             async with self._exchange():
                 await self._send(Request(Op.PUT_FRAGMENT, fragment_id, length=size))
                 self._accept(await self._response(), Status.CONTINUE)
-                remaining = size
-                while remaining:
-                    chunk = await asyncio.to_thread(source.read, min(CHUNK, remaining))
-                    if not chunk:
-                        raise ProtocolViolation("fragment file shrank while being sent")
-                    await self._write(chunk)
-                    remaining -= len(chunk)
+                await self._stream(source, size)
                 self._accept(await self._response(), Status.OK)
+
+    async def _stream(self, source: BinaryIO, size: int) -> None:
+        """Send ``size`` bytes of ``source``, reading the next chunk while this one goes."""
+        remaining = size
+        reading = asyncio.ensure_future(asyncio.to_thread(source.read, min(CHUNK, remaining)))
+        try:
+            while remaining:
+                chunk = await reading
+                if not chunk:
+                    raise ProtocolViolation("fragment file shrank while being sent")
+                remaining -= len(chunk)
+                if remaining:
+                    reading = asyncio.ensure_future(
+                        asyncio.to_thread(source.read, min(CHUNK, remaining))
+                    )
+                await self._write(chunk)
+        finally:
+            if not reading.done():
+                reading.cancel()
+                with contextlib.suppress(BaseException):
+                    await reading
 
     async def get_fragment(
         self, fragment_id: str, sink: Sink, *, offset: int = 0, length: int = 0

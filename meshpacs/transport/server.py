@@ -165,15 +165,26 @@ class FragmentServer:
         except MeshError as error:
             await peer.respond(_refusal(error))
             return
+        remaining = request.length
+        writing: asyncio.Future[None] | None = None
         try:
             await peer.respond(Response(Status.CONTINUE))
-            remaining = request.length
+            # The next chunk is read from the socket while the last one is written to
+            # disk: a stop-and-wait loop left the link idle during every write.
             while remaining:
                 chunk = await peer.read(min(CHUNK, remaining))
                 remaining -= len(chunk)
-                await asyncio.to_thread(pending.write, chunk)
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(asyncio.to_thread(pending.write, chunk))
+            if writing is not None:
+                await writing
+                writing = None
             stored = await asyncio.to_thread(pending.commit)
         except MeshError as error:
+            if writing is not None:
+                with contextlib.suppress(MeshError):
+                    await writing
             pending.abort()
             # The rest of the body is still on the wire: drain it so the connection stays
             # in step, then answer.
@@ -181,6 +192,9 @@ class FragmentServer:
             await peer.respond(_refusal(error))
             return
         except BaseException:
+            if writing is not None:  # let the disk write in flight end before aborting
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(writing)
             pending.abort()
             raise
         _log.info("transport: stored fragment share %d for site %s", stored.share, peer.site)

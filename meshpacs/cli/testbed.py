@@ -14,6 +14,7 @@ import typer
 from meshpacs.errors import MeshError
 from meshpacs.testbed import create_testbed, load_testbed
 from meshpacs.testbed.demo import run_demo
+from meshpacs.testbed.drill import DrillReport, run_drill
 from meshpacs.testbed.orthanc import start_orthancs
 from meshpacs.testbed.processes import start_nodes, stop_testbed
 
@@ -160,3 +161,73 @@ def testbed_demo(
         typer.echo("DRILL PASSED" if report.ok else "DRILL FAILED: " + "; ".join(report.problems))
     if not report.ok:
         raise typer.Exit(1)
+
+
+@testbed_app.command("drill")
+def testbed_drill(
+    root: Annotated[
+        Path,
+        typer.Option("--root", help="A running testbed started with `up --with-orthanc`."),
+    ],
+    studies: Annotated[
+        int, typer.Option("--studies", help="Generated studies to push (CT and MR, some RLE).")
+    ] = 20,
+    pydicom_files: Annotated[
+        int,
+        typer.Option("--pydicom-files", help="Also push this many of pydicom's own test files."),
+    ] = 6,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the studies and choices.")] = 1,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", help="Seconds each wait and each recovery run may take."),
+    ] = 900.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
+) -> None:
+    """The disaster drill: site A (the first site) loses its PACS and its node, and gets
+    its archive back from the federation through `meshpacs recover`.
+
+    Pushes studies into Orthanc A with dcmtk's storescu and records what Orthanc A holds;
+    waits until A reports them protected; kills A's node and Orthanc, deletes A's
+    directory and Orthanc's storage; recovers from the phrase into an empty Orthanc A and
+    compares every instance (transfer syntax, dataset bytes); again with n-k other sites
+    stopped; with n-k+1 stopped, checks that exactly the lost bundles are reported (exit
+    code non-zero, nothing wrong delivered); restarts them and completes the archive.
+    Exit code 0 only if every step passed. Site A's node stays gone afterwards; stop the
+    rest with `meshpacs testbed down`. Working files are kept in ROOT/drill.
+    """
+    try:
+        report = run_drill(
+            load_testbed(root),
+            studies=studies,
+            pydicom_files=pydicom_files,
+            seed=seed,
+            timeout=timeout,
+            say=lambda m: typer.echo(m, err=True),
+        )
+    except (MeshError, ValueError) as exc:
+        raise _fail("drill", exc) from None
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        typer.echo(_verdict(report))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _verdict(report: DrillReport) -> str:
+    down = ", ".join(report.stopped_in_step_6) or "none"
+    lines = [
+        f"Disaster drill on {report.sites} sites (k={report.k}, n={report.n})",
+        f"  studies {report.studies} ({report.generated_studies} generated,"
+        f" {len(report.pydicom_files)} pydicom test files), instances {report.instances},"
+        f" bytes {report.bytes / 1e6:.1f} MB, {len(report.transfer_syntaxes)} transfer syntaxes",
+        f"  time to protect {report.seconds_to_protect:.1f} s, time to recover"
+        f" {report.seconds_to_recover:.1f} s ({report.seconds_to_recover_degraded:.1f} s with"
+        f" {down} down), mismatches: {report.mismatches}",
+    ]
+    if report.pydicom_refused:
+        lines.append(f"  refused by Orthanc: {', '.join(sorted(report.pydicom_refused))}")
+    for step in report.steps:
+        lines.append(f"  {'pass' if step.ok else 'FAIL'}  {step.step}. {step.title}: {step.detail}")
+    lines.append("DRILL PASSED" if report.ok else "DRILL FAILED")
+    return "\n".join(lines)

@@ -5,7 +5,9 @@
   PID only while that PID still runs what the testbed started.
 * :mod:`~meshpacs.testbed.orthanc`: with ``--with-orthanc``, a real Orthanc per site running
   the shipped auto-forward script (``docs/orthanc/``) towards its node.
-* :mod:`~meshpacs.testbed.demo`: the README's local-federation drill.
+* :mod:`~meshpacs.testbed.demo`: the short drill: protection, placement, no PHI outside.
+* :mod:`~meshpacs.testbed.drill`: the disaster drill the README's main command runs:
+  site A lost, recovered through DICOM into an empty Orthanc, compared byte for byte.
 """
 
 from meshpacs.testbed.layout import (

@@ -20,23 +20,30 @@ Under the testbed's root::
 Each Orthanc gets free ports on 127.0.0.1 (it cannot bind one address: its HTTP side
 refuses non-loopback clients, ``RemoteAccessAllowed: false``), AE title ``ORTHANC_<SITE>``,
 and runs detached in its own session so that ``testbed up`` can exit and leave it running.
-What scripts need to reach it is in the site's ``orthanc`` entry of ``testbed.json``;
-stopping it is :func:`meshpacs.testbed.processes.stop_testbed`'s job (by PID, checked).
+What scripts need to reach it is in the site's ``orthanc`` entry of ``testbed.json``
+(:func:`orthanc_rest` makes REST calls with only that); stopping it is
+:func:`meshpacs.testbed.processes.stop_testbed`'s job (by PID, checked).
+:func:`start_site_orthanc` starts one stopped Orthanc again from its saved config, same
+ports, password and script, over whatever its storage holds then: a disaster drill
+removes the storage first and gets the empty Orthanc a rebuilt hospital would have.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import math
 import os
 import secrets
 import shutil
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from meshpacs.dicom.scu import Target, echo
-from meshpacs.errors import ConfigError
+from meshpacs.errors import ConfigError, MeshError
 from meshpacs.testbed.layout import TestbedPlan, TestbedSite
 from meshpacs.testing.orthanc import (
     OrthancError,
@@ -45,7 +52,14 @@ from meshpacs.testing.orthanc import (
     orthanc_available,
 )
 
-__all__ = ["ORTHANC_USER", "SHIPPED_ORTHANC_DIR", "orthanc_ae_title", "start_orthancs"]
+__all__ = [
+    "ORTHANC_USER",
+    "SHIPPED_ORTHANC_DIR",
+    "orthanc_ae_title",
+    "orthanc_rest",
+    "start_orthancs",
+    "start_site_orthanc",
+]
 
 SHIPPED_ORTHANC_DIR = Path(__file__).resolve().parents[2] / "docs" / "orthanc"
 """``autoforward.lua`` and ``orthanc-meshpacs.json``, as shipped to administrators."""
@@ -154,17 +168,83 @@ def start_orthancs(
         orthanc = _prepare(
             site, base / site.site_id, script, snippet, max(1, math.ceil(stable_age))
         )
-        orthanc.startup_timeout = timeout
-        try:
-            orthanc.start()
-        except (OrthancError, OrthancUnavailable) as error:
-            raise ConfigError(f"the Orthanc of {site.site_id} did not start: {error}") from None
-        site.orthanc = _entry(orthanc)
-        plan.save()
-        if not echo(
-            Target(orthanc.aet, site.host, orthanc.dicom_port, _CALLING_AE), timeout=timeout
-        ):
-            raise ConfigError(
-                f"the Orthanc of {site.site_id} answers REST but not C-ECHO on port"
-                f" {orthanc.dicom_port}; see {orthanc.log_path}"
-            )
+        _started(plan, site, orthanc, timeout)
+
+
+def _started(plan: TestbedPlan, site: TestbedSite, orthanc: OrthancProcess, timeout: float) -> None:
+    """Start ``orthanc``, record it in ``testbed.json``, and check that it answers C-ECHO."""
+    orthanc.startup_timeout = timeout
+    try:
+        orthanc.start()
+    except (OrthancError, OrthancUnavailable) as error:
+        raise ConfigError(f"the Orthanc of {site.site_id} did not start: {error}") from None
+    site.orthanc = _entry(orthanc)
+    plan.save()
+    if not echo(Target(orthanc.aet, site.host, orthanc.dicom_port, _CALLING_AE), timeout=timeout):
+        raise ConfigError(
+            f"the Orthanc of {site.site_id} answers REST but not C-ECHO on port"
+            f" {orthanc.dicom_port}; see {orthanc.log_path}"
+        )
+
+
+def _entry_text(site: TestbedSite, key: str) -> str:
+    value = (site.orthanc or {}).get(key)
+    if not isinstance(value, str):
+        raise ConfigError(f"{site.site_id} has no Orthanc {key} in testbed.json")
+    return value
+
+
+def _entry_port(site: TestbedSite, key: str) -> int:
+    value = (site.orthanc or {}).get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{site.site_id} has no Orthanc {key} in testbed.json")
+    return value
+
+
+def start_site_orthanc(plan: TestbedPlan, site: TestbedSite, *, timeout: float = 30.0) -> None:
+    """Start the site's (stopped) Orthanc again exactly as configured: same config file,
+    ports, REST password and Lua script, over what its storage directory holds now.
+
+    The caller stops it first (by PID). Its new PID goes in ``testbed.json``.
+    """
+    if site.orthanc is None:
+        raise ConfigError(f"{site.site_id} has no Orthanc (the testbed ran without one)")
+    config_path = Path(_entry_text(site, "config"))
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot read {config_path}: {error}") from None
+    password_file = Path(_entry_text(site, "password_file"))
+    orthanc = OrthancProcess(
+        config_path.parent,
+        aet=_entry_text(site, "ae_title"),
+        config=config,
+        dicom_port=_entry_port(site, "dicom_port"),
+        http_port=_entry_port(site, "http_port"),
+        user=_entry_text(site, "user"),
+        password=password_file.read_text(encoding="ascii").strip(),
+        detached=True,
+    )
+    _started(plan, site, orthanc, timeout)
+
+
+def orthanc_rest(site: TestbedSite, method: str, path: str, *, timeout: float = 120.0) -> bytes:
+    """One REST call to the site's Orthanc with what ``testbed.json`` says; the raw answer.
+
+    Raises :class:`MeshError` for an HTTP error or an Orthanc that does not answer.
+    """
+    password = Path(_entry_text(site, "password_file")).read_text(encoding="ascii").strip()
+    user = _entry_text(site, "user")
+    request = urllib.request.Request(_entry_text(site, "url") + path, method=method.upper())
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            payload: bytes = response.read()
+    except urllib.error.HTTPError as error:
+        raise MeshError(
+            f"the Orthanc of {site.site_id}: {method.upper()} {path}: HTTP {error.code}"
+        ) from None
+    except OSError as error:
+        raise MeshError(f"the Orthanc of {site.site_id} does not answer REST: {error}") from None
+    return payload

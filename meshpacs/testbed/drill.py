@@ -71,14 +71,13 @@ from typing import Any
 import pydicom
 
 from meshpacs.dicom.part10 import dataset_offset
-from meshpacs.dicom.scu import Target, echo
 from meshpacs.errors import ConfigError, MeshError
 from meshpacs.metadata import ledger
 from meshpacs.node.config import load_config
 from meshpacs.node.status import site_status
 from meshpacs.testbed.layout import TestbedPlan, TestbedSite
 from meshpacs.testbed.orthanc import orthanc_rest, start_site_orthanc
-from meshpacs.testbed.processes import is_our_orthanc, is_our_process, orthanc_pid
+from meshpacs.testbed.processes import is_our_orthanc, is_our_process, orthanc_pid, start_nodes
 from meshpacs.testing.dcmtk import dcmtk_env, dcmtk_tool
 from meshpacs.testing.synth import (
     TRANSFER_SYNTAXES,
@@ -459,24 +458,7 @@ def _stop_orthanc(plan: TestbedPlan, site: TestbedSite, *, kill: bool = False) -
 
 def _start_node(plan: TestbedPlan, site: TestbedSite, timeout: float = 60.0) -> None:
     """Start a stopped site's node as ``testbed up`` does, and wait for its C-ECHO."""
-    log = Path(plan.root) / "logs" / f"{site.site_id}.log"
-    env = {**os.environ, "TCP_NODELAY": "1", "PYTHONUNBUFFERED": "1"}
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "meshpacs", "node", "run", "--config", site.config],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    site.pid = process.pid
-    plan.save()
-    deadline = time.monotonic() + timeout
-    while not echo(Target(site.ae_title, site.host, site.dicom_port, _CALLING_AE), timeout=2.0):
-        if not is_our_process(site) or time.monotonic() > deadline:
-            raise MeshError(f"the node of {site.site_id} did not start again; see {log}")
-        time.sleep(0.2)
+    start_nodes(plan, sites=[site], timeout=timeout)
 
 
 def _empty_orthanc(plan: TestbedPlan, site: TestbedSite, *, kill: bool = False) -> None:

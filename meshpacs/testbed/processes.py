@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,10 +56,14 @@ def _log_path(plan: TestbedPlan, site: TestbedSite) -> Path:
     return Path(plan.root) / "logs" / f"{site.site_id}.log"
 
 
-def start_nodes(plan: TestbedPlan, *, timeout: float = 60.0) -> None:
-    """Start every site's node and wait until all answer C-ECHO; PIDs go in the plan."""
+def start_nodes(
+    plan: TestbedPlan, *, sites: Sequence[TestbedSite] | None = None, timeout: float = 60.0
+) -> None:
+    """Start the nodes of ``sites`` (default: every site) and wait until all answer
+    C-ECHO; their PIDs go in the plan."""
+    chosen = list(plan.sites if sites is None else sites)
     env = {**os.environ, "TCP_NODELAY": "1", "PYTHONUNBUFFERED": "1"}
-    for site in plan.sites:
+    for site in chosen:
         with open(_log_path(plan, site), "ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "meshpacs", "node", "run", "--config", site.config],
@@ -72,7 +76,7 @@ def start_nodes(plan: TestbedPlan, *, timeout: float = 60.0) -> None:
         site.pid = process.pid
     plan.save()
     deadline = time.monotonic() + timeout
-    for site in plan.sites:
+    for site in chosen:
         target = Target(site.ae_title, site.host, site.dicom_port, _CALLING_AE)
         while not echo(target, timeout=2.0):
             if site.pid is None or not is_our_process(site):

@@ -5,15 +5,23 @@ file is. Files others read whole (certificates, CRLs, config) are replaced atomi
 (temporary file in the same directory, fsync, rename, fsync of the directory), so a reader
 never sees half a file and a crash leaves either the old or the new one. Key files are
 created exclusively, never replacing an existing key, and refused when others may read
-them. Reads are bounded before anything is allocated.
+them. Reads are bounded before anything is allocated. A directory that will hold a new
+key is used only when new or empty, and a half-made one is removed again.
+
+The same care for SQLite: :func:`transaction` is one ``BEGIN IMMEDIATE`` .. ``COMMIT``,
+rolled back on any error, and :func:`split_statements` cuts a migration script so that
+it runs inside such a transaction (``executescript`` would commit first).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shlex
+import sqlite3
 import stat
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from meshpacs.errors import ConfigError, MeshError
@@ -22,6 +30,10 @@ __all__ = [
     "fsync_dir",
     "read_bounded",
     "read_private",
+    "remove_created",
+    "require_new_or_empty",
+    "split_statements",
+    "transaction",
     "write_all",
     "write_atomic",
     "write_new",
@@ -111,3 +123,63 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def require_new_or_empty(directory: Path, why: str) -> None:
+    """Refuse a ``directory`` that exists and holds anything; ``why`` ends the message."""
+    try:
+        if not directory.exists():
+            return
+        if not directory.is_dir():
+            raise ConfigError(f"{directory} exists and is not a directory; choose a new directory")
+        if any(directory.iterdir()):
+            raise ConfigError(f"{directory} is not empty; {why}")
+    except OSError as exc:
+        raise ConfigError(f"cannot use {directory}: {exc.strerror or exc}") from None
+
+
+def remove_created(created: Sequence[Path]) -> None:
+    """Undo a half-made directory tree, newest first; best effort (the first error counts)."""
+    for path in reversed(created):
+        with contextlib.suppress(OSError):
+            if path.is_dir():
+                path.rmdir()
+            else:
+                path.unlink()
+
+
+@contextlib.contextmanager
+def transaction(
+    db: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE"
+) -> Iterator[sqlite3.Connection]:
+    """One transaction on ``db`` (autocommit mode): committed on exit, rolled back on any
+    exception. One left open by a cancelled rollback is rolled back first."""
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+    db.execute(begin)
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
+
+
+def split_statements(script: str) -> list[str]:
+    """Split a migration script into single statements, trigger bodies kept whole.
+
+    ``executescript`` would do this itself, but it commits any open transaction first,
+    which would put each migration outside the transaction that records it.
+    """
+    statements: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    if pending.strip():
+        raise ValueError("migration script ends inside a statement")
+    return statements

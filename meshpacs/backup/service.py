@@ -296,10 +296,7 @@ class BackupService:
         if files is None:
             return row.state
         placed = await self._catalog.read(lambda db: ledger.placements(db, row.ref))
-        already: dict[int, str] = {}
-        for placement in placed:
-            if placement.share not in already and placement.holder_site not in already.values():
-                already[placement.share] = placement.holder_site
+        already = ledger.distinct_shares(placed)
         header = FragmentHeader(row.k, row.n, 0, row.segment_size, row.length, row.bundle_id)
         key = placement_key(row.bundle_id)
         wanted = row.n + self._settings.spare_sites

@@ -41,6 +41,8 @@ from meshpacs.durable import (
     fsync_dir,
     read_bounded,
     read_private,
+    remove_created,
+    require_new_or_empty,
     write_atomic,
     write_new,
 )
@@ -67,6 +69,11 @@ from meshpacs.federation.certs import (
     raw_public_key,
 )
 from meshpacs.federation.names import validate_federation_name, validate_site_id
+
+_NEW_DIRECTORY = (
+    "a federation CA is created only in a new or empty directory, so that an existing CA key"
+    " is never overwritten"
+)
 
 __all__ = [
     "CA_CERT_NAME",
@@ -125,7 +132,7 @@ def create_federation_ca(
     """
     validate_federation_name(name)
     directory = directory.absolute()
-    _require_new_or_empty(directory)
+    require_new_or_empty(directory, _NEW_DIRECTORY)
     key = Ed25519PrivateKey.from_private_bytes(secrets.token_bytes(32))
     ca_cert = build_ca_certificate(key, name, days=days)
     crl = build_crl(key, ca_cert, [], number=1, days=crl_days)
@@ -149,7 +156,7 @@ def create_federation_ca(
         created.append(directory / CA_CERT_NAME)
         fsync_dir(directory)
     except OSError as exc:
-        _remove(created)
+        remove_created(created)
         raise ConfigError(
             f"cannot create the federation CA in {directory}: {exc.strerror or exc}"
         ) from None
@@ -375,24 +382,3 @@ def _issued(cert: x509.Certificate) -> IssuedCertificate:
         fingerprint=certificate_fingerprint(cert),
         pem=pem(cert),
     )
-
-
-def _require_new_or_empty(directory: Path) -> None:
-    try:
-        if not directory.exists():
-            return
-        if not directory.is_dir():
-            raise ConfigError(f"{directory} exists and is not a directory; choose a new one")
-        if any(directory.iterdir()):
-            raise ConfigError(
-                f"{directory} is not empty; a federation CA is created only in a new or empty"
-                " directory, so that an existing CA key is never overwritten"
-            )
-    except OSError as exc:
-        raise ConfigError(f"cannot use {directory}: {exc.strerror or exc}") from None
-
-
-def _remove(created: list[Path]) -> None:
-    for path in reversed(created):
-        with contextlib.suppress(OSError):
-            path.rmdir() if path.is_dir() else path.unlink()

@@ -30,6 +30,7 @@ from typing import TypeVar, cast
 
 import aiosqlite
 
+from meshpacs.durable import transaction
 from meshpacs.errors import CatalogError, QueryTooLarge
 from meshpacs.metadata.matching import answer, find_statement, fold_person_name, locate_statement
 from meshpacs.metadata.records import (
@@ -242,20 +243,13 @@ class Catalog:
         For an instance whose row was committed but whose file could not be put in place
         (ingest commits the row while the file is being made durable).
         """
-        with _sqlite_errors("write"):
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                row = db.execute(
-                    "SELECT id FROM instances WHERE sop_instance_uid = ? AND sha256 = ?",
-                    (record.sop_instance_uid, record.sha256),
-                ).fetchone()
-                if row is not None:
-                    _forget_rows(db, [int(row[0])])
-                db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-                raise
+        with _sqlite_errors("write"), transaction(db):
+            row = db.execute(
+                "SELECT id FROM instances WHERE sop_instance_uid = ? AND sha256 = ?",
+                (record.sop_instance_uid, record.sha256),
+            ).fetchone()
+            if row is not None:
+                _forget_rows(db, [int(row[0])])
         return row is not None
 
     async def write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
@@ -318,17 +312,8 @@ class Catalog:
     ) -> tuple[list[AddResult], list[_LogEntry]]:
         """The add_instances transaction; runs in the connection's thread."""
         log: list[_LogEntry] = []
-        if db.in_transaction:  # left open by a cancelled rollback
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             results = [self._add_one(db, record, now, log) for record in records]
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
         return results, log
 
     def _add_one(
@@ -636,18 +621,8 @@ def _forget_in_transaction(db: sqlite3.Connection, row_ids: Sequence[int]) -> No
 def _in_transaction(
     db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T], begin: str = "BEGIN IMMEDIATE"
 ) -> _T:
-    if db.in_transaction:  # left open by a cancelled rollback
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("ROLLBACK")
-    db.execute(begin)
-    try:
-        result = fn(db)
-        db.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("ROLLBACK")
-        raise
-    return result
+    with transaction(db, begin):
+        return fn(db)
 
 
 def _configure_sync(db: sqlite3.Connection) -> None:

@@ -36,6 +36,7 @@ __all__ = [
     "ProtectionCounts",
     "bundle",
     "bundle_members",
+    "distinct_shares",
     "encoded_bundles",
     "mark_pruned",
     "next_queued_study",
@@ -314,19 +315,18 @@ def placements(db: sqlite3.Connection, bundle_ref: int) -> list[Placement]:
     return [Placement(int(r[0]), str(r[1]), str(r[2]), float(r[3])) for r in rows]
 
 
+def distinct_shares(placed: Sequence[Placement]) -> dict[int, str]:
+    """share -> site, each share and each site counted once (a site holding two shares of
+    one bundle is one loss away from losing both), in ``placements`` order."""
+    chosen: dict[int, str] = {}
+    for placement in placed:
+        if placement.share not in chosen and placement.holder_site not in chosen.values():
+            chosen[placement.share] = placement.holder_site
+    return chosen
+
+
 def _placed_shares(db: sqlite3.Connection, bundle_ref: int) -> int:
-    """Distinct shares placed on distinct sites (a site counted for one share only)."""
-    rows = db.execute(
-        "SELECT share, holder_site FROM placements WHERE bundle_ref = ? ORDER BY share",
-        (bundle_ref,),
-    ).fetchall()
-    shares: set[int] = set()
-    sites: set[str] = set()
-    for share, site in rows:
-        if share not in shares and site not in sites:
-            shares.add(int(share))
-            sites.add(str(site))
-    return len(shares)
+    return len(distinct_shares(placements(db, bundle_ref)))
 
 
 def settle_bundle(db: sqlite3.Connection, bundle_ref: int, happy: int, now: float) -> str:

@@ -49,6 +49,7 @@ from collections.abc import Callable, Sequence
 
 import aiosqlite
 
+from meshpacs.durable import split_statements
 from meshpacs.errors import CatalogError, SchemaTooNew
 
 __all__ = [
@@ -187,24 +188,6 @@ CREATE INDEX instances_pruned ON instances (pruned_at) WHERE pruned_at IS NOT NU
 # (version, script) in ascending order. Append only: a released entry is never edited.
 MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
-
-
-def split_statements(script: str) -> list[str]:
-    """Split a migration script into single statements, trigger bodies kept whole.
-
-    ``executescript`` would do this itself, but it commits any open transaction first,
-    which would put each migration outside the transaction that records it.
-    """
-    statements: list[str] = []
-    pending = ""
-    for line in script.splitlines(keepends=True):
-        pending += line
-        if sqlite3.complete_statement(pending):
-            statements.append(pending.strip())
-            pending = ""
-    if pending.strip():
-        raise ValueError("migration script ends inside a statement")
-    return statements
 
 
 def _check_migrations(migrations: Sequence[tuple[int, str]]) -> None:

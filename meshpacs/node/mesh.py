@@ -234,7 +234,8 @@ class MeshNode:
 
     async def publish_node_record(self) -> int:
         mesh, dicom = self.config.mesh, self.config.dicom
-        offered = max(0, mesh.offer_bytes - self._held_bytes())
+        held = await asyncio.to_thread(self.fragments.total_usage)
+        offered = max(0, mesh.offer_bytes - held)
         record = NodeRecord(
             site_id=self.config.site.id,
             cert_fingerprint=cert_fingerprint(self._cert_der),
@@ -248,14 +249,6 @@ class MeshNode:
             expires_at=int(self._clock()) + RECORD_LIFETIME,
         )
         return await self.dht.publish(sign_record(record, self._signer))
-
-    def _held_bytes(self) -> int:
-        total = 0
-        for path in self.config.fragments_dir.rglob("*"):
-            with contextlib.suppress(OSError):
-                if path.is_file():
-                    total += path.stat().st_size
-        return total
 
     async def _provide(self, fragment_id: str, owner_site: str = "") -> None:
         record = ProviderRecord(

@@ -22,10 +22,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from meshpacs.durable import fsync_dir, read_private, write_new
+from meshpacs.durable import (
+    fsync_dir,
+    read_private,
+    remove_created,
+    require_new_or_empty,
+    write_new,
+)
 from meshpacs.errors import ConfigError, FormatError, KeyMaterialError, UnknownVersion
 from meshpacs.keys.secret import SiteSecret
 from meshpacs.node.config import Setting, parse_config, render_config
+
+_NEW_DIRECTORY = (
+    "a site is set up only in a new or empty directory, so that an existing site's key is"
+    " never overwritten. Choose a new directory"
+)
 
 __all__ = [
     "CONFIG_FILE_NAME",
@@ -75,7 +86,7 @@ def create_site(
     config_path = directory / CONFIG_FILE_NAME
     text = render_config(site_id, ae_title, ".", dicom_port, settings)
     config = parse_config(text, directory, str(config_path))
-    _require_new_or_empty(directory)
+    require_new_or_empty(directory, _NEW_DIRECTORY)
 
     secret = SiteSecret.generate()
     created: list[Path] = []
@@ -93,7 +104,7 @@ def create_site(
         created.append(config_path)
         fsync_dir(directory)
     except OSError as exc:
-        _remove(created)
+        remove_created(created)
         raise ConfigError(
             f"cannot create the site in {directory}: {exc.strerror or exc}"
             + (f" ({exc.filename})" if exc.filename else "")
@@ -155,30 +166,3 @@ def _parse_key_file(data: bytes, path: Path) -> SiteSecret:
             " rebuild it from the recovery phrase"
         )
     return secret
-
-
-def _require_new_or_empty(directory: Path) -> None:
-    try:
-        if not directory.exists():
-            return
-        if not directory.is_dir():
-            raise ConfigError(f"{directory} exists and is not a directory; choose a new directory")
-        if any(directory.iterdir()):
-            raise ConfigError(
-                f"{directory} is not empty; a site is set up only in a new or empty directory,"
-                " so that an existing site's key is never overwritten. Choose a new directory"
-            )
-    except OSError as exc:
-        raise ConfigError(f"cannot use {directory}: {exc.strerror or exc}") from None
-
-
-def _remove(created: list[Path]) -> None:
-    """Undo a half-made site, newest first; best effort, the original error is what counts."""
-    for path in reversed(created):
-        try:
-            if path.is_dir():
-                path.rmdir()
-            else:
-                path.unlink()
-        except OSError:
-            pass

@@ -35,7 +35,6 @@ connection behind a lock): the C-STORE sender reports acknowledgements from its 
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import functools
 import os
@@ -47,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from meshpacs.durable import transaction
 from meshpacs.errors import ConfigError, LimitExceeded
 from meshpacs.recovery.model import PlannedInstance, PlannedStudy
 
@@ -529,15 +529,5 @@ def _target_id(db: sqlite3.Connection, path: Path, target: str) -> int:
 
 
 def _in_transaction(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-    if db.in_transaction:  # left open by an interrupted call
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("ROLLBACK")
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        result = fn(db)
-        db.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("ROLLBACK")
-        raise
-    return result
+    with transaction(db):
+        return fn(db)

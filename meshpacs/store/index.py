@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from meshpacs.durable import split_statements, transaction
 from meshpacs.errors import CatalogError, SchemaTooNew
 
 __all__ = ["SCHEMA_VERSION", "FragmentIndex", "FragmentState", "StoredFragment"]
@@ -141,6 +142,10 @@ class FragmentIndex:
         row = self._db.execute("SELECT bytes FROM owner_usage WHERE owner = ?", (owner,)).fetchone()
         return int(row[0]) if row else 0
 
+    def total_usage(self) -> int:
+        row = self._db.execute("SELECT COALESCE(SUM(bytes), 0) FROM owner_usage").fetchone()
+        return int(row[0])
+
     def owned(self, owner: str, after: str, limit: int) -> list[StoredFragment]:
         rows = self._db.execute(
             f"SELECT {_COLUMNS} FROM fragments WHERE owner = ? AND id > ? ORDER BY id LIMIT ?",
@@ -233,25 +238,8 @@ def _migrate(db: sqlite3.Connection) -> None:
     for version, script in _MIGRATIONS:
         if version <= found:
             continue
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in _statements(script):
+        with transaction(db):
+            for statement in split_statements(script):
                 db.execute(statement)
             # user_version lives in the file header and changes with this transaction.
             db.execute(f"PRAGMA user_version = {int(version)}")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-
-
-def _statements(script: str) -> list[str]:
-    """Single statements, trigger bodies kept whole (``executescript`` would commit first)."""
-    statements: list[str] = []
-    pending = ""
-    for line in script.splitlines(keepends=True):
-        pending += line
-        if sqlite3.complete_statement(pending):
-            statements.append(pending.strip())
-            pending = ""
-    return statements

@@ -27,12 +27,22 @@ from meshpacs.errors import FormatError, LimitExceeded, QuotaExceeded
 from meshpacs.store.durable import TEMP_SUFFIX, make_temp, remove_file, replace_file, write_all
 from meshpacs.store.names import validate_fragment_id, validate_site_id
 
-__all__ = ["DEFAULT_RECORD_QUOTA", "MAX_RECORD_BYTES", "HeldRecords"]
+__all__ = ["DEFAULT_RECORD_QUOTA", "MAX_RECORD_BYTES", "HeldRecords", "owner_directory"]
 
 MAX_RECORD_BYTES = 80 * 1024 * 1024  # a sealed catalog record of a very large study
 DEFAULT_RECORD_QUOTA = 4 * 1024**3
 _KINDS = {1: "catalog", 2: "escrow"}
 _MAX_LIST = 100_000
+
+
+def owner_directory(root: Path, kind: int, owner_site: str) -> Path:
+    """Where the records of ``kind`` kept for ``owner_site`` live under ``root``."""
+    name = _KINDS.get(kind)
+    if name is None:
+        raise FormatError(f"record kind {kind} is unknown")
+    validate_site_id(owner_site)
+    digest = hashlib.sha256(owner_site.encode("ascii")).hexdigest()[:32]
+    return root / name / digest
 
 
 class HeldRecords:
@@ -50,12 +60,7 @@ class HeldRecords:
                     leftover.unlink()
 
     def _owner_dir(self, kind: int, owner_site: str) -> Path:
-        name = _KINDS.get(kind)
-        if name is None:
-            raise FormatError(f"record kind {kind} is unknown")
-        validate_site_id(owner_site)
-        digest = hashlib.sha256(owner_site.encode("ascii")).hexdigest()[:32]
-        return self._root / name / digest
+        return owner_directory(self._root, kind, owner_site)
 
     def _path(self, kind: int, owner_site: str, record_id: str) -> Path:
         validate_fragment_id(record_id)  # the same 64-hex rule

@@ -194,6 +194,12 @@ class FragmentStore:
             self._check_open()
             return self._index.usage(owner_site)
 
+    def total_usage(self) -> int:
+        """Bytes of every partner's fragments stored here (from the index, no disk walk)."""
+        with self._lock:
+            self._check_open()
+            return self._index.total_usage()
+
     def available(self, owner_site: str) -> int:
         """Bytes ``owner_site`` may still send: its quota less stored and arriving bytes."""
         owner_site = validate_site_id(owner_site)

@@ -75,6 +75,7 @@ from meshpacs.errors import ConfigError, MeshError
 from meshpacs.metadata import ledger
 from meshpacs.node.config import load_config
 from meshpacs.node.status import site_status
+from meshpacs.store.records import owner_directory
 from meshpacs.testbed.layout import TestbedPlan, TestbedSite
 from meshpacs.testbed.orthanc import orthanc_rest, start_site_orthanc
 from meshpacs.testbed.processes import is_our_orthanc, is_our_process, orthanc_pid, start_nodes
@@ -87,6 +88,7 @@ from meshpacs.testing.synth import (
     generate_study,
     write_study,
 )
+from meshpacs.transport.frames import RecordKind
 
 __all__ = [
     "DRILL_MIX",
@@ -564,9 +566,8 @@ def _instances_received(catalog: Path) -> int:
 
 
 def _records_held(peer: TestbedSite, owner: TestbedSite) -> int:
-    """Catalog records ``peer`` keeps for ``owner`` (laid out as meshpacs.store.records does)."""
-    digest = hashlib.sha256(owner.site_id.encode("ascii")).hexdigest()[:32]
-    folder = Path(peer.data_dir) / "records" / "catalog" / digest
+    """Catalog records ``peer`` keeps for ``owner``."""
+    folder = owner_directory(Path(peer.data_dir) / "records", RecordKind.CATALOG, owner.site_id)
     if not folder.is_dir():
         return 0
     return sum(1 for p in folder.iterdir() if _HEX64.fullmatch(p.name))

@@ -7,7 +7,7 @@ import pytest
 
 from meshpacs.store import FragmentStore, QuotaPolicy
 
-from .helpers import FakeClock
+from ..metadata.helpers import FakeClock
 
 QUOTA = 1_000_000
 

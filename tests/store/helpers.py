@@ -18,6 +18,8 @@ from meshpacs.erasure import (
 )
 from meshpacs.store import FragmentStore, StoredFragment
 
+from ..metadata.helpers import FakeClock as FakeClock  # one fake clock for every suite
+
 SEGMENT = 4096  # the smallest allowed, so a few KB span several segments
 OWNER = "st-marys"
 OTHER = "county-general"
@@ -36,19 +38,6 @@ class Fragment:
     @property
     def size(self) -> int:
         return len(self.data)
-
-
-class FakeClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def source(uid: str, data: bytes) -> InstanceSource:

@@ -1,9 +1,11 @@
-"""Encoding a planned bundle into its n fragment files, in the owner's work directory.
+"""Encoding a planned bundle: into any outputs, or into fragment files in the work directory.
 
-Fragments are written to ``<work>/<bundle id hex>/<share>.frag`` before any is sent, so
-that one slow or failed partner never makes the owner encode again, and a restart finds
-them still there. They are ciphertext only (the data key never leaves the process), but
-they are still deleted as soon as the bundle is stored.
+The pipeline first streams shares straight to partners (:mod:`meshpacs.backup.stream`,
+through :func:`encode_into`). Shares that could not be streamed (a partner failed or
+stalled, too few partners online) are then encoded into ``<work>/<bundle id hex>/<share>.frag``
+(:func:`encode_to_files`, only the shares still missing), from where the hedged upload
+places them, and a restart finds them still there. They are ciphertext only (the data key
+never leaves the process), but they are still deleted as soon as the bundle is stored.
 
 The ledger records the bundle's ID and wrapped data key before encoding, and the codec
 is deterministic given both, so encoding again after a stop yields the same fragments
@@ -18,17 +20,39 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from meshpacs.erasure import CodingParams, IndexEntry, InstanceSource, encode_bundle
+from meshpacs.erasure import (
+    CodingParams,
+    IndexEntry,
+    InstanceSource,
+    Writable,
+    bundle_length,
+    encode_bundle,
+)
 from meshpacs.erasure.layout import BundleRef, FragmentHeader
 from meshpacs.errors import InputChanged
 from meshpacs.metadata.ledger import BundleMember, BundleRow
 
-__all__ = ["EncodedFiles", "discard_work", "encode_to_files", "reuse_encoded"]
+__all__ = [
+    "EncodedFiles",
+    "NullSink",
+    "discard_work",
+    "encode_into",
+    "encode_to_files",
+    "length_of",
+    "reuse_encoded",
+]
+
+
+class NullSink:
+    """The output for a share a partner already holds: the codec's bytes go nowhere."""
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        return len(data)
 
 
 @dataclass(frozen=True)
@@ -52,44 +76,72 @@ def _params(row: BundleRow) -> CodingParams:
     return CodingParams(row.k, row.n, row.segment_size)
 
 
+def length_of(members: Sequence[BundleMember]) -> int:
+    """The bundle's length in bytes, known before encoding (fragment sizes follow from it)."""
+    return bundle_length([_entry(member) for member in members])
+
+
+def encode_into(
+    row: BundleRow,
+    members: Sequence[BundleMember],
+    instance_path: Callable[[bytes], Path],
+    data_key: bytes,
+    outputs: Sequence[Writable],
+) -> BundleRef:
+    """Encode ``members`` (in index order) into ``row.n`` outputs, share i into outputs[i].
+
+    Raises ``InputChanged`` when an instance file no longer matches its catalog size or
+    SHA-256 (before any output received its last byte), or when the result does not match
+    a set hash recorded before.
+    """
+    sources = [_source(member, instance_path) for member in members]
+    encoded = encode_bundle(
+        sources, _params(row), outputs, bundle_id=row.bundle_id, data_key=data_key
+    )
+    if row.set_hash is not None and encoded.ref.set_hash != row.set_hash:
+        raise InputChanged("bundle encodes to a different set hash than recorded before")
+    return encoded.ref
+
+
 def encode_to_files(
     row: BundleRow,
     members: Sequence[BundleMember],
     instance_path: Callable[[bytes], Path],
     data_key: bytes,
     work_dir: Path,
+    shares: Collection[int] | None = None,
 ) -> EncodedFiles:
-    """Encode ``members`` (in index order) into ``row.n`` fragment files under ``work_dir``.
-
-    Raises ``InputChanged`` when an instance file no longer matches its catalog size or
-    SHA-256, or when the result does not match a set hash recorded before.
-    """
+    """Encode ``members`` into fragment files under ``work_dir``: ``shares``, or all n."""
     directory = _bundle_dir(work_dir, row)
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
-    sources = [_source(member, instance_path) for member in members]
+    wanted = set(range(row.n) if shares is None else shares)
     paths = _paths(work_dir, row)
-    partial = [path.with_suffix(".part") for path in paths]
+    partial = {share: paths[share].with_suffix(".part") for share in wanted}
     with contextlib.ExitStack() as stack:
-        outputs: list[BinaryIO] = [stack.enter_context(open(p, "wb")) for p in partial]
-        encoded = encode_bundle(
-            sources, _params(row), outputs, bundle_id=row.bundle_id, data_key=data_key
-        )
-    if row.set_hash is not None and encoded.ref.set_hash != row.set_hash:
-        shutil.rmtree(directory, ignore_errors=True)
-        raise InputChanged("bundle encodes to a different set hash than recorded before")
-    for part, path in zip(partial, paths, strict=True):
-        os.replace(part, path)
-    return EncodedFiles(encoded.ref, paths)
+        outputs: list[BinaryIO | NullSink] = [
+            stack.enter_context(open(partial[share], "wb")) if share in wanted else NullSink()
+            for share in range(row.n)
+        ]
+        try:
+            ref = encode_into(row, members, instance_path, data_key, outputs)
+        except InputChanged:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+    for share, part in partial.items():
+        os.replace(part, paths[share])
+    return EncodedFiles(ref, paths)
 
 
-def reuse_encoded(row: BundleRow, work_dir: Path) -> EncodedFiles | None:
-    """The fragment files an earlier run left, if all n are there at their full size."""
+def reuse_encoded(
+    row: BundleRow, work_dir: Path, shares: Collection[int] | None = None
+) -> EncodedFiles | None:
+    """The fragment files an earlier run left, if ``shares`` (or all n) are there in full."""
     if row.length is None or row.set_hash is None:
         return None
     header = FragmentHeader(row.k, row.n, 0, row.segment_size, row.length, row.bundle_id)
     paths = _paths(work_dir, row)
-    for path in paths:
+    for path in paths if shares is None else [paths[share] for share in shares]:
         try:
             if path.stat().st_size != header.fragment_size:
                 return None
@@ -106,5 +158,8 @@ def discard_work(row: BundleRow, work_dir: Path) -> None:
 
 def _source(member: BundleMember, instance_path: Callable[[bytes], Path]) -> InstanceSource:
     path = instance_path(member.sha256)
-    entry = IndexEntry(member.sop_instance_uid, member.size, member.sha256)
-    return InstanceSource(entry, lambda: open(path, "rb"))
+    return InstanceSource(_entry(member), lambda: open(path, "rb"))
+
+
+def _entry(member: BundleMember) -> IndexEntry:
+    return IndexEntry(member.sop_instance_uid, member.size, member.sha256)

@@ -5,9 +5,10 @@ so that a stop anywhere resumes without losing or repeating work::
 
     mark quiet studies stable and queue them          (catalog)
     plan bundles for every queued study               (ledger: planned)
-    encode each planned bundle into fragment files    (worker thread; ledger: encoded)
-    place each encoded bundle's missing shares        (DHT + transport; ledger: placements)
-        (the next bundle is encoded while earlier ones upload, PLACE_AHEAD at most)
+    encode each planned bundle, its shares streaming  (worker thread + transport;
+        to n partners as the codec makes them          ledger: encoded, placements)
+    place shares that did not stream, from work files (hedged uploads; ledger: placements)
+        (BUNDLES_AT_ONCE bundles in flight at a time)
     settle bundles (stored / degraded) and studies    (ledger; study PROTECTED)
     tell the trusted peers about protected studies    (catalog replicas)
     remove local copies the retention setting frees   (ledger: pruned_at, then unlink)
@@ -27,29 +28,39 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Protocol
 
-from meshpacs.backup.encode import EncodedFiles, discard_work, encode_to_files, reuse_encoded
+from meshpacs.backup.encode import (
+    EncodedFiles,
+    NullSink,
+    discard_work,
+    encode_into,
+    encode_to_files,
+    length_of,
+    reuse_encoded,
+)
 from meshpacs.backup.placement import Candidate, placement_key, rank_candidates
+from meshpacs.backup.stream import ShareChannel
 from meshpacs.backup.upload import UploadPolicy, place_shares
 from meshpacs.erasure import fragment_id
-from meshpacs.erasure.layout import FragmentHeader
+from meshpacs.erasure.layout import BundleRef, FragmentHeader
 from meshpacs.errors import InputChanged, MeshError
 from meshpacs.keys import SiteKeys, unwrap_data_key, wrap_data_key
 from meshpacs.keys.wrap import DATA_KEY_SIZE
 from meshpacs.metadata import Catalog, ledger
-from meshpacs.metadata.ledger import BundlePlan, BundleRow
+from meshpacs.metadata.ledger import BundleMember, BundlePlan, BundleRow
 
 __all__ = ["BackupService", "BackupSettings", "Partners", "PassReport", "StudyPublisher"]
 
-# Bundles encoded but not yet placed, at most: the codec works on the next while these
-# upload, and their work files (n/k times the bundle) stay bounded on disk.
-PLACE_AHEAD = 2
+# Bundles streaming or being placed at once: while one waits on its slowest partner's
+# commit, the codec already works on the next; memory and work files stay bounded.
+BUNDLES_AT_ONCE = 2
 
 _log = logging.getLogger("meshpacs.backup")
 
@@ -63,6 +74,15 @@ class Partners(Protocol):
 
     async def put(self, site_id: str, fragment_id: str, path: Path) -> None:
         """Store the fragment file at the site; returns once it is durably acknowledged."""
+        ...
+
+    async def put_stream(
+        self, site_id: str, fragment_id: str, size: int, chunks: AsyncIterator[bytes]
+    ) -> None:
+        """Store a fragment of ``size`` bytes as ``chunks`` yields it; acknowledged durably.
+
+        If ``chunks`` raises, the site must keep nothing of it.
+        """
         ...
 
     async def delete(self, site_id: str, fragment_id: str) -> None:
@@ -210,19 +230,16 @@ class BackupService:
             _log.info("retention: removed %d local instance files now held by the mesh", len(batch))
 
     async def _encode_and_place(self, report: PassReport) -> None:
-        """Encode planned bundles one by one while earlier ones are being placed.
+        """Stream each planned bundle to its partners; place what earlier passes left.
 
-        At most ``PLACE_AHEAD`` bundles are encoded and not yet placed at a time, so the
-        work files on disk stay bounded while the codec and the uploads overlap.
+        At most ``BUNDLES_AT_ONCE`` bundles are in flight, so memory (each streaming share
+        holds a few chunks) and work files stay bounded while the codec, the network and
+        the partners' disks all stay busy.
         """
-        ahead = asyncio.Semaphore(PLACE_AHEAD)
-        placing: list[asyncio.Task[None]] = []
+        slots = asyncio.Semaphore(BUNDLES_AT_ONCE)
+        running: list[asyncio.Task[None]] = []
 
-        async def place(row: BundleRow) -> None:
-            try:
-                state = await self._place(row)
-            finally:
-                ahead.release()
+        async def settled(row: BundleRow, state: str) -> None:
             if state == "stored":
                 report.stored += 1
             elif state == "degraded":
@@ -233,22 +250,34 @@ class BackupService:
             if row.study_ref is None and settled and self._publisher is not None:
                 await self._publisher.unplaced_protected(row.ref)
 
+        async def place(row: BundleRow) -> None:
+            try:
+                state = await self._place(row)
+            finally:
+                slots.release()
+            await settled(row, state)
+
+        async def stream(row: BundleRow) -> None:
+            try:
+                state = await self._stream(row)
+            finally:
+                slots.release()
+            if state is None:
+                report.failed += 1
+                return
+            report.encoded += 1
+            await settled(row, state)
+
         try:
             for row in await self._catalog.read(ledger.encoded_bundles):
-                await ahead.acquire()
-                placing.append(asyncio.create_task(place(row)))
+                await slots.acquire()
+                running.append(asyncio.create_task(place(row)))
             for row in await self._catalog.read(ledger.planned_bundles):
-                await ahead.acquire()
-                if not await self._encode(row):
-                    ahead.release()
-                    report.failed += 1
-                    continue
-                report.encoded += 1
-                encoded = await self._catalog.read(partial(ledger.bundle, ref=row.ref))
-                placing.append(asyncio.create_task(place(encoded)))
-            await asyncio.gather(*placing)
+                await slots.acquire()
+                running.append(asyncio.create_task(stream(row)))
+            await asyncio.gather(*running)
         finally:
-            for task in placing:
+            for task in running:
                 task.cancel()
 
     def _new_bundle(self) -> tuple[bytes, bytes]:
@@ -259,21 +288,97 @@ class BackupService:
     def _data_key(self, row: BundleRow) -> bytes:
         return unwrap_data_key(self._keys.key_wrap, row.bundle_id, row.wrapped_key)
 
-    async def _encode(self, row: BundleRow) -> bool:
-        files = await self._encode_files(row)
-        if files is None:
-            return False
-        ref = files.ref
+    async def _stream(self, row: BundleRow) -> str | None:
+        """Encode a planned bundle while its shares stream to partners; its state after.
+
+        Shares that did not stream (partner failed or stalled, too few partners) are then
+        placed from work files by :meth:`_place`. None when the bundle cannot be encoded.
+        """
+        members = await self._catalog.read(lambda db: ledger.bundle_members(db, row.ref))
+        header = self._header(row, length_of(members))
+        already = ledger.distinct_shares(
+            await self._catalog.read(lambda db: ledger.placements(db, row.ref))
+        )
+        ranked = await self._ranked(row, header.fragment_size, already)
+        missing = [share for share in range(row.n) if share not in already]
+        targets = dict(zip(missing, ranked, strict=False))
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+        channels = {
+            share: ShareChannel(loop, stall_seconds=self._settings.upload.stall_seconds, stop=stop)
+            for share in targets
+        }
+        ids = self._fragment_ids(row)
+        uploads = [
+            asyncio.create_task(
+                self._stream_share(row, share, site, ids[share], header, channels[share])
+            )
+            for share, site in targets.items()
+        ]
+        outputs = [channels.get(share, NullSink()) for share in range(row.n)]
+        try:
+            ref = await asyncio.to_thread(self._encode_streams, row, members, outputs)
+        except (InputChanged, OSError) as error:
+            await asyncio.gather(*uploads, return_exceptions=True)
+            # Never place what does not match the catalog: the bundle waits and the
+            # operator sees why (the integrity audit of a later issue repairs it).
+            _log.error("bundle row %d cannot be encoded: %s", row.ref, error)
+            return None
+        except BaseException:
+            stop.set()
+            for upload in uploads:
+                upload.cancel()
+            raise
         await self._catalog.write(
             lambda db: ledger.record_encoded(db, row.ref, ref.length, ref.set_hash)
         )
-        return True
+        await _finish_uploads(uploads, [channels[share] for share in targets])
+        state = await self._settle(row)
+        if state == "stored":
+            return state
+        encoded = await self._catalog.read(partial(ledger.bundle, ref=row.ref))
+        return await self._place(encoded)
 
-    async def _files(self, row: BundleRow) -> EncodedFiles | None:
-        """The encoded bundle's fragment files: left by an earlier pass, or encoded again."""
-        return reuse_encoded(row, self._work_dir) or await self._encode_files(row)
+    def _encode_streams(
+        self, row: BundleRow, members: list[BundleMember], outputs: list[ShareChannel | NullSink]
+    ) -> BundleRef:
+        channels = [output for output in outputs if isinstance(output, ShareChannel)]
+        try:
+            ref = encode_into(row, members, self._instance_path, self._data_key(row), outputs)
+        except BaseException as error:
+            for channel in channels:
+                channel.fail(error)
+            raise
+        for channel in channels:
+            channel.close()
+        return ref
 
-    async def _encode_files(self, row: BundleRow) -> EncodedFiles | None:
+    async def _stream_share(
+        self,
+        row: BundleRow,
+        share: int,
+        site: str,
+        fragment: str,
+        header: FragmentHeader,
+        channel: ShareChannel,
+    ) -> None:
+        try:
+            await self._partners.put_stream(site, fragment, header.fragment_size, channel.chunks())
+        except (MeshError, OSError, TimeoutError) as error:
+            reason = str(error) or type(error).__name__
+            channel.release(reason)
+            _log.info("share %d of bundle row %d not streamed to site %s: %s",
+                      share, row.ref, site, reason)  # fmt: skip
+            return
+        except BaseException:
+            channel.release("cancelled")
+            raise
+        now = self._clock()
+        await self._catalog.write(
+            lambda db: ledger.record_placement(db, row.ref, share, site, fragment, now)
+        )
+
+    async def _encode_files(self, row: BundleRow, shares: list[int]) -> EncodedFiles | None:
         members = await self._catalog.read(lambda db: ledger.bundle_members(db, row.ref))
         try:
             return await asyncio.to_thread(
@@ -283,31 +388,73 @@ class BackupService:
                 self._instance_path,
                 self._data_key(row),
                 self._work_dir,
+                shares,
             )
         except (InputChanged, OSError) as error:
-            # Never place what does not match the catalog: the bundle waits and the
-            # operator sees why (the integrity audit of a later issue repairs it).
             _log.error("bundle row %d cannot be encoded: %s", row.ref, error)
             return None
 
-    async def _place(self, row: BundleRow) -> str:
-        assert row.length is not None
-        files = await self._files(row)
-        if files is None:
-            return row.state
-        placed = await self._catalog.read(lambda db: ledger.placements(db, row.ref))
-        already = ledger.distinct_shares(placed)
-        header = FragmentHeader(row.k, row.n, 0, row.segment_size, row.length, row.bundle_id)
+    def _header(self, row: BundleRow, length: int) -> FragmentHeader:
+        return FragmentHeader(row.k, row.n, 0, row.segment_size, length, row.bundle_id)
+
+    def _fragment_ids(self, row: BundleRow) -> list[str]:
+        return [fragment_id(self._keys.fragment_id, row.bundle_id, s) for s in range(row.n)]
+
+    async def _ranked(
+        self, row: BundleRow, fragment_size: int, already: dict[int, str]
+    ) -> list[str]:
+        """Candidate sites for the bundle's missing shares, closest first, spares after."""
         key = placement_key(row.bundle_id)
         wanted = row.n + self._settings.spare_sites
         ranked = rank_candidates(
             key,
             await self._partners.candidates(key, wanted + len(already) + 1),
             owner_site=self.site_id,
-            fragment_size=header.fragment_size,
+            fragment_size=fragment_size,
             exclude=list(already.values()),
         )
-        ids = [fragment_id(self._keys.fragment_id, row.bundle_id, s) for s in range(row.n)]
+        return [candidate.site_id for candidate in ranked]
+
+    async def _settle(self, row: BundleRow) -> str:
+        return await self._catalog.write(
+            lambda db: ledger.settle_bundle(db, row.ref, self._settings.happy, self._clock())
+        )
+
+    async def _place(self, row: BundleRow) -> str:
+        """Place an encoded bundle's missing shares from work files (hedged), then settle."""
+        assert row.length is not None
+        already = ledger.distinct_shares(
+            await self._catalog.read(lambda db: ledger.placements(db, row.ref))
+        )
+        missing = [share for share in range(row.n) if share not in already]
+        if missing:
+            files = reuse_encoded(row, self._work_dir, missing) or await self._encode_files(
+                row, missing
+            )
+            if files is None:
+                return row.state
+            await self._upload_files(row, files, already, missing)
+        state = await self._settle(row)
+        if state in ("stored", "degraded"):
+            discard_work(row, self._work_dir)
+        else:
+            placed = await self._catalog.read(lambda db: ledger.placements(db, row.ref))
+            _log.warning(
+                "bundle row %d has %d of %d shares placed (happy is %d); will retry",
+                row.ref,
+                len(ledger.distinct_shares(placed)),
+                row.n,
+                self._settings.happy,
+            )
+        return state
+
+    async def _upload_files(
+        self, row: BundleRow, files: EncodedFiles, already: dict[int, str], missing: list[int]
+    ) -> None:
+        assert row.length is not None
+        header = self._header(row, row.length)
+        sites = await self._ranked(row, header.fragment_size, already)
+        ids = self._fragment_ids(row)
 
         async def put(site: str, share: int) -> None:
             await self._partners.put(site, ids[share], files.paths[share])
@@ -321,26 +468,24 @@ class BackupService:
                 lambda db: ledger.record_placement(db, row.ref, share, site, ids[share], now)
             )
 
-        outcome = await place_shares(
-            range(row.n),
-            [c.site_id for c in ranked],
-            put,
-            delete,
-            on_placed,
-            policy=self._settings.upload,
-            already=already,
+        await place_shares(
+            missing, sites, put, delete, on_placed, policy=self._settings.upload, already=already
         )
-        state = await self._catalog.write(
-            lambda db: ledger.settle_bundle(db, row.ref, self._settings.happy, self._clock())
-        )
-        if state in ("stored", "degraded"):
-            discard_work(row, self._work_dir)
-        else:
-            _log.warning(
-                "bundle row %d has %d of %d shares placed (happy is %d); will retry",
-                row.ref,
-                len(outcome.placed),
-                row.n,
-                self._settings.happy,
-            )
-        return state
+
+
+async def _finish_uploads(
+    uploads: list[asyncio.Task[None]], channels: list[ShareChannel]
+) -> None:
+    """Wait for the streamed uploads; cancel those whose share was detached.
+
+    A detached share's partner stopped taking bytes: its upload may be stuck in a write
+    that never drains, so it is cancelled (the partner discards a fragment that did not
+    arrive whole) and the share is placed afterwards from a work file.
+    """
+    for upload, channel in zip(uploads, channels, strict=True):
+        if channel.detached is not None:
+            upload.cancel()
+    results = await asyncio.gather(*uploads, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            raise result

@@ -37,12 +37,15 @@ OnPlaced = Callable[[int, str], Coroutine[Any, Any, None]]
 class UploadPolicy:
     """When to hedge: after ``hedge_fraction`` of the shares are in, a put running longer
     than ``hedge_factor`` times the slowest finished put (and at least ``hedge_min``
-    seconds) gets a second copy on a spare site."""
+    seconds) gets a second copy on a spare site. A share streaming while the bundle is
+    encoded is detached (and placed later, maybe elsewhere) when its partner takes
+    nothing for ``stall_seconds``."""
 
     hedge_fraction: float = 0.5
     hedge_factor: float = 2.0
     hedge_min: float = 1.0
     tick: float = 0.05
+    stall_seconds: float = 10.0
 
 
 @dataclass

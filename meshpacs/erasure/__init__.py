@@ -16,6 +16,7 @@ from meshpacs.erasure.bundle import (
     InstanceChunk,
     InstanceEnd,
     InstanceSource,
+    bundle_length,
 )
 from meshpacs.erasure.codec import (
     BundleDecoder,
@@ -24,7 +25,7 @@ from meshpacs.erasure.codec import (
     encode_bundle,
 )
 from meshpacs.erasure.decoder import FragmentSource, SegmentDecoder, verify_fragment
-from meshpacs.erasure.encoder import EncodedBundle, SegmentEncoder, encode_stream
+from meshpacs.erasure.encoder import EncodedBundle, SegmentEncoder, Writable, encode_stream
 from meshpacs.erasure.ids import fragment_id
 from meshpacs.erasure.layout import BundleRef, CodingParams, FragmentHeader
 
@@ -42,6 +43,8 @@ __all__ = [
     "InstanceSource",
     "SegmentDecoder",
     "SegmentEncoder",
+    "Writable",
+    "bundle_length",
     "decode_bundle",
     "decode_bundle_to_memory",
     "encode_bundle",

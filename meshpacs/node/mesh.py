@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +97,11 @@ class _MeshPartners:
 
     async def put(self, site_id: str, fragment_id: str, path: Path) -> None:
         await self._pool.put_fragment(site_id, fragment_id, path)
+
+    async def put_stream(
+        self, site_id: str, fragment_id: str, size: int, chunks: AsyncIterator[bytes]
+    ) -> None:
+        await self._pool.put_fragment_stream(site_id, fragment_id, size, chunks)
 
     async def delete(self, site_id: str, fragment_id: str) -> None:
         await self._pool.delete_fragment(site_id, fragment_id)

@@ -134,6 +134,31 @@ class PartnerConnection:
                 await self._stream(source, size)
                 self._accept(await self._response(), Status.OK)
 
+    async def put_fragment_stream(
+        self, fragment_id: str, size: int, chunks: AsyncIterator[bytes]
+    ) -> None:
+        """Send a fragment as it is produced; ``chunks`` must add up to exactly ``size``.
+
+        If ``chunks`` raises or ends early, the connection is closed mid-body, so the
+        partner discards what it received: nothing partial is ever kept.
+        """
+        async with self._exchange():
+            await self._send(Request(Op.PUT_FRAGMENT, fragment_id, length=size))
+            self._accept(await self._response(), Status.CONTINUE)
+            try:
+                sent = 0
+                async for chunk in chunks:
+                    sent += len(chunk)
+                    if sent > size:
+                        raise ProtocolViolation("fragment stream is longer than announced")
+                    await self._write(chunk)
+                if sent != size:
+                    raise ProtocolViolation(f"fragment stream ended at {sent} of {size} bytes")
+            except BaseException:
+                await self.close()
+                raise
+            self._accept(await self._response(), Status.OK)
+
     async def _stream(self, source: BinaryIO, size: int) -> None:
         """Send ``size`` bytes of ``source``, reading the next chunk while this one goes."""
         remaining = size

@@ -11,7 +11,7 @@ connection.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from meshpacs.dht import DhtNode, NodeRecord
@@ -88,6 +88,12 @@ class PartnerPool:
     async def put_fragment(self, site_id: str, fragment_id: str, path: Path) -> None:
         async with await self.connect(site_id) as conn:
             await conn.put_fragment(fragment_id, path)
+
+    async def put_fragment_stream(
+        self, site_id: str, fragment_id: str, size: int, chunks: AsyncIterator[bytes]
+    ) -> None:
+        async with await self.connect(site_id) as conn:
+            await conn.put_fragment_stream(fragment_id, size, chunks)
 
     async def get_fragment(
         self, site_id: str, fragment_id: str, sink: Sink, *, offset: int = 0, length: int = 0

@@ -40,7 +40,14 @@ class DirPartners:
     sites: list[str]
     seed: int
     down: set[str] = field(default_factory=set)
+    stalled: set[str] = field(default_factory=set)  # take one chunk, then nothing more
+    broken: set[str] = field(default_factory=set)  # fail after the first chunk
+    # The first site asked to take a streamed share becomes broken or stalled: placement
+    # depends on the bundle's random ID, so the faulty site is chosen where it will be used.
+    fault_first: str = ""
+    faulty: str = ""
     puts: int = 0
+    streams: int = 0
 
     async def candidates(self, key: bytes, count: int) -> list[Candidate]:
         rng = random.Random(self.seed)
@@ -49,11 +56,37 @@ class DirPartners:
     async def put(self, site_id: str, fragment_id: str, path: Path) -> None:
         self.puts += 1
         await asyncio.sleep(0)
-        if site_id in self.down:
+        if site_id in self.down | self.broken | self.stalled:
             raise PeerUnreachable(f"site {site_id} is down")
         target = self.root / site_id / fragment_id
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
+
+    async def put_stream(
+        self, site_id: str, fragment_id: str, size: int, chunks: AsyncIterator[bytes]
+    ) -> None:
+        self.streams += 1
+        if self.fault_first and not self.faulty and site_id not in self.down:
+            self.faulty = site_id
+            getattr(self, self.fault_first).add(site_id)
+        if site_id in self.down:
+            raise PeerUnreachable(f"site {site_id} is down")
+        target = self.root / site_id / fragment_id
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".part")
+        try:
+            with open(partial, "wb") as out:
+                async for chunk in chunks:
+                    out.write(chunk)
+                    if site_id in self.broken:
+                        raise PeerUnreachable(f"site {site_id}: connection lost")
+                    if site_id in self.stalled:
+                        await asyncio.sleep(3600)
+            if partial.stat().st_size != size:
+                raise PeerUnreachable(f"site {site_id}: short fragment")
+            partial.rename(target)
+        finally:
+            partial.unlink(missing_ok=True)
 
     async def delete(self, site_id: str, fragment_id: str) -> None:
         (self.root / site_id / fragment_id).unlink(missing_ok=True)
@@ -75,13 +108,15 @@ class Site:
     partners: DirPartners
     work: Path
 
-    def service(self, k: int = 2, n: int = 4, happy: int = 3, cap: int = 10**6) -> BackupService:
+    def service(
+        self, k: int = 2, n: int = 4, happy: int = 3, cap: int = 10**6, stall: float = 10.0
+    ) -> BackupService:
         settings = BackupSettings(
             plan=BundlePlan(k=k, n=n, segment_size=4096, max_bundle_bytes=cap),
             happy=happy,
             stable_seconds=60,
             spare_sites=2,
-            upload=UploadPolicy(hedge_min=5.0, tick=0.01),
+            upload=UploadPolicy(hedge_min=5.0, tick=0.01, stall_seconds=stall),
         )
         return BackupService(
             site_id="owner",
@@ -155,7 +190,9 @@ async def test_a_stable_study_ends_protected_on_n_distinct_partners(site: Site) 
     assert "owner" not in held
     assert len(held) == 4 and all(len(files) == 1 for files in held.values())
     assert await decode_all(site, k=2) == sent
-    assert not any(site.work.iterdir())  # fragment files removed once stored
+    # The shares streamed as they were encoded: no file upload, no work file ever.
+    assert (site.partners.streams, site.partners.puts) == (4, 0)
+    assert not site.work.exists()
 
 
 async def test_nothing_is_bundled_before_the_study_is_quiet(site: Site) -> None:
@@ -172,6 +209,59 @@ async def test_a_down_partner_is_replaced_by_a_spare(site: Site) -> None:
     report = await site.service().run_once()
     assert report.stored == 1
     assert set(site.partners.held()).isdisjoint({"partner-0", "partner-3", "owner"})
+
+
+async def test_a_partner_failing_mid_stream_keeps_nothing_and_a_spare_gets_the_share(
+    site: Site,
+) -> None:
+    site.partners.fault_first = "broken"
+    sent = await site.receive(4, size=1_000_000)  # two 1 MiB chunks per share
+    report = await site.service(cap=10**7).run_once()
+    assert (report.stored, report.protected) == (1, 1)
+    held = site.partners.held()
+    assert site.partners.faulty not in held and "owner" not in held and len(held) == 4
+    assert not list(site.partners.root.rglob("*.part"))
+    assert site.partners.puts == 2  # refused again by the broken site, then on a spare
+    assert await decode_all(site, k=2) == sent
+    assert not (site.work.exists() and any(site.work.iterdir()))
+
+
+async def test_a_stalled_partner_is_detached_and_does_not_hold_the_others(site: Site) -> None:
+    # A share is a quarter of the study (k=2 of 40 KB instances): several 1 MiB chunks
+    # per share, so the stalled partner's queue fills and the codec would wait on it.
+    site.partners.fault_first = "stalled"
+    sent = await site.receive(30, size=400_000)
+    report = await site.service(stall=0.5, cap=10**8).run_once()
+    assert (report.stored, report.protected) == (1, 1)
+    held = site.partners.held()
+    assert site.partners.faulty not in held and len(held) == 4
+    assert site.partners.puts == 2  # refused by the stalled site, then on a spare
+    assert await decode_all(site, k=2) == sent
+
+
+async def test_a_restart_mid_stream_sends_only_the_shares_not_acknowledged(site: Site) -> None:
+    sent = await site.receive(4)
+    site.partners.down = {"partner-0", "partner-1", "partner-2", "partner-3", "partner-4"}
+    service = site.service()
+    await service.run_once()  # one share streamed (partner-5); the rest wait for partners
+    [row] = await site.catalog.read(
+        lambda db: [ledger.bundle(db, r[0]) for r in db.execute("SELECT id FROM bundles")]
+    )
+    # As if the node stopped after the ack and before recording the bundle encoded.
+    await site.catalog.write(
+        lambda db: db.execute(
+            "UPDATE bundles SET state = 'planned', length = NULL, set_hash = NULL WHERE id = ?",
+            (row.ref,),
+        )
+    )
+    shutil.rmtree(site.work, ignore_errors=True)
+    site.partners.down = set()
+    before = site.partners.streams
+    report = await site.service().run_once()
+    assert (report.stored, report.protected) == (1, 1)
+    assert site.partners.streams - before == 3  # share on partner-5 was not sent again
+    assert len(site.partners.held()) == 4
+    assert await decode_all(site, k=2) == sent
 
 
 async def test_below_happy_waits_then_completes_when_partners_return(site: Site) -> None:
@@ -223,6 +313,8 @@ async def test_a_changed_instance_file_is_never_placed(site: Site) -> None:
     report = await site.service().run_once()
     assert (report.encoded, report.failed, report.protected) == (0, 1, 0)
     assert site.partners.puts == 0
+    assert site.partners.held() == {}  # streams were started, but no partner kept a byte
+    assert not list(site.partners.root.rglob("*.part"))
 
 
 async def test_a_late_instance_is_backed_up_in_a_second_bundle(site: Site) -> None:

@@ -14,6 +14,8 @@ from typing import Annotated
 import typer
 
 from meshpacs import __version__
+from meshpacs.cli.catalog import read_phrase_file, restore_catalog
+from meshpacs.cli.escrow import escrow_app
 from meshpacs.cli.federation import federation_app
 from meshpacs.cli.recover import recover
 from meshpacs.cli.testbed import testbed_app
@@ -149,6 +151,17 @@ def init(
             "--json", help="Print one JSON object (config, fingerprint, recovery_phrase)."
         ),
     ] = False,
+    phrase_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--phrase-file",
+            help=(
+                "Set up an existing site again on a new machine: the file holding its"
+                " recovery phrase. Keys and node identity come back; then install its"
+                " federation files and run meshpacs node restore-catalog."
+            ),
+        ),
+    ] = None,
 ) -> None:
     """Set up a new meshpacs site in a new or empty directory.
 
@@ -163,10 +176,20 @@ def init(
     check later that a typed phrase belongs to this site.
     """
     try:
-        created = create_site(directory, site_id, ae_title, dicom_port)
+        secret = read_phrase_file(phrase_file, "init") if phrase_file is not None else None
+        created = create_site(directory, site_id, ae_title, dicom_port, secret=secret)
     except MeshError as exc:
         typer.echo(f"meshpacs init: {exc}", err=True)
         raise typer.Exit(2) from None
+    if secret is not None:  # a rebuilt site: its phrase is on paper already, never printed
+        rebuilt = {"config": str(created.config_path), "fingerprint": created.fingerprint}
+        typer.echo(
+            json.dumps(rebuilt, indent=2)
+            if as_json
+            else f"Set up site {site_id} again from its phrase in {created.config_path.parent}"
+            f" (fingerprint {created.fingerprint}: the one noted with the phrase)"
+        )
+        return
     if as_json:
         payload = {
             "config": str(created.config_path),
@@ -227,7 +250,9 @@ def node_run(
     asyncio.run(run_node(node_config))
 
 
+node_app.command("restore-catalog")(restore_catalog)
 app.add_typer(federation_app, name="federation")
+app.add_typer(escrow_app, name="escrow")
 app.add_typer(testbed_app, name="testbed")
 app.command()(recover)
 

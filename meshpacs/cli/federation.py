@@ -1,15 +1,19 @@
-"""``meshpacs federation ...``: the federation CA, node certificates, revocation."""
+"""``meshpacs federation ...``: the federation CA, node certificates, revocation, and the
+authorisation to release a site's escrow shares (``authorize-recovery``)."""
 
 from __future__ import annotations
 
 import json
 import textwrap
+import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from meshpacs.durable import read_private
 from meshpacs.errors import FederationError, MeshError
 from meshpacs.federation import (
     FederationCA,
@@ -20,6 +24,15 @@ from meshpacs.federation import (
     install_federation_files,
     make_csr,
     parse_serial,
+)
+from meshpacs.federation.authorisation import (
+    MAX_VALID_SECONDS,
+    RecoveryAuthorisation,
+    decode_request,
+    load_ca_signing_key,
+    recovery_code_matches,
+    sign_authorisation,
+    verify_authorisation,
 )
 from meshpacs.federation.certs import CA_DAYS, CRL_DAYS, NODE_DAYS, crl_number
 from meshpacs.keys.identity import NodeIdentity, node_id_for
@@ -38,6 +51,7 @@ _CA_DIR_HELP = "The federation CA directory, as made by meshpacs federation crea
 _CONFIG_HELP = "The site's config.toml, as written by meshpacs init."
 _JSON_HELP = "Print one JSON object for scripts."
 _MAX_INPUT_BYTES = 4 * 1024 * 1024  # a CRL is the largest file read; certs.MAX_CRL_BYTES
+_MAX_CA_KEY_BYTES = 4096  # an Ed25519 PKCS#8 PEM is 119 bytes
 
 
 def _fail(command: str, exc: Exception) -> typer.Exit:
@@ -403,3 +417,102 @@ def federation_install(
     typer.echo(f"  CA fingerprint: {federation.ca_fingerprint}")
     typer.echo(f"  serial:         {member.serial:x}, valid until {member.not_after:%Y-%m-%d}")
     typer.echo(f"  revocation list number {crl_number(federation.crl)}")
+
+
+def _authorise(
+    ca: FederationCA, request_file: Path, code: str, valid_hours: int
+) -> tuple[bytes, RecoveryAuthorisation]:
+    """The signed authorisation for the request in ``request_file``, once its code matches."""
+    request = decode_request(_read_input(request_file, "recovery request"))
+    if not recovery_code_matches(request.code, code):
+        raise FederationError(
+            f"the code {code[:40]!r} is not this request's: confirm the code with the person"
+            " recovering the site, and check that the request file is theirs"
+        )
+    if not any(item.site_id == request.site_id for item in ca.issued()):
+        raise FederationError(
+            f"this CA never issued a certificate to site {request.site_id!r}; check the site ID"
+        )
+    key_pem = read_private(ca.key_path, _MAX_CA_KEY_BYTES, "federation CA key file")
+    now = int(time.time())
+    signed = sign_authorisation(
+        request,
+        load_ca_signing_key(key_pem, ca.certificate),
+        ca.certificate,
+        now=now,
+        valid_seconds=valid_hours * 3600,
+    )
+    return signed, verify_authorisation(signed, ca.certificate, now=now)
+
+
+@federation_app.command("authorize-recovery")
+def federation_authorize_recovery(
+    directory: Annotated[Path, typer.Option("--dir", help=_CA_DIR_HELP)],
+    request: Annotated[
+        Path,
+        typer.Option("--request", help="The request file made by meshpacs escrow request."),
+    ],
+    code: Annotated[
+        str,
+        typer.Option(
+            "--code",
+            help=(
+                "The request's code, as the recovering site's administrator read it to you"
+                " (by phone or in person, not in the mail that brought the request)."
+            ),
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the authorisation.")],
+    valid_hours: Annotated[
+        int,
+        typer.Option(
+            "--valid-hours",
+            min=1,
+            max=MAX_VALID_SECONDS // 3600,
+            help="Hours the trusted peers may release shares on it.",
+        ),
+    ] = 24,
+    as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
+) -> None:
+    """Authorise a site's trusted peers to release its escrow shares (break glass).
+
+    For a site that lost both its archive and its recovery phrase. The authorisation
+    lets each trusted peer of the site hand its escrow share to the one machine that
+    made the request, and to no other; with a majority of them, that machine rebuilds
+    the site's key. Before authorising, make sure the request comes from the site's
+    real administrator: ask them, by phone or in person, for the code their meshpacs
+    escrow request printed and give it with --code. Send the authorisation file to
+    them; they show it to the trusted peers.
+    """
+    try:
+        ca = FederationCA(directory)
+        if out.exists():
+            raise FederationError(f"{out} already exists; name a new file")
+        signed, granted = _authorise(ca, request, code, valid_hours)
+        _write_output(out, signed)
+    except MeshError as exc:
+        raise _fail("authorize-recovery", exc) from None
+    site_id = granted.site_id
+    expires = datetime.fromtimestamp(granted.expires_at, UTC)
+    if as_json:
+        _echo_json(
+            {
+                "site_id": site_id,
+                "request_id": granted.request_id.hex(),
+                "code": granted.code,
+                "expires_at": expires.isoformat(),
+                "authorisation": str(out),
+            }
+        )
+        return
+    typer.echo(f"Authorised the recovery of site {site_id!r} from its escrow shares: {out}")
+    typer.echo(f"  request ID: {granted.request_id.hex()}")
+    typer.echo(f"  code:       {granted.code}")
+    typer.echo(f"  valid until {expires:%Y-%m-%d %H:%M}Z")
+    typer.echo(
+        textwrap.fill(
+            "Send it to the recovering site's administrator. Each trusted peer of the site"
+            " releases its share with meshpacs escrow release --authorisation FILE.",
+            width=78,
+        )
+    )

@@ -15,6 +15,12 @@ from meshpacs.dicom.scu import Target
 from meshpacs.errors import MeshError
 from meshpacs.keys import SiteSecret
 from meshpacs.recovery.command import RecoverRequest, dry_run, run_recovery
+from meshpacs.recovery.escrow import (
+    ESCROW_KEY_FILE,
+    keep_regained_phrase,
+    load_escrow_key,
+    regain_secret,
+)
 from meshpacs.recovery.plan import PlanFilter
 from meshpacs.recovery.session import RecoveryCredentials
 
@@ -67,6 +73,43 @@ def _phrase(phrase_file: Path | None) -> SiteSecret:
         raise _fail(str(exc)) from None
 
 
+def _note(line: str) -> None:
+    typer.echo(line, err=True)
+
+
+def _from_escrow(
+    releases: list[Path], key_file: Path, workdir: Path, credentials: RecoveryCredentials
+) -> SiteSecret:
+    """The site secret from t trusted peers' releases (the phrase is lost too)."""
+    try:
+        key = load_escrow_key(key_file)
+        if key.site_id != credentials.site_id:
+            raise MeshError(
+                f"{key_file} is the key of a request for site {key.site_id!r},"
+                f" not {credentials.site_id!r}"
+            )
+        found = [(str(path), _read(path, "escrow release")) for path in releases]
+        regained = regain_secret(key, found, credentials.cert_pem)
+        phrase_path, written = keep_regained_phrase(workdir, regained.secret)
+    except MeshError as exc:
+        raise _fail(str(exc)) from None
+    _note(
+        f"Rebuilt the site key from {len(regained.used)} trusted peers' escrow shares"
+        f" ({regained.threshold} needed); fingerprint {regained.secret.fingerprint}"
+    )
+    for label in regained.set_aside:
+        _note(f"  not used: {label} (its share did not agree with the others)")
+    if written:
+        _note(
+            f"The recovery phrase is written ONCE, to {phrase_path} (readable only by you)"
+            " and shown nowhere else: copy it onto paper now, keep it in a safe, then"
+            " delete the file. Later runs can use --phrase-file."
+        )
+    else:
+        _note(f"The recovery phrase was written by an earlier run to {phrase_path}.")
+    return regained.secret
+
+
 def recover(
     site_id: Annotated[str, typer.Option("--site-id", help="The site being recovered.")],
     ca: Annotated[Path, typer.Option("--ca", help="The federation CA certificate (ca.pem).")],
@@ -88,6 +131,20 @@ def recover(
     phrase_file: Annotated[
         Path | None,
         typer.Option("--phrase-file", help="File holding the recovery phrase (else: prompt)."),
+    ] = None,
+    escrow_release: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--escrow-release",
+            help="Instead of the phrase: a trusted peer's escrow release file (repeatable).",
+        ),
+    ] = None,
+    escrow_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--escrow-key",
+            help="The key of meshpacs escrow request (default: WORKDIR/escrow.key).",
+        ),
     ] = None,
     to_ae: Annotated[
         str | None,
@@ -125,10 +182,12 @@ def recover(
 ) -> None:
     """Rebuild this site's archive from the federation, byte for byte.
 
-    From the recovery phrase (and the public certificates, kept outside the lost site),
-    rejoins the federation, reads the site's catalog back from its trusted peers, and for
-    each study (newest first) gathers any k good fragments of each bundle, checks every
-    instance's SHA-256 and delivers the exact original files by C-STORE or to a folder.
+    From the recovery phrase (or, if it is lost too, the escrow releases of a majority of
+    the site's trusted peers: see meshpacs escrow) and the public certificates kept
+    outside the lost site, rejoins the federation, reads the site's catalog back from its
+    trusted peers, and for each study (newest first) gathers any k good fragments of each
+    bundle, checks every instance's SHA-256 and delivers the exact original files by
+    C-STORE or to a folder.
     Run it again after any interruption: the journal in --workdir resumes it without
     delivering anything twice. Exit code 0 only when everything planned was delivered.
     """
@@ -139,6 +198,10 @@ def recover(
         plan = PlanFilter(since, patient, study, modality, order)
     except ValueError as exc:
         raise _fail(str(exc)) from None
+    if escrow_release and phrase_file is not None:
+        raise _fail("give --phrase-file or --escrow-release, not both")
+    if escrow_key is not None and not escrow_release:
+        raise _fail("--escrow-key goes with --escrow-release")
     credentials = RecoveryCredentials(
         site_id=site_id,
         ca_pem=_read(ca, "CA certificate"),
@@ -150,8 +213,14 @@ def recover(
     target_ae = _target(to_ae) if to_ae else None
     if dry and target_ae is None and to_dir is None:
         to_dir = workdir / "dry-run"  # never written: a dry run delivers nothing
+    if escrow_release:
+        secret = _from_escrow(
+            escrow_release, escrow_key or workdir / ESCROW_KEY_FILE, workdir, credentials
+        )
+    else:
+        secret = _phrase(phrase_file)
     request = RecoverRequest(
-        secret=_phrase(phrase_file),
+        secret=secret,
         credentials=credentials,
         workdir=workdir,
         plan=plan,
@@ -169,7 +238,7 @@ def recover(
             result = asyncio.run(dry_run(request, say))
             typer.echo(json.dumps(result, indent=2))
             return
-        report = asyncio.run(run_recovery(request, say))
+        report = asyncio.run(run_recovery(request, say, progress=sys.stderr))
     except MeshError as exc:
         raise _fail(str(exc)) from None
     if json_file is not None:

@@ -13,15 +13,29 @@ stops calling the wrapped method.
 
 The C-MOVE sub-association proposes exactly the SOP classes and transfer syntaxes of the
 instances it sends, never a static list (pynetdicom refuses more than 128 contexts).
+
+Instances the catalog lists but this node's disk does not hold (pruned under ``[backup]
+keep_local``, or never here on a node rebuilt with ``meshpacs node restore-catalog``) are
+asked of an optional :class:`MissingInstances` hook, which the node wires to the mesh.
+The instances on disk go first; the hook then hands back the others in batches, one per
+bundle gathered, as an async generator driven from the handler's thread on the node's
+loop, so the first bundle's instances are sent while later ones are still gathered. Each
+path it hands back stays readable until the generator is closed (the handler closes it
+when the retrieve ends, however it ends). An instance the hook cannot bring back fails
+its sub-operation with a PHI-free reason (the final status then says some failed). The
+dicom room knows nothing of the mesh: the hook is a Protocol defined here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -40,7 +54,10 @@ __all__ = [
     "FIND_MODELS",
     "GET_MODELS",
     "MOVE_MODELS",
+    "InstanceUnavailable",
+    "MissingInstances",
     "QueryRetrieveService",
+    "Recalled",
     "RetrieveRefused",
     "StoredInstance",
     "install_raw_retrieve",
@@ -73,14 +90,44 @@ OUT_OF_RESOURCES = 0xA700  # a query value or UID list over its bound
 
 
 class StoredInstance(Dataset):
-    """A stored instance standing in for its dataset: pynetdicom sends it from the file."""
+    """A stored instance standing in for its dataset: pynetdicom sends it from the file.
 
-    def __init__(self, path: Path, location: InstanceLocation) -> None:
+    ``unavailable`` (a PHI-free reason) instead of a file makes its sub-operation fail.
+    """
+
+    def __init__(
+        self, path: Path | None, location: InstanceLocation, unavailable: str = ""
+    ) -> None:
         super().__init__()
         self.SOPClassUID = location.sop_class_uid
         self.SOPInstanceUID = location.sop_instance_uid
         self.meshpacs_path = path
         self.meshpacs_location = location
+        self.meshpacs_unavailable = unavailable if path is None else ""
+
+
+@dataclass(frozen=True)
+class Recalled:
+    """One batch from a :class:`MissingInstances` hook, keyed by the instances' SHA-256.
+
+    ``paths``: files holding exactly those bytes, readable until the hook's generator is
+    closed. ``failed``: why the others could not be brought back (no PHI: the reason goes
+    to the log and the peer's failure count).
+    """
+
+    paths: Mapping[bytes, Path] = field(default_factory=dict)
+    failed: Mapping[bytes, str] = field(default_factory=dict)
+
+
+class MissingInstances(Protocol):
+    """Brings back instances the catalog lists but this node's disk does not hold."""
+
+    def recall(self, missing: Sequence[InstanceLocation]) -> AsyncGenerator[Recalled, None]:
+        """Batches until every one of ``missing`` was in ``paths`` or ``failed`` once.
+
+        Runs on the node's event loop; closed (``aclose``) by the caller when done.
+        """
+        ...
 
 
 _MARK = "_meshpacs_raw_retrieve"
@@ -106,6 +153,9 @@ def install_raw_retrieve() -> None:
         if not isinstance(dataset, StoredInstance):
             return original(self, dataset, msg_id, priority, originator_aet, originator_id)
         location = dataset.meshpacs_location
+        if dataset.meshpacs_path is None:
+            # pynetdicom counts the exception as a failed sub-operation and logs its text.
+            raise InstanceUnavailable(dataset.meshpacs_unavailable or "not available")
         return send_stored(
             self,
             dataset.meshpacs_path,
@@ -133,17 +183,26 @@ class QueryRetrieveService:
         destinations: Mapping[str, tuple[str, int]],
         *,
         timeout: float = 60.0,
+        missing: MissingInstances | None = None,
+        recall_timeout: float = 1800.0,
     ) -> None:
         self._catalog = catalog
         self._store = store
         self._loop = loop
         self._destinations = {k.strip(): v for k, v in destinations.items()}
         self._timeout = timeout
+        # Set by the node once its mesh runs (the AE starts first); read per retrieve.
+        self.missing = missing
+        # How long one batch from the hook may take; the hook bounds its own work tighter.
+        self._recall_timeout = recall_timeout
 
-    def _call(self, coroutine_factory: Callable[[], Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine_factory(), self._loop).result(
-            self._timeout
-        )
+    def _call(self, coroutine_factory: Callable[[], Any], timeout: float | None = None) -> Any:
+        future = asyncio.run_coroutine_threadsafe(coroutine_factory(), self._loop)
+        try:
+            return future.result(self._timeout if timeout is None else timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # the coroutine stops too, instead of running on unseen
+            raise
 
     # -- C-FIND ----------------------------------------------------------------------
 
@@ -221,22 +280,80 @@ class QueryRetrieveService:
         self, event: Any, located: list[InstanceLocation], what: str
     ) -> Iterator[tuple[int, Dataset | None]]:
         LOG.info("%s from %s: %d instances", what, _calling(event), len(located))
-        missing = sum(1 for loc in located if not self._store.path_for(loc.sha256).exists())
-        if missing:
-            # Pruned under [backup] keep_local (or lost): each fails its sub-operation and
-            # the peer gets 0xB000; recovery brings them back from the partners.
-            LOG.warning("%s: %d of %d instances are not held on this node's disk and will fail",
-                        what, missing, len(located))  # fmt: skip
+        missing: list[InstanceLocation] = []
         for location in located:
             if event.is_cancelled:
                 yield CANCEL, None
                 return
             path = self._store.path_for(location.sha256)
-            yield PENDING, StoredInstance(path, location)
+            if path.exists():
+                yield PENDING, StoredInstance(path, location)
+            else:
+                missing.append(location)
+        if not missing:
+            return
+        hook = self.missing
+        LOG.info("%s: %d of %d instances are not on this node's disk; %s", what, len(missing),
+                 len(located), "asking the mesh" if hook else "they fail")  # fmt: skip
+        if hook is None:
+            # Pruned under [backup] keep_local (or lost), and no mesh to ask: each fails
+            # its sub-operation and the peer gets 0xB000.
+            for location in missing:
+                yield PENDING, StoredInstance(None, location, "not held on this node's disk")
+            return
+        yield from self._recalled(event, hook, missing, what)
+
+    def _recalled(
+        self, event: Any, hook: MissingInstances, missing: list[InstanceLocation], what: str
+    ) -> Iterator[tuple[int, Dataset | None]]:
+        """Send what the hook brings back, batch by batch; fail what it cannot."""
+        waiting: dict[bytes, list[InstanceLocation]] = {}
+        for location in missing:
+            waiting.setdefault(location.sha256, []).append(location)
+        batches = hook.recall(missing)
+        try:
+            while waiting:
+                try:
+                    batch: Recalled | None = self._call(
+                        lambda: _next_batch(batches), self._recall_timeout
+                    )
+                except Exception as exc:  # the hook's bug or timeout must not end the retrieve
+                    LOG.error("%s: bringing instances back failed: %s", what, _safe(exc))
+                    break
+                if batch is None:
+                    break
+                for sha256, path in batch.paths.items():
+                    for location in waiting.pop(sha256, []):
+                        if event.is_cancelled:
+                            yield CANCEL, None
+                            return
+                        yield PENDING, StoredInstance(path, location)
+                for sha256, reason in batch.failed.items():
+                    for location in waiting.pop(sha256, []):
+                        yield PENDING, StoredInstance(None, location, reason)
+            for locations in waiting.values():
+                for location in locations:
+                    yield PENDING, StoredInstance(None, location, "the mesh did not bring it back")
+        finally:
+            with contextlib.suppress(Exception):
+                self._call(lambda: _close(batches))
 
 
 class RetrieveRefused(MeshError):
     """A C-MOVE or C-GET identifier the catalog cannot resolve; the peer gets a failure."""
+
+
+class InstanceUnavailable(MeshError):
+    """An instance to send is neither on this disk nor brought back: its sub-operation fails."""
+
+
+# run_coroutine_threadsafe takes coroutines; anext() and aclose() give bare awaitables.
+async def _next_batch(batches: AsyncGenerator[Recalled, None]) -> Recalled | None:
+    return await anext(batches, None)
+
+
+async def _close(batches: AsyncGenerator[Recalled, None]) -> None:
+    await batches.aclose()
 
 
 def _calling(event: Any) -> str:

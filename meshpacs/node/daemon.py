@@ -27,6 +27,7 @@ from meshpacs.dicom.storage import InstanceStore
 from meshpacs.metadata.catalog import Catalog
 from meshpacs.node.config import NodeConfig
 from meshpacs.node.mesh import MeshNode
+from meshpacs.node.mesh_retrieve import retriever_for
 from meshpacs.node.site import load_site_secret
 
 __all__ = ["NodeStarted", "configure_logging", "run_node"]
@@ -112,10 +113,11 @@ async def run_node(
         LOG.info("site %s: node running, DICOM AE %s on port %d",
                  config.site.id, config.dicom.ae_title, port)  # fmt: skip
         if config.mesh.enabled:
-            mesh = MeshNode(
-                config, load_site_secret(config.key_file), catalog, store, dicom_port=port
-            )
+            secret = load_site_secret(config.key_file)
+            mesh = MeshNode(config, secret, catalog, store, dicom_port=port)
             await mesh.start()
+            # C-MOVE/C-GET of instances pruned from this disk now gather them from the mesh.
+            qr.missing = retriever_for(mesh, secret, catalog, store)
             # The backup service marks studies stable itself, pass by pass.
             background = loop.create_task(mesh.run(stop))
         else:

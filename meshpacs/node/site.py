@@ -73,12 +73,14 @@ def create_site(
     ae_title: str,
     dicom_port: int = 11112,
     settings: Mapping[tuple[str, str], Setting] | None = None,
+    secret: SiteSecret | None = None,
 ) -> CreatedSite:
     """Set up a new site in ``directory``, which must not exist or be empty.
 
     Writes ``config.toml`` (the documented sample, with ``data_dir = "."``), creates
     ``instances/``, ``fragments/`` and ``tmp/``, and writes a fresh site secret to
-    ``site.key`` (mode 0600, created exclusively, fsynced with its directory). Everything is
+    ``site.key`` (mode 0600, created exclusively, fsynced with its directory); or ``secret``,
+    the one a recovery phrase gives back, for a site rebuilt on a new machine. Everything is
     checked before anything is written; if writing fails half-way, what was created is
     removed again. ``config.toml`` is written last, so a directory holding one is complete.
     """
@@ -88,7 +90,7 @@ def create_site(
     config = parse_config(text, directory, str(config_path))
     require_new_or_empty(directory, _NEW_DIRECTORY)
 
-    secret = SiteSecret.generate()
+    secret = secret if secret is not None else SiteSecret.generate()
     created: list[Path] = []
     try:
         if not directory.exists():

@@ -9,5 +9,6 @@
 * :mod:`~meshpacs.recovery.journal`: what the target acknowledged, so a re-run resumes.
 * :mod:`~meshpacs.recovery.deliver`: C-STORE into the rebuilt PACS, or files and a manifest.
 * :mod:`~meshpacs.recovery.report`: what came back and what could not, and why.
+* :mod:`~meshpacs.recovery.progress`: the running figures (rate, ETA) for the operator.
 * :mod:`~meshpacs.recovery.service` and :mod:`~meshpacs.recovery.command`: the run itself.
 """

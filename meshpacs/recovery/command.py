@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from meshpacs.dicom.scu import Target
 from meshpacs.errors import MeshError
@@ -31,6 +32,7 @@ from meshpacs.recovery.gather import pool_fetch
 from meshpacs.recovery.journal import RecoveryJournal
 from meshpacs.recovery.model import PlannedBundle, PlannedStudy
 from meshpacs.recovery.plan import PlanFilter, select_studies
+from meshpacs.recovery.progress import ProgressDisplay
 from meshpacs.recovery.report import RecoveryReport
 from meshpacs.recovery.service import RecoveryRun, RunSettings
 from meshpacs.recovery.session import (
@@ -89,9 +91,15 @@ async def _find_holders(session: MeshSession, fragment_id: str) -> list[str]:
 
 
 async def run_recovery(
-    request: RecoverRequest, say: Callable[[str], None] = lambda _: None
+    request: RecoverRequest,
+    say: Callable[[str], None] = lambda _: None,
+    progress: TextIO | None = None,
 ) -> RecoveryReport:
-    """Recover the planned studies into the target; the report says what came back."""
+    """Recover the planned studies into the target; the report says what came back.
+
+    ``progress`` (the operator's standard error) gets the running figures: a line redrawn
+    in place on a terminal, a plain line every few seconds otherwise.
+    """
     async with open_session(request.secret, request.credentials, request.workdir) as session:
         studies = await _plan(session, request, say)
         if request.to_ae is not None:
@@ -117,10 +125,19 @@ async def run_recovery(
                 settings=request.settings,
                 say=say,
             )
-            report = await run.run()
+            report = await _run_showing(run, progress)
             if isinstance(deliverer, DirDeliverer):
                 await deliverer.finish()
             return report
+
+
+async def _run_showing(run: RecoveryRun, stream: TextIO | None) -> RecoveryReport:
+    if stream is None:
+        return await run.run()
+    started = time.monotonic()
+    display = ProgressDisplay(lambda: run.tally.report(time.monotonic() - started), stream)
+    async with display.running():
+        return await run.run()
 
 
 async def _reachable(session: MeshSession, bundle: PlannedBundle) -> int:

@@ -16,26 +16,40 @@ acknowledged reach the journal, then raises ``CancelledError``.
 Nothing that fails a check leaves this module: before an instance goes out, its file must
 have exactly the size and SHA-256 the sealed catalog recorded; otherwise it is refused
 (:attr:`OutcomeKind.REFUSED`) and reported, never sent. An instance the journal says this
-target already acknowledged is skipped (:attr:`OutcomeKind.ALREADY_DELIVERED`).
+target already acknowledged is skipped (:attr:`OutcomeKind.ALREADY_DELIVERED`), and so is
+one an interrupted run left in flight that the target is found to hold (below).
 
 :class:`AeDeliverer` sends through :func:`meshpacs.dicom.scu.send_instances` (byte for byte,
 several parallel associations), in chunks so an interruption is honoured quickly. Each
-acknowledgement (success or warning status) goes to the journal from a thread of its own
-that commits whatever has accumulated in one transaction (group commit): the senders never
-wait for an fsync, and a hard crash (power, SIGKILL) can forget at most the acknowledgements
-of the last commit in progress; those few instances are sent again on resume, and a PACS
-takes a repeated SOP Instance UID as the same object.
+chunk is recorded **in flight** in the journal (one commit) before its first instance goes
+out. Each acknowledgement (success or warning status) goes to the journal from a thread of
+its own that commits whatever has accumulated in one transaction (group commit): the
+senders never wait for an fsync. A hard crash (power, SIGKILL) can therefore forget the
+acknowledgements of the last commit in progress, but not that those instances were in
+flight. The next run asks the PACS about every instance left in flight, by C-FIND
+(:mod:`meshpacs.dicom.find_scu`): one it holds is journaled as delivered and not sent
+again; one it answered it lacks is sent. When the PACS cannot be asked (it rejects the
+association, accepts no Study Root C-FIND, fails or stays silent), the instances it gave no
+answer about are sent again, and a warning says how many may so reach it twice (Orthanc,
+for one, answers C-FIND only from the AEs in its ``DicomModalities``, or from any when
+``DicomAlwaysAllowFind`` is true; it aborts the others). An instance the PACS refused with
+a failure status has its in-flight row cleared; one without an answer (an association lost
+under it) keeps it, because the PACS may hold it.
 
 :class:`DirDeliverer` writes ``ROOT/study-000001/<sha256 hex>.dcm`` (``ROOT/unsorted/`` for
 instances that were never parsed into a study). Study folders are numbered by the journal,
 so a study keeps its folder across runs, and no DICOM value ever becomes a path. Each file
 is copied to a temporary name while being hashed, fsynced, checked, renamed into place, and
-its folder fsynced before the journal records it. Each study folder has a
-``manifest.json``, rewritten atomically as the study's files arrive (its cost stays bounded
-by the study's size), listing for every file: its path under ROOT, SOP Instance UID, SOP
-class, transfer syntax, size, SHA-256 and study UID; :meth:`DirDeliverer.finish` rewrites
-all of them from the journal and ``ROOT/manifest.json``, the index of study folders. Files
-and folders are private to their owner: they hold patients' images.
+its folder fsynced before the journal records it. Each group of ``flush_every`` files is
+recorded in flight (one commit) before the first of them is written; after a crash, an
+instance left in flight whose final file is there with exactly the expected size and
+SHA-256 (read back in full) is journaled as delivered without being written again, and
+any other is written. Each study folder has a ``manifest.json``, rewritten atomically as the
+study's files arrive (its cost stays bounded by the study's size), listing for every file:
+its path under ROOT, SOP Instance UID, SOP class, transfer syntax, size, SHA-256 and study
+UID; :meth:`DirDeliverer.finish` rewrites all of them from the journal and
+``ROOT/manifest.json``, the index of study folders. Files and folders are private to their
+owner: they hold patients' images.
 
 Log lines name counts, SOP classes and reasons, never a UID (the outcomes returned do
 carry the items, for the operator's report).
@@ -63,6 +77,7 @@ from typing import Any, Protocol
 
 from pydicom.uid import UID
 
+from meshpacs.dicom.find_scu import MAX_UIDS, HeldInstances, find_held_instances
 from meshpacs.dicom.scu import Delivery, Outgoing, Target, send_instances
 from meshpacs.durable import fsync_dir, write_all, write_atomic
 from meshpacs.recovery.journal import MAX_BATCH, JournalEntry, RecoveryJournal
@@ -161,22 +176,26 @@ def dir_identity(root: Path) -> str:
 def check_restored(item: Restored) -> str:
     """Why ``item``'s file may not go out ("" when it may): it must be a regular file with
     exactly the size and SHA-256 the catalog recorded."""
-    expected = item.instance
+    return _check_file(item.path, item.instance, "the restored file")
+
+
+def _check_file(path: Path, expected: PlannedInstance, what: str) -> str:
+    """Why ``path`` is not exactly ``expected``'s bytes ("" when it is); read in full."""
     try:
-        with item.path.open("rb") as stream:
+        with path.open("rb") as stream:
             info = os.fstat(stream.fileno())
-            shape = _shape_mismatch(info, expected.size)
+            shape = _shape_mismatch(info, expected.size, what)
             if shape:
                 return shape
             digest = hashlib.sha256()
             while chunk := stream.read(_CHUNK):
                 digest.update(chunk)
     except FileNotFoundError:
-        return "the restored file is missing"
+        return f"{what} is missing"
     except OSError as exc:
-        return f"the restored file cannot be read ({exc.strerror or type(exc).__name__})"
+        return f"{what} cannot be read ({exc.strerror or type(exc).__name__})"
     if digest.digest() != expected.sha256:
-        return "the restored file's SHA-256 does not match the catalog's"
+        return f"{what}'s SHA-256 does not match the catalog's"
     return ""
 
 
@@ -186,8 +205,9 @@ def check_restored(item: Restored) -> str:
 class AeDeliverer:
     """C-STORE into ``target`` over ``associations`` parallel associations.
 
-    ``chunk_instances`` instances go per :func:`send_instances` call: the most an
-    interruption waits for. ``max_retries`` and ``retry_delay`` are the sender's.
+    ``chunk_instances`` instances go per :func:`send_instances` call (and per in-flight
+    commit): the most an interruption waits for. ``max_retries`` and ``retry_delay`` are the
+    sender's; ``find_timeout`` bounds each wait of the C-FIND about instances left in flight.
     """
 
     def __init__(
@@ -200,6 +220,7 @@ class AeDeliverer:
         max_retries: int = 2,
         retry_delay: float = 1.0,
         dimse_timeout: float = 60.0,
+        find_timeout: float = 20.0,
     ) -> None:
         if isinstance(associations, bool) or not isinstance(associations, int) or associations < 1:
             raise ValueError("associations must be a positive integer")
@@ -216,6 +237,8 @@ class AeDeliverer:
             "retry_delay": retry_delay,
             "dimse_timeout": dimse_timeout,
         }
+        self.find_timeout = find_timeout
+        self._cannot_ask = ""  # why the PACS could not answer C-FIND: not asked again
 
     @property
     def identity(self) -> str:
@@ -230,7 +253,7 @@ class AeDeliverer:
         self, batch: list[Restored], stop: threading.Event, progress: Progress | None
     ) -> list[DeliveryOutcome]:
         run = _Run(batch, self.journal, progress)
-        left = run.triage()
+        left = self._settle_in_flight(run, run.triage())
         with _GroupCommit(self.journal) as commits:
             for start in range(0, len(left), self.chunk_instances):
                 if stop.is_set() or commits.failed:
@@ -243,6 +266,8 @@ class AeDeliverer:
     def _send_chunk(self, run: _Run, indices: list[int], commits: _GroupCommit) -> None:
         if not indices:
             return
+        # On disk before the first byte goes out: after any crash, these are asked about.
+        self.journal.record_in_flight([_entry(run.batch[i]) for i in indices])
         outgoing = [_outgoing(run.batch[i]) for i in indices]
         where = {id(o): i for o, i in zip(outgoing, indices, strict=True)}
 
@@ -251,6 +276,8 @@ class AeDeliverer:
             outcome = _from_delivery(run.batch[index], delivery)
             if outcome.ok:
                 commits.add(_entry(run.batch[index]))
+            elif delivery.status is not None:  # the PACS answered that it did not take it
+                commits.add(run.batch[index].instance.sha256)
             run.settle(index, outcome)
 
         results = send_instances(
@@ -264,6 +291,52 @@ class AeDeliverer:
             index = where[id(delivery.item)]
             if run.outcomes[index] is None:
                 acknowledged(delivery)
+
+    def _settle_in_flight(self, run: _Run, left: list[int]) -> list[int]:
+        """Ask the PACS about the instances of ``left`` an interrupted run left in flight;
+        settle those it holds; the indices still to send."""
+        in_flight = self.journal.in_flight_among(run.batch[i].instance.sha256 for i in left)
+        asking = [i for i in left if run.batch[i].instance.sha256 in in_flight]
+        held: set[int] = set()
+        for start in range(0, len(asking), MAX_UIDS):
+            held.update(self._ask_and_settle(run, asking[start : start + MAX_UIDS]))
+        return [i for i in left if i not in held]
+
+    def _ask_and_settle(self, run: _Run, asking: list[int]) -> list[int]:
+        wanted: dict[str, list[str]] = {}
+        for i in asking:
+            wanted.setdefault(run.batch[i].study_uid, []).append(
+                run.batch[i].instance.sop_instance_uid
+            )
+        answer = self._ask(wanted)
+        held = [i for i in asking if run.batch[i].instance.sop_instance_uid in answer.held]
+        for start in range(0, len(held), MAX_BATCH):
+            self.journal.record_delivered(
+                [_entry(run.batch[i]) for i in held[start : start + MAX_BATCH]]
+            )
+        for i in held:
+            detail = "an interrupted run sent it; the target holds it (C-FIND)"
+            run.settle(i, DeliveryOutcome(run.batch[i], OutcomeKind.ALREADY_DELIVERED, detail))
+        unknown = len(answer.unknown([u for uids in wanted.values() for u in uids]))
+        LOG.info("%d instance(s) left in flight by an interrupted run: %d held by the target, "
+                 "%d to send", len(asking), len(held), len(asking) - len(held))  # fmt: skip
+        if unknown:
+            LOG.warning(
+                "cannot ask %s whether it holds %d instance(s) an interrupted run left in "
+                "flight (%s): they are sent again, so up to %d instance(s) may be delivered "
+                "twice (allow C-FIND from %s on the target to avoid this)",
+                self.target.ae_title, unknown, answer.detail or "no answer", unknown,
+                self.target.calling_ae_title,
+            )  # fmt: skip
+        return held
+
+    def _ask(self, wanted: dict[str, list[str]]) -> HeldInstances:
+        if self._cannot_ask:
+            return HeldInstances(detail=self._cannot_ask)
+        answer = find_held_instances(self.target, wanted, timeout=self.find_timeout)
+        if answer.detail and not (answer.held or answer.absent or answer.unreachable):
+            self._cannot_ask = answer.detail  # it would not answer the next batch either
+        return answer
 
 
 def _outgoing(item: Restored) -> Outgoing:
@@ -279,18 +352,20 @@ def _from_delivery(item: Restored, delivery: Delivery) -> DeliveryOutcome:
 class _GroupCommit:
     """Acknowledgements into the journal from a thread of their own, many per transaction.
 
-    The C-STORE threads only enqueue; each commit takes everything that arrived during the
-    previous one. :meth:`close` commits the rest and raises the first journal error.
+    The C-STORE threads only enqueue: an entry for an acknowledged instance, a digest for
+    one the PACS refused (its in-flight row is cleared). Each commit takes everything that
+    arrived during the previous one. :meth:`close` commits the rest and raises the first
+    journal error.
     """
 
     def __init__(self, journal: RecoveryJournal) -> None:
         self._journal = journal
-        self._queue: queue.SimpleQueue[JournalEntry | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[JournalEntry | bytes | None] = queue.SimpleQueue()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="meshpacs-journal", daemon=True)
         self._thread.start()
 
-    def add(self, entry: JournalEntry) -> None:
+    def add(self, entry: JournalEntry | bytes) -> None:
         self._queue.put(entry)
 
     @property
@@ -321,12 +396,15 @@ class _GroupCommit:
                 while True:
                     waiting.append(self._queue.get_nowait())
             closing = None in waiting
-            entries = [e for e in waiting if e is not None]
+            entries = [e for e in waiting if isinstance(e, JournalEntry)]
+            refused = [e for e in waiting if isinstance(e, bytes)]
             if self._error is not None:
                 continue
             try:
                 for start in range(0, len(entries), MAX_BATCH):
                     self._journal.record_delivered(entries[start : start + MAX_BATCH])
+                for start in range(0, len(refused), MAX_BATCH):
+                    self._journal.clear_in_flight(refused[start : start + MAX_BATCH])
             except BaseException as exc:  # the delivery reports it when it closes us
                 self._error = exc
                 LOG.error("the recovery journal could not record acknowledgements: %s", exc)
@@ -380,15 +458,40 @@ class DirDeliverer:
         self, batch: list[Restored], stop: threading.Event, progress: Progress | None
     ) -> list[DeliveryOutcome]:
         run = _Run(batch, self.journal, progress)
+        left = self._settle_in_flight(run, run.triage())
         written = _Written()
-        for index in run.triage():
+        for start in range(0, len(left), self.flush_every):
             if stop.is_set():
                 break
-            self._write_one(run, index, written)
-            if len(written.entries) >= self.flush_every:
-                self._flush(run, written)
-        self._flush(run, written)
+            group = left[start : start + self.flush_every]
+            self.journal.record_in_flight([_entry(run.batch[i]) for i in group])
+            for index in group:
+                if stop.is_set():
+                    break
+                self._write_one(run, index, written)
+            self._flush(run, written)
         return run.finish()
+
+    def _settle_in_flight(self, run: _Run, left: list[int]) -> list[int]:
+        """Settle the instances an interrupted run left in flight whose final file is in
+        place with the right bytes; the indices still to write."""
+        in_flight = self.journal.in_flight_among(run.batch[i].instance.sha256 for i in left)
+        held = _Written()
+        for index in left:
+            item = run.batch[index]
+            if item.instance.sha256 not in in_flight:
+                continue
+            folder_name = self._folder(item.study_uid)
+            name = f"{folder_name}/{item.instance.sha256.hex()}.dcm"
+            if not _check_file(self.root / name, item.instance, "the file"):
+                held.add(index, _entry(item, name), self.root / folder_name, item.study_uid)
+        if in_flight:
+            LOG.info("%d instance(s) left in flight by an interrupted run: %d in place, "
+                     "%d to write", len(in_flight), len(held.entries),
+                     len(in_flight) - len(held.entries))  # fmt: skip
+        done = {index for index, _ in held.entries}
+        self._flush(run, held, "an interrupted run wrote it; the file is in place")
+        return [i for i in left if i not in done]
 
     def _write_one(self, run: _Run, index: int, written: _Written) -> None:
         item = run.batch[index]
@@ -407,15 +510,22 @@ class DirDeliverer:
         name = f"{folder_name}/{item.instance.sha256.hex()}.dcm"
         written.add(index, _entry(item, name), folder, item.study_uid)
 
-    def _flush(self, run: _Run, written: _Written) -> None:
-        """Folders fsynced, then the journal, then the outcomes and the manifests."""
+    def _flush(self, run: _Run, written: _Written, earlier: str = "") -> None:
+        """Folders fsynced, then the journal, then the outcomes and the manifests.
+
+        ``earlier``: the files were written by an interrupted run (why they are held).
+        """
         if not written.entries:
             return
         for folder in written.folders:
             fsync_dir(folder)
-        self.journal.record_delivered([entry for _, entry in written.entries])
+        for start in range(0, len(written.entries), MAX_BATCH):
+            self.journal.record_delivered(
+                [entry for _, entry in written.entries[start : start + MAX_BATCH]]
+            )
+        kind = OutcomeKind.ALREADY_DELIVERED if earlier else OutcomeKind.DELIVERED
         for index, _ in written.entries:
-            run.settle(index, DeliveryOutcome(run.batch[index], OutcomeKind.DELIVERED, "written"))
+            run.settle(index, DeliveryOutcome(run.batch[index], kind, earlier or "written"))
         for study_uid in written.studies:
             self._write_manifest(study_uid)
         written.clear()
@@ -674,11 +784,11 @@ def _entry(item: Restored, name: str = "") -> JournalEntry:
     return JournalEntry.of(item.instance, item.study_uid, name)
 
 
-def _shape_mismatch(info: os.stat_result, size: int) -> str:
+def _shape_mismatch(info: os.stat_result, size: int, what: str = "the restored file") -> str:
     if not stat.S_ISREG(info.st_mode):
-        return "the restored file is not a regular file"
+        return f"{what} is not a regular file"
     if info.st_size != size:
-        return f"the restored file has {info.st_size} bytes, the catalog says {size}"
+        return f"{what} has {info.st_size} bytes, the catalog says {size}"
     return ""
 
 

@@ -13,13 +13,25 @@ the PACS answered its C-STORE with a success or warning status, or its file and 
 entry in the target directory are fsynced. It is keyed by the SHA-256 of its bytes, so a
 different version of an instance (other bytes, same SOP Instance UID) is not taken for it.
 
-Tables (``PRAGMA user_version`` is the schema version; a newer one is refused)::
+Before an instance goes out it is recorded **in flight** for its target (a whole batch in
+one commit, before the first of it is sent); the acknowledgement that records it delivered
+removes that row in the same transaction, and an instance the target plainly refused has
+its row cleared. So after a crash, however hard, an instance is either delivered, or in
+flight (sent or about to be: only the target knows whether it holds it, and the deliverer
+asks it before sending again), or neither (never sent: send it)::
+
+    record_in_flight(batch)   commit   ─► send ─► ack ─► record_delivered   commit (row moves)
+                                                  └─► refused ─► clear_in_flight
+
+Tables (``PRAGMA user_version`` is the schema version; a newer one is refused, an older one
+migrated in one transaction, so a journal an older meshpacs left half way still resumes)::
 
     targets    id, identity, created_at
     delivered  target, sha256 (32 bytes), sop_instance_uid, sop_class_uid,
                transfer_syntax_uid, size, study_uid, name, delivered_at
     studies    target, study_uid, number       stable per-target study numbers
     complete   target, kind ('bundle'|'study'), key, completed_at
+    in_flight  target, sha256, sop_instance_uid, study_uid, sent_at      (since schema 2)
 
 The journal holds DICOM UIDs (study, SOP instance) and, for a directory target, the names
 of the files written: it lives on the recovering site's own machine and must be treated as
@@ -62,7 +74,7 @@ __all__ = [
     "RecoveryJournal",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_IDENTITY = 1024
 MAX_UID = 64  # DICOM's UI value representation
 MAX_NAME = 255
@@ -72,6 +84,7 @@ MAX_JOURNAL_BYTES = 16 << 30
 
 _PAGE_SIZE = 4096
 _LOOKUP_CHUNK = 500  # under SQLite's 999 bound parameters, on every build
+_FIRST_TABLES = {"targets", "delivered", "studies", "complete"}  # schema 1
 _T = TypeVar("_T")
 
 _SCHEMA = f"""
@@ -107,8 +120,22 @@ CREATE TABLE complete (
     completed_at REAL NOT NULL,
     PRIMARY KEY (target, kind, key)
 ) WITHOUT ROWID;
-PRAGMA user_version = {SCHEMA_VERSION};
 """
+
+# Each step takes a journal from the version before it to its own, in the opening
+# transaction: a journal an interrupted older run left behind resumes after an upgrade.
+_MIGRATIONS = {
+    2: f"""
+CREATE TABLE in_flight (
+    target INTEGER NOT NULL REFERENCES targets (id),
+    sha256 BLOB NOT NULL CHECK (length(sha256) = 32),
+    sop_instance_uid TEXT NOT NULL CHECK (length(sop_instance_uid) BETWEEN 1 AND {MAX_UID}),
+    study_uid TEXT NOT NULL CHECK (length(study_uid) <= {MAX_UID}),
+    sent_at REAL NOT NULL,
+    PRIMARY KEY (target, sha256)
+) WITHOUT ROWID;
+""",
+}
 
 
 @dataclass(frozen=True)
@@ -236,22 +263,15 @@ class RecoveryJournal:
 
     def delivered_among(self, digests: Iterable[bytes]) -> set[bytes]:
         """The digests in ``digests`` this target acknowledged."""
-        wanted = list(dict.fromkeys(bytes(d) for d in digests))
-        found: set[bytes] = set()
-        for start in range(0, len(wanted), _LOOKUP_CHUNK):
-            chunk = wanted[start : start + _LOOKUP_CHUNK]
-            found.update(self._read(functools.partial(self._select_held, digests=chunk)))
-        return found
+        return self._select_among("delivered", digests)
 
     def record_delivered(self, entries: Sequence[JournalEntry]) -> None:
-        """Record acknowledged instances, all in one transaction (one fsync).
+        """Record acknowledged instances, all in one transaction (one fsync); their
+        in-flight rows go in the same transaction.
 
         An instance already recorded keeps its first record.
         """
-        if len(entries) > MAX_BATCH:
-            raise LimitExceeded(f"a journal batch of {len(entries)} rows (at most {MAX_BATCH})")
-        for entry in entries:
-            entry.check()
+        _check_batch(entries)
         if not entries:
             return
         now = time.time()
@@ -260,14 +280,63 @@ class RecoveryJournal:
              e.transfer_syntax_uid, e.size, e.study_uid, e.name, now)
             for e in entries
         ]  # fmt: skip
-        self._write(
-            lambda db: db.executemany(
+        landed = [(self._target_id, e.sha256) for e in entries]
+
+        def record(db: sqlite3.Connection) -> None:
+            db.executemany(
                 "INSERT OR IGNORE INTO delivered (target, sha256, sop_instance_uid, "
                 "sop_class_uid, transfer_syntax_uid, size, study_uid, name, delivered_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
+            db.executemany("DELETE FROM in_flight WHERE target = ? AND sha256 = ?", landed)
+
+        self._write(record)
+
+    # -- in flight -------------------------------------------------------------------------
+
+    def record_in_flight(self, entries: Sequence[JournalEntry]) -> None:
+        """Record that these instances are about to be sent, in one transaction: call it
+        before the first of them goes out. A row already there keeps its first time."""
+        _check_batch(entries)
+        if not entries:
+            return
+        now = time.time()
+        rows = [(self._target_id, e.sha256, e.sop_instance_uid, e.study_uid, now) for e in entries]
+        self._write(
+            lambda db: db.executemany(
+                "INSERT OR IGNORE INTO in_flight (target, sha256, sop_instance_uid, study_uid, "
+                "sent_at) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
         )
+
+    def clear_in_flight(self, digests: Iterable[bytes]) -> None:
+        """Forget in-flight rows of instances known not to be held: the target refused
+        them, or they were never sent. One transaction."""
+        rows = [(self._target_id, bytes(d)) for d in dict.fromkeys(digests)]
+        if len(rows) > MAX_BATCH:
+            raise LimitExceeded(f"a journal batch of {len(rows)} rows (at most {MAX_BATCH})")
+        if rows:
+            self._write(
+                lambda db: db.executemany(
+                    "DELETE FROM in_flight WHERE target = ? AND sha256 = ?", rows
+                )
+            )
+
+    def in_flight_among(self, digests: Iterable[bytes]) -> set[bytes]:
+        """The digests in ``digests`` left in flight: sent, or about to be, by a run that
+        did not learn (or record) whether the target took them."""
+        return self._select_among("in_flight", digests)
+
+    def in_flight_count(self) -> int:
+        """How many instances are in flight for this target."""
+        (count,) = self._read(
+            lambda db: db.execute(
+                "SELECT count(*) FROM in_flight WHERE target = ?", (self._target_id,)
+            ).fetchone()
+        )
+        return int(count)
 
     def entries_of_study(self, study_uid: str) -> list[JournalEntry]:
         """Every instance of ``study_uid`` ("" for unparsed ones) this target holds, in the
@@ -391,10 +460,19 @@ class RecoveryJournal:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _select_held(self, db: sqlite3.Connection, digests: list[bytes]) -> set[bytes]:
+    def _select_among(self, table: str, digests: Iterable[bytes]) -> set[bytes]:
+        wanted = list(dict.fromkeys(bytes(d) for d in digests))
+        found: set[bytes] = set()
+        for start in range(0, len(wanted), _LOOKUP_CHUNK):
+            chunk = wanted[start : start + _LOOKUP_CHUNK]
+            found.update(self._read(functools.partial(self._select, table=table, digests=chunk)))
+        return found
+
+    def _select(self, db: sqlite3.Connection, table: str, digests: list[bytes]) -> set[bytes]:
+        assert table in ("delivered", "in_flight")  # never a caller's string in the SQL
         marks = ",".join("?" * len(digests))
         rows = db.execute(
-            f"SELECT sha256 FROM delivered WHERE target = ? AND sha256 IN ({marks})",
+            f"SELECT sha256 FROM {table} WHERE target = ? AND sha256 IN ({marks})",
             (self._target_id, *digests),
         ).fetchall()
         return {bytes(r[0]) for r in rows}
@@ -432,6 +510,14 @@ class RecoveryJournal:
     def _check_open(self) -> None:
         if self._closed:
             raise ValueError("the recovery journal is closed")
+
+
+def _check_batch(entries: Sequence[JournalEntry]) -> None:
+    """Refuse a batch over its bound, or with a value over its bound, before writing."""
+    if len(entries) > MAX_BATCH:
+        raise LimitExceeded(f"a journal batch of {len(entries)} rows (at most {MAX_BATCH})")
+    for entry in entries:
+        entry.check()
 
 
 def _check_identity(target: str) -> None:
@@ -500,16 +586,23 @@ def _migrate(db: sqlite3.Connection, path: Path) -> None:
             f"the recovery journal {path} was written by a newer meshpacs (schema {version}, "
             f"this one knows {SCHEMA_VERSION}); resume with that version"
         )
-    tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-    if version != 0 or tables:
+    tables = {str(r[0]) for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if (version, tables) == (0, set()):
+        scripts = [_SCHEMA]
+    elif version >= 1 and tables >= _FIRST_TABLES:
+        scripts = []
+    else:
         raise ConfigError(f"{path} is not a meshpacs recovery journal")
+    scripts += [_MIGRATIONS[step] for step in range(max(version, 1) + 1, SCHEMA_VERSION + 1)]
 
-    def create(conn: sqlite3.Connection) -> None:
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
+    def upgrade(conn: sqlite3.Connection) -> None:
+        for script in scripts:
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
-    _in_transaction(db, create)
+    _in_transaction(db, upgrade)
 
 
 def _target_id(db: sqlite3.Connection, path: Path, target: str) -> int:

@@ -39,6 +39,7 @@ __all__ = [
     "MAX_LISTED",
     "REPORT_VERSION",
     "FailedInstance",
+    "format_size",
     "RecoveryReport",
     "ReportTally",
     "UnrecoverableBundle",
@@ -148,9 +149,10 @@ class RecoveryReport:
             f"  studies    {self.studies_delivered} of {self.studies_planned} delivered",
             f"  instances  {self.instances_delivered} of {self.instances_planned} delivered"
             + (f" ({self.instances_resumed} by an earlier run)" if self.instances_resumed else ""),
-            f"  bytes      {_size(self.bytes_delivered)} of {_size(self.bytes_planned)}; "
-            f"{_size(self.bytes_this_run)} in this run, {self.seconds:.1f} s"
-            + (f", {_size(int(rate))}/s" if rate else ""),
+            f"  bytes      {format_size(self.bytes_delivered)}"
+            f" of {format_size(self.bytes_planned)}; "
+            f"{format_size(self.bytes_this_run)} in this run, {self.seconds:.1f} s"
+            + (f", {format_size(int(rate))}/s" if rate else ""),
         ]
         if self.unrecoverable:
             lost = sum(u.instances for u in self.unrecoverable)
@@ -263,7 +265,8 @@ def _whole(study: PlannedStudy, held: set[bytes]) -> bool:
     return all(i.sha256 in held for b in study.bundles for i in b.instances)
 
 
-def _size(count: int) -> str:
+def format_size(count: int) -> str:
+    """Bytes for an operator: 1000-based units, as disks and networks are sold."""
     value = float(count)
     for unit in ("B", "KB", "MB", "GB"):
         if value < 1000:

@@ -100,6 +100,7 @@ from meshpacs.dicom.scu import Outgoing, Target, send_instances
 from meshpacs.metadata import ledger
 from meshpacs.node.config import load_config
 from meshpacs.store.records import owner_directory
+from meshpacs.testbed.drill import recover_argv as drill_recover_argv
 from meshpacs.testbed.layout import TestbedPlan, TestbedSite, create_testbed
 from meshpacs.testbed.processes import is_our_process, start_nodes, stop_nodes
 from meshpacs.testing.orthanc import (
@@ -472,20 +473,9 @@ def finish_step(
 
 def recover_argv(bench: Bench, workdir: Path, target: OrthancProcess, report: Path) -> list[str]:
     """``meshpacs recover`` as the drill runs it, from the site's ``recover_args``."""
-    owner = bench.owner
-    argv = [sys.executable, "-m", "meshpacs", "recover"]
-    for name, value in owner.recover_args.items():
-        values = value if isinstance(value, list) else [value]
-        if name == "workdir":
-            values = [workdir]
-        for item in values:
-            argv += [f"--{name}", str(item)]
-    argv += ["--phrase-file", owner.phrase_file]
-    argv += ["--to-ae", f"{TARGET_AET}@127.0.0.1:{target.dicom_port}"]
-    argv += ["--associations", str(bench.args.associations), "--json", str(report)]
-    for peer in owner.trusted:
-        argv += ["--peer", peer]
-    return argv
+    to_ae = f"{TARGET_AET}@127.0.0.1:{target.dicom_port}"
+    argv = drill_recover_argv(bench.owner, workdir, to_ae, bench.owner.trusted)
+    return [*argv, "--associations", str(bench.args.associations), "--json", str(report)]
 
 
 class Lines(threading.Thread):

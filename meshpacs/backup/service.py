@@ -473,9 +473,7 @@ class BackupService:
         )
 
 
-async def _finish_uploads(
-    uploads: list[asyncio.Task[None]], channels: list[ShareChannel]
-) -> None:
+async def _finish_uploads(uploads: list[asyncio.Task[None]], channels: list[ShareChannel]) -> None:
     """Wait for the streamed uploads; cancel those whose share was detached.
 
     A detached share's partner stopped taking bytes: its upload may be stuck in a write

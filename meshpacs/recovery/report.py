@@ -39,10 +39,10 @@ __all__ = [
     "MAX_LISTED",
     "REPORT_VERSION",
     "FailedInstance",
-    "format_size",
     "RecoveryReport",
     "ReportTally",
     "UnrecoverableBundle",
+    "format_size",
 ]
 
 REPORT_VERSION = 1

@@ -107,6 +107,7 @@ __all__ = [
     "pick_sample_files",
     "pydicom_test_files",
     "read_notes",
+    "recover_argv",
     "run_drill",
 ]
 
@@ -611,6 +612,22 @@ class _Recovery:
     log: Path
 
 
+def recover_argv(owner: TestbedSite, workdir: Path, to_ae: str, peers: Sequence[str]) -> list[str]:
+    """``meshpacs recover`` for ``owner`` as its operator runs it: its ``recover_args``
+    (``--workdir`` replaced by ``workdir``), its phrase file, the target and the peers."""
+    argv = [sys.executable, "-m", "meshpacs", "recover"]
+    for name, value in owner.recover_args.items():
+        values = value if isinstance(value, list) else [value]
+        if name == "workdir":
+            values = [workdir]
+        for item in values:
+            argv += [f"--{name}", str(item)]
+    argv += ["--phrase-file", owner.phrase_file, "--to-ae", to_ae]
+    for peer in peers:
+        argv += ["--peer", peer]
+    return argv
+
+
 def _recover(
     owner: TestbedSite,
     workdir: Path,
@@ -623,17 +640,8 @@ def _recover(
     """Run ``meshpacs recover`` for ``owner`` into its Orthanc, journal in ``workdir``;
     its report in ``output``.json and what it printed in ``output``.log."""
     assert owner.orthanc is not None
-    argv = [sys.executable, "-m", "meshpacs", "recover"]
-    for name, value in owner.recover_args.items():
-        values = value if isinstance(value, list) else [value]
-        if name == "workdir":
-            values = [workdir]
-        for item in values:
-            argv += [f"--{name}", str(item)]
-    argv += ["--phrase-file", owner.phrase_file]
-    argv += ["--to-ae", f"{owner.orthanc['ae_title']}@{owner.host}:{owner.orthanc['dicom_port']}"]
-    for peer in peers:
-        argv += ["--peer", peer]
+    to_ae = f"{owner.orthanc['ae_title']}@{owner.host}:{owner.orthanc['dicom_port']}"
+    argv = recover_argv(owner, workdir, to_ae, peers)
     report_file = output.with_suffix(".json")
     argv += ["--dry-run"] if dry else ["--json", str(report_file)]
     report_file.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ RANK = {
     "testing": 1,  # generates DICOM with pydicom; imports nothing of meshpacs
     "federation": 2,  # CA, node certificates, CRL, TLS contexts
     "erasure": 3,
+    "audit": 3,  # proof-of-storage challenges: sans-I/O, beside the fragment format
     "dht": 3,
     "store": 4,
     "transport": 5,

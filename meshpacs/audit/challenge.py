@@ -51,6 +51,8 @@ import blake3
 from meshpacs.errors import FormatError, LimitExceeded, UnknownVersion
 
 __all__ = [
+    "AUDIT_REQUEST_SIZE",
+    "AUDIT_RESPONSE_SIZE",
     "MAX_CHALLENGES",
     "MAX_RANGE",
     "NONCE_SIZE",
@@ -80,6 +82,8 @@ MAX_CHALLENGES = 1024
 _LABEL = b"meshpacs/v1/audit"
 _REQUEST = struct.Struct(">B32sQI")
 _RESPONSE = struct.Struct(">B32s")
+AUDIT_REQUEST_SIZE = _REQUEST.size  # 45
+AUDIT_RESPONSE_SIZE = _RESPONSE.size  # 33
 _SET_HEAD = struct.Struct(">BH")
 _SET_ITEM = struct.Struct(">32sQI32s")
 

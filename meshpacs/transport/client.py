@@ -23,6 +23,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
+from meshpacs.audit.challenge import (
+    AUDIT_REQUEST_SIZE,
+    AUDIT_RESPONSE_SIZE,
+    Challenge,
+    pack_request,
+    parse_response,
+)
 from meshpacs.errors import MeshError, PeerRefused, PeerUnreachable, ProtocolViolation
 from meshpacs.federation import Member
 from meshpacs.transport.frames import (
@@ -209,6 +216,23 @@ class PartnerConnection:
                 raise ProtocolViolation("HAS answer of the wrong size")
             size, set_hash = HAS_BODY.unpack(await self._read(HAS_BODY.size))
             return FragmentInfo(size, set_hash)
+
+    async def audit_fragment(self, fragment_id: str, challenge: Challenge) -> bytes | None:
+        """The holder's answer to one audit challenge; None if it says it holds nothing.
+
+        A refusal (a range past what it stores, say) raises :class:`PeerRefused`; the
+        auditor counts both as a failed audit.
+        """
+        async with self._exchange():
+            await self._send(Request(Op.AUDIT_FRAGMENT, fragment_id, length=AUDIT_REQUEST_SIZE))
+            await self._write(pack_request(challenge))
+            response = await self._response()
+            if response.status == Status.NOT_FOUND:
+                return None
+            self._accept(response, Status.OK)
+            if response.length != AUDIT_RESPONSE_SIZE:
+                raise ProtocolViolation("audit answer of the wrong size")
+            return parse_response(await self._read(AUDIT_RESPONSE_SIZE))
 
     async def delete_fragment(self, fragment_id: str) -> bool:
         async with self._exchange():

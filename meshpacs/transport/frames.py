@@ -16,7 +16,9 @@ Request head, version 1 (big-endian)::
     3       1     name_length  0..64
     4       8     offset       GET_FRAGMENT: first byte wanted
     12      8     length       PUT_*: body bytes that follow CONTINUE; GET_FRAGMENT: bytes
-                               wanted (0 = to the end)
+                               wanted (0 = to the end); AUDIT_FRAGMENT: the size of the
+                               audit request that follows at once (exactly 45 bytes,
+                               :mod:`meshpacs.audit.challenge`), no CONTINUE
     20      N     name         ASCII: a fragment ID or record ID (64 lower-case hex)
 
 Response head, version 1::
@@ -82,6 +84,7 @@ class Op(enum.IntEnum):
     PUT_RECORD = 6
     GET_RECORD = 7
     LIST_RECORDS = 8
+    AUDIT_FRAGMENT = 9
 
 
 class RecordKind(enum.IntEnum):
@@ -109,6 +112,7 @@ _NAMED_OPS = {
     Op.DELETE_FRAGMENT,
     Op.PUT_RECORD,
     Op.GET_RECORD,
+    Op.AUDIT_FRAGMENT,
 }
 _RECORD_OPS = {Op.PUT_RECORD, Op.GET_RECORD, Op.LIST_RECORDS}
 

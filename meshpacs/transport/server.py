@@ -25,6 +25,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from meshpacs.audit.challenge import AUDIT_REQUEST_SIZE, answer, pack_response, parse_request
 from meshpacs.errors import (
     CorruptFragment,
     Forbidden,
@@ -151,6 +152,7 @@ class FragmentServer:
             Op.PUT_RECORD: self._put_record,
             Op.GET_RECORD: self._get_record,
             Op.LIST_RECORDS: self._list_records,
+            Op.AUDIT_FRAGMENT: self._audit_fragment,
         }
         await handlers[request.op](peer, request)
 
@@ -278,6 +280,34 @@ class FragmentServer:
         body = "".join(names).encode("ascii")
         await peer.respond(Response(Status.OK, length=len(body)))
         await peer.write(body)
+
+    async def _audit_fragment(self, peer: _Peer, request: Request) -> None:
+        # The request follows the head at once (no CONTINUE: it is 45 bytes), so it is
+        # read before any answer, to keep the connection in step.
+        if request.length != AUDIT_REQUEST_SIZE:
+            raise ProtocolViolation(f"an audit request is {AUDIT_REQUEST_SIZE} bytes")
+        body = await peer.read(AUDIT_REQUEST_SIZE)
+        try:
+            challenge = parse_request(body)
+        except MeshError as error:
+            await peer.respond(_refusal(error))
+            return
+        if not await self._owned(peer, request.name):
+            await peer.respond(Response(Status.NOT_FOUND, "no such fragment"))
+            return
+        try:
+            data = await asyncio.to_thread(
+                self._fragments.read_range, request.name, challenge.offset, challenge.length
+            )
+        except MeshError as error:
+            await peer.respond(_refusal(error))
+            return
+        if data is None:
+            await peer.respond(Response(Status.NOT_FOUND, "no such fragment"))
+            return
+        reply = pack_response(answer(challenge.nonce, challenge.offset, data))
+        await peer.respond(Response(Status.OK, length=len(reply)))
+        await peer.write(reply)
 
 
 class _Peer:

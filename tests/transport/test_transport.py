@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from meshpacs.audit.challenge import Challenge, ChallengeHasher, check, plan_challenges
 from meshpacs.errors import NotAMember, PeerRefused, PeerUnreachable
 from meshpacs.federation import FederationCA, MutualTls, create_federation_ca
 from meshpacs.store import FragmentStore, QuotaPolicy
@@ -252,3 +253,38 @@ async def test_a_partner_that_vanishes_mid_upload_leaves_nothing(
         await asyncio.sleep(0.05)
     assert holder.store.has(fragment.fid) is None
     assert holder.store.available("owner") == 10**8  # the reservation was released
+
+
+async def test_audits_pass_for_the_intact_fragment_and_fail_when_it_changed(
+    holder: Holder, partner: Callable[[str, int], Member], tmp_path: Path
+) -> None:
+    owner, other = partner("owner", 2), partner("other", 3)
+    [fragment, *_] = make_bundle(seed=5, sizes=(40_000,))
+    expected = ChallengeHasher(plan_challenges(fragment.size, 8, range_size=1000))
+    expected.feed(fragment.data)
+    planned = expected.finish()
+    async with await connect(owner, holder) as conn:
+        await conn.put_fragment(fragment.fid, write(tmp_path, fragment))
+        for item in planned:
+            given = await conn.audit_fragment(fragment.fid, item.challenge)
+            assert given is not None and check(item, given)
+        past_end = Challenge(b"\x07" * 32, fragment.size - 10, 100)
+        with pytest.raises(PeerRefused):
+            await conn.audit_fragment(fragment.fid, past_end)
+        await conn.ping()  # still in step after a refusal
+    async with await connect(other, holder) as conn:
+        assert await conn.audit_fragment(fragment.fid, planned[0].challenge) is None
+    # The holder's disk rots under it: a byte inside every planned range flips.
+    path = next(
+        p
+        for p in (tmp_path / "fragments").rglob("*")
+        if p.is_file() and p.read_bytes() == fragment.data
+    )
+    rotten = bytearray(fragment.data)
+    for item in planned:
+        rotten[item.challenge.offset] ^= 0xFF
+    path.write_bytes(bytes(rotten))
+    async with await connect(owner, holder) as conn:
+        for item in planned:
+            given = await conn.audit_fragment(fragment.fid, item.challenge)
+            assert given is not None and not check(item, given)

@@ -4,7 +4,7 @@ Partners' fragments are opaque ciphertext named by keyed HMACs; this node checks
 in full before keeping it, keeps it durably under its ID, accounts it to its owner's
 quota, and lets only the owner overwrite or delete it. The transport (the next layer up)
 streams fragments in and out through :class:`FragmentStore`; audits, scrubbing and leases
-come later and find room in the index (``lease_expires``, the ``quarantined`` state).
+find room in the index (``lease_expires``; ``quarantined``, set by ``FragmentStore.scrub``).
 
 - :mod:`~meshpacs.store.names`: fragment and site IDs, checked before they touch a path.
 - :mod:`~meshpacs.store.quota`: how much room each partner gets.
@@ -25,6 +25,7 @@ from meshpacs.store.store import (
     MAX_LIST,
     MAX_READ_BYTES,
     FragmentStore,
+    ScrubFinding,
 )
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "PendingFragment",
     "QuotaPolicy",
     "ReconcileReport",
+    "ScrubFinding",
     "StoredFragment",
     "validate_fragment_id",
     "validate_site_id",

@@ -35,7 +35,7 @@ __all__ = ["SCHEMA_VERSION", "FragmentIndex", "FragmentState", "StoredFragment"]
 class FragmentState(StrEnum):
     WRITING = "writing"  # an index row ahead of its file: settled at the next open
     OK = "ok"
-    QUARANTINED = "quarantined"  # reserved for the scrubber
+    QUARANTINED = "quarantined"  # failed a scrub: kept as evidence, never served
 
 
 @dataclass(frozen=True)

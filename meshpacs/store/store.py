@@ -34,20 +34,23 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import io
 import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from meshpacs.erasure.decoder import VerifiedFragment
+from meshpacs.erasure.decoder import VerifiedFragment, verify_fragment
 from meshpacs.erasure.layout import HEADER_SIZE
 from meshpacs.errors import (
     ConfigError,
     CorruptFragment,
     Forbidden,
+    FormatError,
     LimitExceeded,
     MeshError,
     QuotaExceeded,
@@ -72,6 +75,7 @@ __all__ = [
     "MAX_READ_BYTES",
     "TEMP_DIR",
     "FragmentStore",
+    "ScrubFinding",
 ]
 
 # A fragment is one share of one study's bundle: 4 GiB is a 16 GiB study at k = 4, far
@@ -85,6 +89,16 @@ MAX_LIST = 10_000
 INDEX_NAME = "index.sqlite"
 TEMP_DIR = "tmp"
 _LOCK_NAME = "lock"
+
+
+@dataclass(frozen=True)
+class ScrubFinding:
+    """A held fragment that no longer verifies, now quarantined; for telling its owner."""
+
+    fragment_id: str
+    owner_site: str
+    share: int
+    reason: str
 
 
 class FragmentStore:
@@ -233,6 +247,47 @@ class FragmentStore:
             self._check_open()
             return self._index.held(start, limit)
 
+    # --- scrubbing ---------------------------------------------------------------------
+
+    def scrub(self, fragment_id: str) -> ScrubFinding | None:
+        """Re-verify one held fragment in full against the set hash it was stored with.
+
+        None if it is intact (or no longer held). A fragment that fails (a flipped bit, a
+        truncated or zero-filled file, a file gone) is **quarantined**: its row stays, so
+        the owner's quota and ownership stand, but it is no longer served (has, get,
+        audit all answer "not held"), and the owner's own put of the same ID replaces it.
+        The file is left where it is, as evidence, until the owner deletes or replaces it.
+        The caller rate-limits; this reads the whole fragment.
+        """
+        fragment_id = validate_fragment_id(fragment_id)
+        with self._lock:
+            self._check_open()
+            record = self._visible(fragment_id)
+            if record is None:
+                return None
+            try:
+                source: io.BufferedReader | None = fragment_path(self.directory, fragment_id).open(
+                    "rb"
+                )
+            except FileNotFoundError:
+                source = None
+        reason = "the file is gone" if source is None else _failed_check(source, record)
+        if reason is None:
+            return None
+        with self._lock:
+            self._check_open()
+            if self._index.get(fragment_id) != record:
+                return None  # replaced or deleted meanwhile: what was checked is gone
+            self._index.set_state(fragment_id, FragmentState.QUARANTINED)
+        return ScrubFinding(fragment_id, record.owner_site, record.share, reason)
+
+    def quarantined(self) -> list[StoredFragment]:
+        """Fragments scrub found bad that their owners have not yet replaced or deleted."""
+        with self._lock:
+            self._check_open()
+            found = (self._index.get(i) for i in self._index.in_state(FragmentState.QUARANTINED))
+            return [record for record in found if record is not None]
+
     # --- removing ----------------------------------------------------------------------
 
     def delete(self, fragment_id: str, requester_site: str) -> bool:
@@ -343,7 +398,7 @@ class FragmentStore:
 
     def _visible(self, fragment_id: str) -> StoredFragment | None:
         record = self._index.get(fragment_id)
-        if record is None or record.state is FragmentState.WRITING:
+        if record is None or record.state is not FragmentState.OK:
             return None
         return record
 
@@ -394,6 +449,22 @@ class FragmentStore:
     def _check_open(self) -> None:
         if self._closed:
             raise ValueError("the fragment store is closed")
+
+
+def _failed_check(source: io.BufferedReader, record: StoredFragment) -> str | None:
+    """Why a stored fragment fails verification, or None if it passes (closes ``source``)."""
+    with source:
+        size = source.seek(0, os.SEEK_END)
+        if size != record.size:
+            return f"the file is {size} bytes, not the {record.size} stored"
+        source.seek(0)
+        try:
+            verified = verify_fragment(source, record.set_hash)
+        except (FormatError, LimitExceeded) as error:
+            return str(error)
+    if verified.header.share != record.share:
+        return f"the file holds share {verified.header.share}, not {record.share}"
+    return None
 
 
 def _check_range(offset: int, length: int) -> None:

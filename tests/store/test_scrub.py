@@ -71,6 +71,7 @@ def test_a_rotten_fragment_is_quarantined_and_no_longer_served(
     assert store.has(fragment.fid) is None
     assert store.open_read(fragment.fid) is None
     assert [r.fragment_id for r in store.quarantined()] == [fragment.fid]
+    assert fragment.fid not in store.held_ids()  # no longer announced as held
     # Quota and ownership stand until the owner acts.
     assert store.usage(OWNER) == fragment.size
     assert store.scrub(fragment.fid) is None  # not served, so not scrubbed again

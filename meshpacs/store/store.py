@@ -260,18 +260,15 @@ class FragmentStore:
         The caller rate-limits; this reads the whole fragment.
         """
         fragment_id = validate_fragment_id(fragment_id)
-        with self._lock:
-            self._check_open()
-            record = self._visible(fragment_id)
+        opened = self._open_fragment(fragment_id)
+        if opened is None:
+            record = self.has(fragment_id)
             if record is None:
                 return None
-            try:
-                source: io.BufferedReader | None = fragment_path(self.directory, fragment_id).open(
-                    "rb"
-                )
-            except FileNotFoundError:
-                source = None
-        reason = "the file is gone" if source is None else _failed_check(source, record)
+            reason: str | None = "the file is gone"
+        else:
+            record, source = opened
+            reason = _failed_check(source, record)
         if reason is None:
             return None
         with self._lock:
@@ -402,7 +399,7 @@ class FragmentStore:
             return None
         return record
 
-    def _open_fragment(self, fragment_id: str) -> tuple[StoredFragment, BinaryIO] | None:
+    def _open_fragment(self, fragment_id: str) -> tuple[StoredFragment, io.BufferedReader] | None:
         with self._lock:
             self._check_open()
             record = self._visible(fragment_id)

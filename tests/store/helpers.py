@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,17 @@ def make_bundle(
         )
         for share, out in enumerate(outputs)
     ]
+
+
+def flip(offset: Callable[[Fragment], int]) -> Callable[[Fragment], bytes]:
+    """A corruption: the fragment's bytes with one bit flipped at ``offset(fragment)``."""
+
+    def corrupt(fragment: Fragment) -> bytes:
+        data = bytearray(fragment.data)
+        data[offset(fragment)] ^= 0x01
+        return bytes(data)
+
+    return corrupt
 
 
 def chunks(data: bytes, size: int = 1000) -> list[bytes]:

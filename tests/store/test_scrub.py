@@ -13,35 +13,26 @@ from meshpacs.store import FragmentState, FragmentStore, QuotaPolicy
 from meshpacs.store.names import fragment_path
 
 from .conftest import QUOTA
-from .helpers import OWNER, FakeClock, Fragment, make_bundle, put
+from .helpers import OWNER, FakeClock, Fragment, flip, make_bundle, put
 
-
-def _flip(at: Callable[[Fragment], int]) -> Callable[[Fragment, bytes], bytes]:
-    def rot(fragment: Fragment, data: bytes) -> bytes:
-        changed = bytearray(data)
-        changed[at(fragment)] ^= 0x01
-        return bytes(changed)
-
-    return rot
-
-
-ROT = {
-    "version byte": _flip(lambda f: 0),
-    "k field": _flip(lambda f: 6),
-    "share field": _flip(lambda f: 10),
-    "length field": _flip(lambda f: 22),
-    "bundle id": _flip(lambda f: 30),
-    "a share byte": _flip(lambda f: HEADER_SIZE + 7),
-    "a block hash": _flip(lambda f: f.size - 32 * 3 - 1),
-    "truncated": lambda f, data: data[: len(data) - 1],
-    "zero-filled": lambda f, data: bytes(len(data)),
-    "grown": lambda f, data: data + b"\x00",
+ROT: dict[str, Callable[[Fragment], bytes]] = {
+    "version byte": flip(lambda f: 0),
+    "k field": flip(lambda f: 6),
+    "share field": flip(lambda f: 10),
+    "length field": flip(lambda f: 22),
+    "bundle id": flip(lambda f: 30),
+    "a share byte": flip(lambda f: HEADER_SIZE + 7),
+    "a block hash": flip(lambda f: f.size - 32 * 3 - 1),
+    "truncated": lambda f: f.data[: f.size - 1],
+    "zero-filled": lambda f: bytes(f.size),
+    "grown": lambda f: f.data + b"\x00",
 }
 
 
 def _rot_on_disk(store: FragmentStore, fragment: Fragment, how: str) -> Path:
+    # What is on disk is the fragment's own bytes until this rots them.
     path = fragment_path(store.directory, fragment.fid)
-    path.write_bytes(ROT[how](fragment, path.read_bytes()))
+    path.write_bytes(ROT[how](fragment))
     return path
 
 

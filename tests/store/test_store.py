@@ -30,7 +30,17 @@ from meshpacs.store import (
 )
 
 from .conftest import QUOTA
-from .helpers import OTHER, OWNER, FakeClock, Fragment, chunks, files_under, make_bundle, put
+from .helpers import (
+    OTHER,
+    OWNER,
+    FakeClock,
+    Fragment,
+    chunks,
+    files_under,
+    flip,
+    make_bundle,
+    put,
+)
 
 
 def assert_nothing_left(store: FragmentStore, fragment: Fragment) -> None:
@@ -112,15 +122,6 @@ def test_list_owned_pages_through_one_owner_only(store: FragmentStore) -> None:
 
 
 # --- refused fragments leave nothing behind -----------------------------------------------
-
-
-def flip(offset: Callable[[Fragment], int]) -> Callable[[Fragment], bytes]:
-    def corrupt(fragment: Fragment) -> bytes:
-        data = bytearray(fragment.data)
-        data[offset(fragment)] ^= 0x01
-        return bytes(data)
-
-    return corrupt
 
 
 BIT_FLIPS = {

@@ -5,23 +5,31 @@ The index lives beside the fragments (``fragments/index.sqlite``) in WAL mode wi
 own: :class:`~meshpacs.store.store.FragmentStore` calls it under its lock. Every change is
 one ``BEGIN IMMEDIATE`` transaction.
 
-Schema version 1 (``PRAGMA user_version``)::
+Schema version 2 (``PRAGMA user_version``)::
 
     fragments    (id PK, owner, size, share, set_hash, stored_at, lease_expires, state)
     owner_usage  (owner PK, bytes, fragments)     kept by triggers on ``fragments``
 
+    fragments_lease     (lease_expires)  WHERE lease_expires IS NOT NULL    v1
+    fragments_unleased  (stored_at)      WHERE lease_expires IS NULL        v2
+
 ``state`` is ``writing`` while a fragment is being put in place (see the store's ordering),
-``ok`` once it is, and ``quarantined`` for the scrubber to come. ``lease_expires`` stays
-NULL until leases exist. ``owner_usage`` makes the quota check one lookup instead of a sum
-over an owner's (possibly millions of) rows, and the triggers keep it exact inside the
-same transaction as the row change. A file written by a newer meshpacs is refused.
+``ok`` once it is, and ``quarantined`` once a scrub found it bad. ``lease_expires`` is when
+the owner's lease on the fragment ends (Unix seconds): every put since version 2 sets it.
+A row stored before leases existed keeps NULL (rows are never rewritten by a migration)
+and counts as leased until ``stored_at`` plus the policy's lease, so each lease query
+reads NULL through ``COALESCE``; finding expired rows is two index range scans, one per
+kind of row, since no one index can order both (the policy's lease is not in the file).
+``owner_usage`` makes the quota check one lookup instead of a sum over an owner's
+(possibly millions of) rows, and the triggers keep it exact inside the same transaction as
+the row change. A file written by a newer meshpacs is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -94,12 +102,43 @@ CREATE TRIGGER fragments_resized AFTER UPDATE OF owner, size ON fragments BEGIN
 END;
 """
 
+# Leases: rows from before them (NULL lease) found by age for expiry. IF NOT EXISTS, so
+# that a file whose version number was set back by hand is upgraded again, not refused.
+_V2 = """
+CREATE INDEX IF NOT EXISTS fragments_unleased ON fragments (stored_at)
+    WHERE lease_expires IS NULL;
+"""
+
 # (version, script) in ascending order. Append only: a released entry is never edited.
-_MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1),)
+_MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2))
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
 _COLUMNS = "id, owner, size, share, set_hash, stored_at, lease_expires, state"
 _Row = tuple[str, str, int, int, bytes, float, float | None, str]
+
+# A lease never gets shorter: the later of what the row has (NULL: stored_at + the
+# policy's lease) and what is asked. Only fragments that are whole or kept as evidence.
+_RENEW = (
+    "UPDATE fragments SET lease_expires = MAX(COALESCE(lease_expires, stored_at + ?), ?)"
+    " WHERE id = ? AND owner = ? AND state IN ('ok', 'quarantined')"
+)
+
+# Leased rows by fragments_lease, pre-lease rows by fragments_unleased, each already in
+# the order of when its lease ended, so each side stops after ``limit`` rows; only the
+# merge of at most 2 * limit rows is sorted. A ``writing`` row is the store's own, mid-put.
+_EXPIRED = """
+SELECT id FROM (
+    SELECT * FROM (
+        SELECT id, lease_expires AS ended FROM fragments
+        WHERE lease_expires < :cutoff AND state <> 'writing'
+        ORDER BY lease_expires LIMIT :limit)
+    UNION ALL
+    SELECT * FROM (
+        SELECT id, stored_at + :lease AS ended FROM fragments
+        WHERE lease_expires IS NULL AND stored_at < :cutoff - :lease AND state <> 'writing'
+        ORDER BY stored_at LIMIT :limit))
+ORDER BY ended, id LIMIT :limit
+"""
 
 
 class FragmentIndex:
@@ -173,16 +212,29 @@ class FragmentIndex:
         rows = self._db.execute("SELECT id FROM fragments WHERE state = ?", (state.value,))
         return [row[0] for row in rows]
 
+    def expired(self, cutoff: float, lease_seconds: float, limit: int) -> list[str]:
+        """Up to ``limit`` IDs whose lease ended before ``cutoff``, the earliest ended first.
+
+        A row with no lease of its own ended ``lease_seconds`` after it was stored.
+        """
+        params = {"cutoff": cutoff, "lease": lease_seconds, "limit": limit}
+        return [str(row[0]) for row in self._db.execute(_EXPIRED, params)]
+
     # --- writes, each one transaction ------------------------------------------------
 
     def put(self, record: StoredFragment) -> None:
-        """Insert or replace the row of ``record.fragment_id``, keeping any lease."""
+        """Insert or replace the row of ``record.fragment_id``, keeping the later lease.
+
+        NULL on either side means no lease of its own, so the other side's is kept.
+        """
         with self._transaction():
             self._db.execute(
                 f"INSERT INTO fragments ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET owner = excluded.owner,"
                 " size = excluded.size, share = excluded.share, set_hash = excluded.set_hash,"
-                " stored_at = excluded.stored_at, state = excluded.state",
+                " stored_at = excluded.stored_at, state = excluded.state,"
+                " lease_expires = MAX(COALESCE(excluded.lease_expires, lease_expires),"
+                " COALESCE(lease_expires, excluded.lease_expires))",
                 (
                     record.fragment_id,
                     record.owner_site,
@@ -201,10 +253,31 @@ class FragmentIndex:
                 "UPDATE fragments SET state = ? WHERE id = ?", (state.value, fragment_id)
             )
 
+    def renew(
+        self, owner: str, fragment_ids: Sequence[str], until: float, lease_seconds: float
+    ) -> int:
+        """Lease ``owner``'s listed fragments until at least ``until``; how many are its.
+
+        Another owner's ID, or one not held, changes nothing and is not counted. A row
+        already leased for longer is counted but left as it is.
+        """
+        rows = [(lease_seconds, until, fragment_id, owner) for fragment_id in fragment_ids]
+        with self._transaction():
+            cursor = self._db.executemany(_RENEW, rows)
+        return cursor.rowcount
+
     def remove(self, fragment_id: str) -> bool:
         with self._transaction():
             cursor = self._db.execute("DELETE FROM fragments WHERE id = ?", (fragment_id,))
         return cursor.rowcount > 0
+
+    def remove_all(self, fragment_ids: Sequence[str]) -> int:
+        """Remove the rows of ``fragment_ids`` in one transaction; how many there were."""
+        with self._transaction():
+            cursor = self._db.executemany(
+                "DELETE FROM fragments WHERE id = ?", [(i,) for i in fragment_ids]
+            )
+        return cursor.rowcount
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:

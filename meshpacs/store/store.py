@@ -23,7 +23,13 @@ Rules a partner meets:
   added to what the owner has stored and is still sending, would exceed it. An overwrite
   is charged only the difference, since it replaces the old fragment.
 - A fragment is kept only if it verifies in full (see :mod:`meshpacs.store.pending`).
-  The same owner sending the same fragment again is a success that rewrites nothing.
+  The same owner sending the same fragment again is a success that rewrites nothing
+  (but its lease, below).
+- A fragment is kept only while its owner keeps leasing it. A put leases it for the
+  policy's ``lease_seconds`` from now (never less than it already had); the owner renews
+  (:meth:`FragmentStore.renew`) for at most ``max_lease_seconds`` at a time; and
+  :meth:`FragmentStore.expire` removes what has been out of lease for longer than the
+  grace the node allows, so a site that left without deleting stops taking up room.
 
 Crash safety: the order of the steps, and how an open repairs what a crash cut short, is
 explained in :mod:`meshpacs.store.reconcile`.
@@ -35,10 +41,11 @@ import contextlib
 import dataclasses
 import fcntl
 import io
+import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -73,6 +80,7 @@ __all__ = [
     "INDEX_NAME",
     "MAX_LIST",
     "MAX_READ_BYTES",
+    "MAX_RENEW",
     "TEMP_DIR",
     "FragmentStore",
     "ScrubFinding",
@@ -85,6 +93,8 @@ DEFAULT_MAX_FRAGMENT_BYTES = 4 * 1024**3
 MAX_READ_BYTES = 16 * 1024 * 1024
 # Rows per list_owned page: a few MB of records at most.
 MAX_LIST = 10_000
+# Fragment IDs per renewal: one transaction, and one transport request of 64 KiB of IDs.
+MAX_RENEW = 1024
 
 INDEX_NAME = "index.sqlite"
 TEMP_DIR = "tmp"
@@ -285,6 +295,52 @@ class FragmentStore:
             found = (self._index.get(i) for i in self._index.in_state(FragmentState.QUARANTINED))
             return [record for record in found if record is not None]
 
+    # --- leases ------------------------------------------------------------------------
+
+    def renew(self, owner_site: str, fragment_ids: Sequence[str], seconds: float) -> int:
+        """Lease ``owner_site``'s listed fragments for ``seconds`` from now; how many are its.
+
+        ``seconds`` is cut to the policy's ``max_lease_seconds``, and a lease already
+        running longer is kept, so a renewal never shortens one. Whole and quarantined
+        fragments are renewed (a quarantined one is the owner's until it acts on it); an
+        ID that is not held, or is another site's, is skipped and not counted, so the
+        answer says nothing about what this node holds for others. An ID listed twice
+        counts once. :class:`LimitExceeded` for more than :data:`MAX_RENEW` IDs or a
+        duration that is not a finite number > 0; :class:`FormatError` for a malformed ID.
+        """
+        owner_site = validate_site_id(owner_site)
+        if len(fragment_ids) > MAX_RENEW:
+            raise LimitExceeded(f"renewal of {len(fragment_ids)} fragments; {MAX_RENEW} allowed")
+        wanted = list(dict.fromkeys(validate_fragment_id(i) for i in fragment_ids))
+        _check_seconds("lease duration", seconds, allow_zero=False)
+        with self._lock:
+            self._check_open()
+            until = self._clock() + min(seconds, self.quota.max_lease_seconds)
+            return self._index.renew(owner_site, wanted, until, self.quota.lease_seconds)
+
+    def expire(self, grace_seconds: float, limit: int = 1000) -> list[str]:
+        """Remove fragments whose lease ended over ``grace_seconds`` ago; their IDs.
+
+        At most ``limit`` (1..:data:`MAX_LIST`) per call, the longest out of lease first,
+        so a caller repeats until fewer come back. Whole and quarantined fragments alike;
+        one stored before leases existed counts as leased for ``lease_seconds`` from its
+        put. Removed as :meth:`delete` removes, rows then files; an ``OSError`` while
+        removing the files comes after the rows are gone, and the next open removes them.
+        """
+        _check_seconds("grace", grace_seconds, allow_zero=True)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST:
+            raise LimitExceeded(f"expiry of {limit} fragments; 1..{MAX_LIST} allowed")
+        with self._lock:
+            self._check_open()
+            cutoff = self._clock() - grace_seconds
+            expired = self._index.expired(cutoff, self.quota.lease_seconds, limit)
+            if expired:
+                self._index.remove_all(expired)
+                # Under the lock: an owner's new put of one of these IDs waits for it, so
+                # its new file cannot be the one unlinked here.
+                _remove_files(self.directory, expired)
+        return expired
+
     # --- removing ----------------------------------------------------------------------
 
     def delete(self, fragment_id: str, requester_site: str) -> bool:
@@ -342,7 +398,7 @@ class FragmentStore:
                 existing = self._index.get(pending.fragment_id)
                 self._check_owner(pending.fragment_id, pending.owner_site, existing)
                 if existing is not None and self._is_same(existing, verified):
-                    return existing
+                    return self._lease_again(existing)
                 return self._place(pending, verified, existing)
         finally:
             pending.temp_path.unlink(missing_ok=True)
@@ -354,14 +410,15 @@ class FragmentStore:
         existing: StoredFragment | None,
     ) -> StoredFragment:
         """Row ``writing``, rename, row ``ok``; on failure, settle the row from the disk."""
+        now = self._clock()
         record = StoredFragment(
             fragment_id=pending.fragment_id,
             owner_site=pending.owner_site,
             size=pending.size,
             share=verified.header.share,
             set_hash=verified.set_hash,
-            stored_at=self._clock(),
-            lease_expires=existing.lease_expires if existing else None,
+            stored_at=now,
+            lease_expires=self._lease_after_put(existing, now),
             state=FragmentState.WRITING,
         )
         self._index.put(record)
@@ -374,6 +431,27 @@ class FragmentStore:
                 settle(self._index, self.directory, record.fragment_id)
             raise
         return dataclasses.replace(record, state=FragmentState.OK)
+
+    def _lease_again(self, existing: StoredFragment) -> StoredFragment:
+        """The owner sent a fragment it already has here: a put all the same, for its lease."""
+        until = self._lease_after_put(existing, self._clock())
+        self._index.renew(
+            existing.owner_site, [existing.fragment_id], until, self.quota.lease_seconds
+        )
+        return dataclasses.replace(existing, lease_expires=until)
+
+    def _lease_after_put(self, existing: StoredFragment | None, now: float) -> float:
+        """A put leases for the policy's time from ``now``, never less than the row had."""
+        fresh = now + self.quota.lease_seconds
+        if existing is None:
+            return fresh
+        return max(fresh, self._lease_of(existing))
+
+    def _lease_of(self, record: StoredFragment) -> float:
+        # A row stored before leases existed counts from when it was stored, as in the index.
+        if record.lease_expires is None:
+            return record.stored_at + self.quota.lease_seconds
+        return record.lease_expires
 
     def _is_same(self, existing: StoredFragment, verified: VerifiedFragment) -> bool:
         """Whether a verified fragment is byte for byte the one already stored, and intact.
@@ -462,6 +540,29 @@ def _failed_check(source: io.BufferedReader, record: StoredFragment) -> str | No
     if verified.header.share != record.share:
         return f"the file holds share {verified.header.share}, not {record.share}"
     return None
+
+
+def _check_seconds(what: str, value: float, *, allow_zero: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise LimitExceeded(f"{what} must be a number of seconds")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise LimitExceeded(f"{what} must be a finite number of seconds {bound}")
+
+
+def _remove_files(root: Path, fragment_ids: Sequence[str]) -> None:
+    """Unlink the (validated) fragments' files, then fsync each fan-out directory once.
+
+    One fsync per directory rather than per file: an expiry may remove a thousand.
+    """
+    touched: set[Path] = set()
+    for fragment_id in fragment_ids:
+        path = fragment_path(root, fragment_id)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            touched.add(path.parent)
+    for directory in sorted(touched):
+        fsync_dir(directory)
 
 
 def _check_range(offset: int, length: int) -> None:

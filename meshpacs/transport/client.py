@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import os
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -33,14 +33,17 @@ from meshpacs.audit.challenge import (
 from meshpacs.errors import MeshError, PeerRefused, PeerUnreachable, ProtocolViolation
 from meshpacs.federation import Member
 from meshpacs.transport.frames import (
+    RENEWED_SIZE,
     RESPONSE_HEAD_SIZE,
     Op,
     RecordKind,
     Request,
     Response,
     Status,
+    decode_renewed,
     decode_response,
     decode_response_head,
+    encode_renewal,
     encode_request,
 )
 from meshpacs.transport.server import CHUNK, HAS_BODY
@@ -242,6 +245,23 @@ class PartnerConnection:
                 return False
             self._accept(response, Status.OK)
             return True
+
+    async def renew_leases(self, fragment_ids: Sequence[str], seconds: int) -> int:
+        """Ask the partner to keep these fragments ``seconds`` longer; how many it renewed.
+
+        At most 1024 IDs per call. The partner cuts ``seconds`` to its own maximum and
+        counts only fragments it holds for us, so a count short of ``len(fragment_ids)``
+        means some are gone (or were never there): the caller's cue to check and repair.
+        """
+        # Encoded before the exchange: a bad argument must not cost the connection.
+        body = encode_renewal(fragment_ids, seconds)
+        async with self._exchange():
+            await self._send(Request(Op.RENEW_LEASES, length=len(body)))
+            await self._write(body)
+            response = self._accept(await self._response(), Status.OK)
+            if response.length != RENEWED_SIZE:
+                raise ProtocolViolation("renewal answer of the wrong size")
+            return decode_renewed(await self._read(RENEWED_SIZE))
 
     async def put_record(self, kind: RecordKind, record_id: str, data: bytes) -> None:
         async with self._exchange():

@@ -3,9 +3,11 @@
 One TLS connection carries requests one after another. Each request is a head, a name,
 and for ``PUT_FRAGMENT``/``PUT_RECORD`` a body of exactly ``length`` bytes, which the
 client sends only after the server said ``CONTINUE`` (so a quota or ownership refusal
-costs a round trip, never a 100 MB upload). Every response is a head, a message and
+costs a round trip, never a 100 MB upload); the small bodies of ``AUDIT_FRAGMENT`` and
+``RENEW_LEASES`` follow the head at once. Every response is a head, a message and
 ``length`` body bytes. Everything a peer sends is bounded here, before anything is
-allocated: names at 64 bytes, messages at 1 KiB, bodies by the caller's own limits.
+allocated: names at 64 bytes, messages at 1 KiB, renewals at 1024 IDs, bodies by the
+caller's own limits.
 
 Request head, version 1 (big-endian)::
 
@@ -18,7 +20,9 @@ Request head, version 1 (big-endian)::
     12      8     length       PUT_*: body bytes that follow CONTINUE; GET_FRAGMENT: bytes
                                wanted (0 = to the end); AUDIT_FRAGMENT: the size of the
                                audit request that follows at once (exactly 45 bytes,
-                               :mod:`meshpacs.audit.challenge`), no CONTINUE
+                               :mod:`meshpacs.audit.challenge`), no CONTINUE;
+                               RENEW_LEASES: the size of the renewal that follows at
+                               once (7 + 64 * count bytes), no CONTINUE
     20      N     name         ASCII: a fragment ID or record ID (64 lower-case hex)
 
 Response head, version 1::
@@ -30,6 +34,18 @@ Response head, version 1::
     4       8     length       body bytes that follow the message
     12      M     message      UTF-8, for logs; never carries PHI (peers hold none)
 
+Renewal, the body of ``RENEW_LEASES`` (no name), version 1::
+
+    offset  size  field
+    0       1     version      = 1
+    1       4     seconds      lease wanted from now, >= 1 (the holder cuts it to its own
+                               maximum and never shortens a lease)
+    5       2     count        0..1024
+    7       64*c  fragment IDs each as a name is sent: 64 lower-case hex ASCII, no separator
+
+Its answer is ``OK`` with a 4-byte body, a u32: how many of the IDs the holder renewed.
+Only the requester's own fragments count; another site's ID is skipped as if not held.
+
 Who may do what is not in the frames: the server reads the requester's site ID from its
 TLS certificate, and the owner of a fragment or record is always that site.
 """
@@ -39,27 +55,37 @@ from __future__ import annotations
 import enum
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from meshpacs.errors import ProtocolViolation, UnknownVersion
+from meshpacs.store.store import MAX_RENEW
 
 __all__ = [
     "MAX_MESSAGE",
     "MAX_NAME",
+    "MAX_RENEW",
+    "RENEWED_SIZE",
     "REQUEST_HEAD_SIZE",
     "RESPONSE_HEAD_SIZE",
     "VERSION",
     "Op",
     "RecordKind",
+    "Renewal",
     "Request",
     "RequestHead",
     "Response",
     "ResponseHead",
     "Status",
+    "check_renewal_length",
+    "decode_renewal",
+    "decode_renewed",
     "decode_request",
     "decode_request_head",
     "decode_response",
     "decode_response_head",
+    "encode_renewal",
+    "encode_renewed",
     "encode_request",
     "encode_response",
 ]
@@ -73,6 +99,10 @@ REQUEST_HEAD_SIZE = _REQUEST.size  # 20
 RESPONSE_HEAD_SIZE = _RESPONSE.size  # 12
 _HEX_NAME = re.compile(rb"[0-9a-f]{64}")
 _MAX_U64 = 2**64 - 1
+_RENEWAL = struct.Struct(">BIH")  # version, seconds, count; the IDs follow
+_RENEWED = struct.Struct(">I")
+RENEWED_SIZE = _RENEWED.size  # 4
+_MAX_U32 = 2**32 - 1
 
 
 class Op(enum.IntEnum):
@@ -85,6 +115,7 @@ class Op(enum.IntEnum):
     GET_RECORD = 7
     LIST_RECORDS = 8
     AUDIT_FRAGMENT = 9
+    RENEW_LEASES = 10
 
 
 class RecordKind(enum.IntEnum):
@@ -139,6 +170,14 @@ class Request:
         _check_request(self.op, self.kind, self.name.encode("ascii", "replace"))
         if not 0 <= self.offset <= _MAX_U64 or not 0 <= self.length <= _MAX_U64:
             raise ProtocolViolation("offset and length must fit in 64 bits")
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """A decoded renewal: lease ``fragment_ids`` for ``seconds`` from now."""
+
+    seconds: int
+    fragment_ids: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -220,3 +259,47 @@ def decode_response(head: ResponseHead, message: bytes) -> Response:
     if len(message) != head.message_length:
         raise ProtocolViolation("message is cut short")
     return Response(head.status, message.decode("utf-8", "replace"), head.length)
+
+
+def encode_renewal(fragment_ids: Sequence[str], seconds: int) -> bytes:
+    if len(fragment_ids) > MAX_RENEW:
+        raise ProtocolViolation(f"a renewal names at most {MAX_RENEW} fragments")
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or not 1 <= seconds <= _MAX_U32:
+        raise ProtocolViolation("a renewal's seconds must be a whole number from 1 to 2**32-1")
+    names = [name.encode("ascii", "replace") for name in fragment_ids]
+    for name in names:
+        if not _HEX_NAME.fullmatch(name):
+            raise ProtocolViolation("a renewal needs 64-hex-digit fragment IDs")
+    return _RENEWAL.pack(VERSION, seconds, len(names)) + b"".join(names)
+
+
+def check_renewal_length(length: int) -> None:
+    """Refuse a renewal's announced size before reading it: it can only be so long."""
+    ids = length - _RENEWAL.size
+    if not 0 <= ids <= MAX_RENEW * MAX_NAME or ids % MAX_NAME:
+        raise ProtocolViolation(f"a renewal of {length} bytes is not 7 + 64 * (0..{MAX_RENEW})")
+
+
+def decode_renewal(data: bytes) -> Renewal:
+    check_renewal_length(len(data))
+    version, seconds, count = _RENEWAL.unpack_from(data)
+    if version != VERSION:
+        raise UnknownVersion("lease renewal", version, [VERSION])
+    if len(data) != _RENEWAL.size + count * MAX_NAME:
+        raise ProtocolViolation(f"a renewal of {len(data)} bytes does not hold {count} IDs")
+    if seconds == 0:
+        raise ProtocolViolation("a renewal for 0 seconds")
+    names = [data[i : i + MAX_NAME] for i in range(_RENEWAL.size, len(data), MAX_NAME)]
+    if not all(_HEX_NAME.fullmatch(name) for name in names):
+        raise ProtocolViolation("a renewal needs 64-hex-digit fragment IDs")
+    return Renewal(seconds, tuple(name.decode("ascii") for name in names))
+
+
+def encode_renewed(count: int) -> bytes:
+    return _RENEWED.pack(count)
+
+
+def decode_renewed(data: bytes) -> int:
+    if len(data) != RENEWED_SIZE:
+        raise ProtocolViolation(f"a renewal's answer is {RENEWED_SIZE} bytes, not {len(data)}")
+    return int(_RENEWED.unpack(data)[0])

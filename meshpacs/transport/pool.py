@@ -11,7 +11,7 @@ connection.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from meshpacs.dht import DhtNode, NodeRecord
@@ -104,6 +104,10 @@ class PartnerPool:
     async def delete_fragment(self, site_id: str, fragment_id: str) -> bool:
         async with await self.connect(site_id) as conn:
             return await conn.delete_fragment(fragment_id)
+
+    async def renew_leases(self, site_id: str, fragment_ids: Sequence[str], seconds: int) -> int:
+        async with await self.connect(site_id) as conn:
+            return await conn.renew_leases(fragment_ids, seconds)
 
     async def put_record(self, site_id: str, kind: RecordKind, record_id: str, data: bytes) -> None:
         async with await self.connect(site_id) as conn:

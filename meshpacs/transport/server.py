@@ -7,9 +7,10 @@ chunks straight into the :class:`~meshpacs.store.FragmentStore`, which checks ev
 in full before it is kept; file work runs in threads so one slow disk does not stall
 other partners.
 
-Who may do what: a site puts, reads, lists and deletes only its own fragments and
-records. Asking for another site's data gets ``NOT_FOUND``, the same answer as for data
-that does not exist, so nobody can probe what this node holds for others.
+Who may do what: a site puts, reads, lists, renews and deletes only its own fragments
+and records. Asking for another site's data gets ``NOT_FOUND``, the same answer as for
+data that does not exist, so nobody can probe what this node holds for others; a renewal
+naming another site's fragments counts them as it counts fragments not held, not at all.
 
 Every failure a peer can cause ends its request with a status, or (for frames that break
 the protocol, or a peer that stalls) closes its connection; none reaches the event loop.
@@ -44,8 +45,11 @@ from meshpacs.transport.frames import (
     Request,
     Response,
     Status,
+    check_renewal_length,
+    decode_renewal,
     decode_request,
     decode_request_head,
+    encode_renewed,
     encode_response,
 )
 
@@ -153,6 +157,7 @@ class FragmentServer:
             Op.GET_RECORD: self._get_record,
             Op.LIST_RECORDS: self._list_records,
             Op.AUDIT_FRAGMENT: self._audit_fragment,
+            Op.RENEW_LEASES: self._renew_leases,
         }
         await handlers[request.op](peer, request)
 
@@ -306,6 +311,22 @@ class FragmentServer:
             await peer.respond(Response(Status.NOT_FOUND, "no such fragment"))
             return
         reply = pack_response(answer(challenge.nonce, challenge.offset, data))
+        await peer.respond(Response(Status.OK, length=len(reply)))
+        await peer.write(reply)
+
+    async def _renew_leases(self, peer: _Peer, request: Request) -> None:
+        # Like an audit request, the renewal follows the head at once; its announced size
+        # is checked before a byte of it is read, and a bad one closes the connection.
+        check_renewal_length(request.length)
+        renewal = decode_renewal(await peer.read(request.length))
+        try:
+            renewed = await asyncio.to_thread(
+                self._fragments.renew, peer.site, renewal.fragment_ids, renewal.seconds
+            )
+        except MeshError as error:
+            await peer.respond(_refusal(error))
+            return
+        reply = encode_renewed(renewed)
         await peer.respond(Response(Status.OK, length=len(reply)))
         await peer.write(reply)
 

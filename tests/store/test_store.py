@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sqlite3
 from collections.abc import Callable
@@ -61,7 +62,7 @@ def test_fragments_come_back_exactly_and_decode(store: FragmentStore) -> None:
         assert stored.share == fragment.share
         assert stored.set_hash == fragment.bundle.ref.set_hash
         assert stored.state is FragmentState.OK
-        assert stored.lease_expires is None
+        assert stored.lease_expires == stored.stored_at + store.quota.lease_seconds
         assert store.has(fragment.fid) == stored
 
     first = fragments[0]
@@ -384,7 +385,9 @@ def test_same_bytes_again_succeed_without_rewriting(store_dir: Path, clock: Fake
         clock.advance(60)
         # Even at the full quota: the re-put replaces, it does not add.
         again = put(store, fragment, expected_set_hash=fragment.bundle.ref.set_hash)
-        assert again == first
+        # Only the lease moves: a put, even one that rewrites nothing, leases afresh.
+        assert again == dataclasses.replace(first, lease_expires=clock.now + 30 * 86400)
+        assert store.has(fragment.fid) == again
         assert os.stat(path).st_ino == inode
         assert store.usage(OWNER) == fragment.size
         assert files_under(store.directory) == [path]

@@ -1,0 +1,92 @@
+"""A holder killed with SIGKILL while fragments stream to it: nothing acknowledged is lost.
+
+The victim (an untrusted partner, picked by the seed) runs as its own ``meshpacs node run``
+process. The owner is pushed a stream of studies; a thread watches the victim's
+``fragments/`` and sends SIGKILL the first time a fragment is arriving while it already
+holds 0 or 1 (from the seed) complete ones, so the kill lands mid-upload. The victim
+stays dead. Every study must still become protected on the remaining sites, and a
+recovery of the owner from its phrase, with the victim still dead, must give back
+exactly what the owner acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import threading
+import time
+from pathlib import Path
+
+from meshpacs.testing.synth import SeriesSpec, StudySpec, SynthInstance
+from tests.mesh.conftest import FederationFactory, RunningSite
+from tests.mesh.helpers import held_fragments, phi_strings, push, study
+
+from .helpers import NodeProcesses, lose_owner, recover, wait_backed_up
+from .oracle import Manifest, assert_no_phi_on_untrusted, assert_restored
+
+# Fragments of a few hundred KiB: long enough on loopback to be caught arriving.
+STREAMED = StudySpec(series=(SeriesSpec("CT", 16, 128, 128), SeriesSpec("MR", 6, 64, 64)))
+STUDIES = 6
+
+
+def kill_while_receiving(
+    processes: NodeProcesses, site: RunningSite, held: int, stream_done: threading.Event
+) -> bool:
+    """SIGKILL the site's node process the first time it holds ``held`` fragments or more
+    while another one is arriving (a temp file in its ``fragments/tmp/``); True if that
+    happened, False if the stream ended (and a few seconds more) first: it is killed then."""
+    victim = site.plan
+    root = site.data_dir / "fragments"
+    deadline = float("inf")
+    while time.monotonic() < deadline:
+        try:
+            arriving = any(e.name.endswith(".part") for e in os.scandir(root / "tmp"))
+        except FileNotFoundError:
+            arriving = False
+        if arriving and len(held_fragments(site)) >= held:
+            processes.kill9(victim)
+            return True
+        if stream_done.is_set() and deadline == float("inf"):
+            deadline = time.monotonic() + 5
+        time.sleep(0.001)
+    processes.kill9(victim)
+    return False
+
+
+async def test_a_holder_killed_mid_upload_loses_nothing_acknowledged(
+    federation: FederationFactory,
+    node_processes: NodeProcesses,
+    fault_rng: random.Random,
+    tmp_path: Path,
+) -> None:
+    fed = await federation(5, k=2, n=3)
+    owner = fed.site("site-a")
+    victim = await node_processes.take_over(fed, fault_rng.choice(["site-d", "site-e"]))
+    held = fault_rng.randint(0, 1)
+    print(f"victim {victim.site_id}, killed once it holds {held} fragment(s), mid-upload")
+
+    stream_done = threading.Event()
+    killing = asyncio.create_task(
+        asyncio.to_thread(
+            kill_while_receiving, node_processes, fed.site(victim.site_id), held, stream_done
+        )
+    )
+    manifest = Manifest()
+    sent: list[SynthInstance] = []
+    for number in range(STUDIES):
+        instances = study(seed=700 + number, patient=number, spec=STREAMED)
+        await push(owner, instances, tmp_path / f"pacs-{number}")  # every one acknowledged
+        manifest.add_instances(instances)
+        sent += instances
+        await asyncio.sleep(0.3)  # a PACS sends studies one after another
+    stream_done.set()
+    assert await killing, "no fragment was ever seen arriving at the victim: no kill mid-upload"
+
+    studies = {i.study_instance_uid for i in sent}
+    await wait_backed_up(fed, owner, studies, records=STUDIES, timeout=90)
+    kept = await lose_owner(fed, owner, tmp_path)
+    report, restored = await recover(kept, tmp_path)
+    assert report.exit_code == 0, report.summary()
+    assert_restored(manifest, restored)
+    assert_no_phi_on_untrusted(fed, "site-a", phi_strings(sent))

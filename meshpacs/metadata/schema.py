@@ -35,6 +35,16 @@ Version 2 (the backup ledger, :mod:`meshpacs.metadata.ledger`)::
     placements     (bundle_ref -> bundles, share, holder_site, fragment_id, stored_at)
                     PRIMARY KEY (bundle_ref, share, holder_site)
 
+Version 4 (audits, :mod:`meshpacs.metadata.health`)::
+
+    audit_sets      (bundle_ref -> bundles, share, challenges (a challenge set, see
+                     :mod:`meshpacs.audit.challenge`), total, spent)
+                     PRIMARY KEY (bundle_ref, share)
+    placements     + verdict unaudited|ok|failed|missing, audited_at
+    peer_reputation (site_id PK, successes, failures (decayed counts), latency_seconds,
+                     updated_at, passed, failed (plain totals), last_audit_at,
+                     last_failure_at, last_seen_at, unreachable_at)
+
 ``*_fold`` columns hold the case-folded person names that PN matching compares against.
 Foreign-key columns are named ``*_ref`` so they are not mistaken for DICOM's Patient ID
 and Study ID. Only features of SQLite 3.30 are used (no STRICT tables, no RETURNING).
@@ -185,8 +195,41 @@ ALTER TABLE instances ADD COLUMN pruned_at REAL;
 CREATE INDEX instances_pruned ON instances (pruned_at) WHERE pruned_at IS NOT NULL;
 """
 
+# Audits: the challenges kept per share (stored shuffled, spent in that order, so a holder
+# cannot tell from the offsets asked so far which bytes will never be asked about), each
+# placement's last verdict, and what the audits say of each peer.
+_V4 = """
+CREATE TABLE audit_sets (
+    bundle_ref  INTEGER NOT NULL REFERENCES bundles (id),
+    share       INTEGER NOT NULL CHECK (share >= 0 AND share < 256),
+    challenges  BLOB NOT NULL,
+    total       INTEGER NOT NULL CHECK (total >= 0),
+    spent       INTEGER NOT NULL DEFAULT 0 CHECK (spent >= 0),
+    PRIMARY KEY (bundle_ref, share)
+);
+
+ALTER TABLE placements ADD COLUMN verdict TEXT NOT NULL DEFAULT 'unaudited'
+    CHECK (verdict IN ('unaudited', 'ok', 'failed', 'missing'));
+ALTER TABLE placements ADD COLUMN audited_at REAL;
+CREATE INDEX placements_audited ON placements (audited_at);
+
+CREATE TABLE peer_reputation (
+    site_id          TEXT PRIMARY KEY,
+    successes        REAL NOT NULL DEFAULT 0,
+    failures         REAL NOT NULL DEFAULT 0,
+    latency_seconds  REAL,
+    updated_at       REAL NOT NULL,
+    passed           INTEGER NOT NULL DEFAULT 0,
+    failed           INTEGER NOT NULL DEFAULT 0,
+    last_audit_at    REAL,
+    last_failure_at  REAL,
+    last_seen_at     REAL,
+    unreachable_at   REAL
+);
+"""
+
 # (version, script) in ascending order. Append only: a released entry is never edited.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3))
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

@@ -12,6 +12,10 @@ is deterministic given both, so encoding again after a stop yields the same frag
 and the same set hash; a different set hash means an instance file changed under us,
 and is refused (``InputChanged``) instead of silently replacing what partners hold.
 
+While the codec writes, each output is tapped (:mod:`meshpacs.audit.tap`) so the owner
+learns the answers of the audit challenges it will ask the holders later, from the very
+bytes they store.
+
 Runs in a worker thread: blocking file I/O and the codec (zfec and AES release the GIL).
 """
 
@@ -21,10 +25,11 @@ import contextlib
 import os
 import shutil
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from meshpacs.audit.tap import challenge_sets, tap_shares
 from meshpacs.erasure import (
     CodingParams,
     IndexEntry,
@@ -38,6 +43,7 @@ from meshpacs.errors import InputChanged
 from meshpacs.metadata.ledger import BundleMember, BundleRow
 
 __all__ = [
+    "Encoded",
     "EncodedFiles",
     "NullSink",
     "discard_work",
@@ -56,11 +62,23 @@ class NullSink:
 
 
 @dataclass(frozen=True)
+class Encoded:
+    """What encoding a bundle told the owner: its reference and each share's challenges."""
+
+    ref: BundleRef
+    challenge_sets: dict[int, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class EncodedFiles:
-    """A bundle's fragments on the owner's disk, share i at ``paths[i]``."""
+    """A bundle's fragments on the owner's disk, share i at ``paths[i]``.
+
+    ``challenge_sets`` is empty for files an earlier run left (:func:`reuse_encoded`).
+    """
 
     ref: BundleRef
     paths: tuple[Path, ...]
+    challenge_sets: dict[int, bytes] = field(default_factory=dict)
 
 
 def _bundle_dir(work_dir: Path, row: BundleRow) -> Path:
@@ -87,20 +105,25 @@ def encode_into(
     instance_path: Callable[[bytes], Path],
     data_key: bytes,
     outputs: Sequence[Writable],
-) -> BundleRef:
+    *,
+    challenges: int = 0,
+) -> Encoded:
     """Encode ``members`` (in index order) into ``row.n`` outputs, share i into outputs[i].
 
-    Raises ``InputChanged`` when an instance file no longer matches its catalog size or
-    SHA-256 (before any output received its last byte), or when the result does not match
-    a set hash recorded before.
+    With ``challenges`` > 0, that many audit challenges are planned per share and answered
+    from the bytes written. Raises ``InputChanged`` when an instance file no longer matches
+    its catalog size or SHA-256 (before any output received its last byte), or when the
+    result does not match a set hash recorded before.
     """
     sources = [_source(member, instance_path) for member in members]
+    fragment_size = _header(row, length_of(members)).fragment_size
+    taps = tap_shares(outputs, fragment_size, challenges) if challenges else []
     encoded = encode_bundle(
-        sources, _params(row), outputs, bundle_id=row.bundle_id, data_key=data_key
+        sources, _params(row), taps or outputs, bundle_id=row.bundle_id, data_key=data_key
     )
     if row.set_hash is not None and encoded.ref.set_hash != row.set_hash:
         raise InputChanged("bundle encodes to a different set hash than recorded before")
-    return encoded.ref
+    return Encoded(encoded.ref, challenge_sets(taps) if taps else {})
 
 
 def encode_to_files(
@@ -110,6 +133,8 @@ def encode_to_files(
     data_key: bytes,
     work_dir: Path,
     shares: Collection[int] | None = None,
+    *,
+    challenges: int = 0,
 ) -> EncodedFiles:
     """Encode ``members`` into fragment files under ``work_dir``: ``shares``, or all n."""
     directory = _bundle_dir(work_dir, row)
@@ -124,13 +149,15 @@ def encode_to_files(
             for share in range(row.n)
         ]
         try:
-            ref = encode_into(row, members, instance_path, data_key, outputs)
+            encoded = encode_into(
+                row, members, instance_path, data_key, outputs, challenges=challenges
+            )
         except InputChanged:
             shutil.rmtree(directory, ignore_errors=True)
             raise
     for share, part in partial.items():
         os.replace(part, paths[share])
-    return EncodedFiles(ref, paths)
+    return EncodedFiles(encoded.ref, paths, encoded.challenge_sets)
 
 
 def reuse_encoded(
@@ -139,7 +166,7 @@ def reuse_encoded(
     """The fragment files an earlier run left, if ``shares`` (or all n) are there in full."""
     if row.length is None or row.set_hash is None:
         return None
-    header = FragmentHeader(row.k, row.n, 0, row.segment_size, row.length, row.bundle_id)
+    header = _header(row, row.length)
     paths = _paths(work_dir, row)
     for path in paths if shares is None else [paths[share] for share in shares]:
         try:
@@ -154,6 +181,10 @@ def reuse_encoded(
 def discard_work(row: BundleRow, work_dir: Path) -> None:
     """Remove the bundle's fragment files once partners hold them."""
     shutil.rmtree(_bundle_dir(work_dir, row), ignore_errors=True)
+
+
+def _header(row: BundleRow, length: int) -> FragmentHeader:
+    return FragmentHeader(row.k, row.n, 0, row.segment_size, length, row.bundle_id)
 
 
 def _source(member: BundleMember, instance_path: Callable[[bytes], Path]) -> InstanceSource:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -36,7 +37,10 @@ from functools import partial
 from pathlib import Path
 from typing import Protocol
 
+from meshpacs.audit.reputation import DEFAULT_FLOOR, DEFAULT_HALF_LIFE
+from meshpacs.audit.tap import DEFAULT_CHALLENGES
 from meshpacs.backup.encode import (
+    Encoded,
     EncodedFiles,
     NullSink,
     discard_work,
@@ -49,11 +53,11 @@ from meshpacs.backup.placement import Candidate, placement_key, rank_candidates
 from meshpacs.backup.stream import ShareChannel
 from meshpacs.backup.upload import UploadPolicy, place_shares
 from meshpacs.erasure import fragment_id
-from meshpacs.erasure.layout import BundleRef, FragmentHeader
+from meshpacs.erasure.layout import FragmentHeader
 from meshpacs.errors import InputChanged, MeshError
 from meshpacs.keys import SiteKeys, unwrap_data_key, wrap_data_key
 from meshpacs.keys.wrap import DATA_KEY_SIZE
-from meshpacs.metadata import Catalog, ledger
+from meshpacs.metadata import Catalog, health, ledger
 from meshpacs.metadata.ledger import BundleMember, BundlePlan, BundleRow
 
 __all__ = ["BackupService", "BackupSettings", "Partners", "PassReport", "StudyPublisher"]
@@ -110,6 +114,9 @@ class BackupSettings:
     spare_sites: int = 2
     upload: UploadPolicy = field(default_factory=UploadPolicy)
     keep_local_seconds: float | None = None  # None: keep local copies for ever
+    challenges_per_share: int = DEFAULT_CHALLENGES  # audit challenges planned at upload
+    reputation_floor: float = DEFAULT_FLOOR  # peers audited below it get no new fragments
+    reputation_half_life: float = DEFAULT_HALF_LIFE
 
     def __post_init__(self) -> None:
         if not self.plan.k <= self.happy <= self.plan.n:
@@ -317,7 +324,7 @@ class BackupService:
         ]
         outputs = [channels.get(share, NullSink()) for share in range(row.n)]
         try:
-            ref = await asyncio.to_thread(self._encode_streams, row, members, outputs)
+            encoded = await asyncio.to_thread(self._encode_streams, row, members, outputs)
         except (InputChanged, OSError) as error:
             await asyncio.gather(*uploads, return_exceptions=True)
             # Never place what does not match the catalog: the bundle waits and the
@@ -329,29 +336,34 @@ class BackupService:
             for upload in uploads:
                 upload.cancel()
             raise
-        await self._catalog.write(
-            lambda db: ledger.record_encoded(db, row.ref, ref.length, ref.set_hash)
-        )
+        await self._catalog.write(partial(_record_encoded, bundle_ref=row.ref, encoded=encoded))
         await _finish_uploads(uploads, [channels[share] for share in targets])
         state = await self._settle(row)
         if state == "stored":
             return state
-        encoded = await self._catalog.read(partial(ledger.bundle, ref=row.ref))
-        return await self._place(encoded)
+        now_encoded = await self._catalog.read(partial(ledger.bundle, ref=row.ref))
+        return await self._place(now_encoded)
 
     def _encode_streams(
         self, row: BundleRow, members: list[BundleMember], outputs: list[ShareChannel | NullSink]
-    ) -> BundleRef:
+    ) -> Encoded:
         channels = [output for output in outputs if isinstance(output, ShareChannel)]
         try:
-            ref = encode_into(row, members, self._instance_path, self._data_key(row), outputs)
+            encoded = encode_into(
+                row,
+                members,
+                self._instance_path,
+                self._data_key(row),
+                outputs,
+                challenges=self._settings.challenges_per_share,
+            )
         except BaseException as error:
             for channel in channels:
                 channel.fail(error)
             raise
         for channel in channels:
             channel.close()
-        return ref
+        return encoded
 
     async def _stream_share(
         self,
@@ -381,7 +393,7 @@ class BackupService:
     async def _encode_files(self, row: BundleRow, shares: list[int]) -> EncodedFiles | None:
         members = await self._catalog.read(lambda db: ledger.bundle_members(db, row.ref))
         try:
-            return await asyncio.to_thread(
+            files = await asyncio.to_thread(
                 encode_to_files,
                 row,
                 members,
@@ -389,10 +401,14 @@ class BackupService:
                 self._data_key(row),
                 self._work_dir,
                 shares,
+                challenges=self._settings.challenges_per_share,
             )
         except (InputChanged, OSError) as error:
             _log.error("bundle row %d cannot be encoded: %s", row.ref, error)
             return None
+        sets = files.challenge_sets
+        await self._catalog.write(lambda db: health.record_challenges(db, row.ref, sets))
+        return files
 
     def _header(self, row: BundleRow, length: int) -> FragmentHeader:
         return FragmentHeader(row.k, row.n, 0, row.segment_size, length, row.bundle_id)
@@ -406,14 +422,25 @@ class BackupService:
         """Candidate sites for the bundle's missing shares, closest first, spares after."""
         key = placement_key(row.bundle_id)
         wanted = row.n + self._settings.spare_sites
+        shunned = await self._shunned()
         ranked = rank_candidates(
             key,
-            await self._partners.candidates(key, wanted + len(already) + 1),
+            await self._partners.candidates(key, wanted + len(already) + len(shunned) + 1),
             owner_site=self.site_id,
             fragment_size=fragment_size,
-            exclude=list(already.values()),
+            exclude=[*already.values(), *shunned],
         )
         return [candidate.site_id for candidate in ranked]
+
+    async def _shunned(self) -> set[str]:
+        """Peers whose audits went badly enough that they get no new fragments."""
+        settings = self._settings
+        now = self._clock()
+        return await self._catalog.read(
+            lambda db: health.shunned_sites(
+                db, settings.reputation_floor, now, settings.reputation_half_life
+            )
+        )
 
     async def _settle(self, row: BundleRow) -> str:
         return await self._catalog.write(
@@ -471,6 +498,12 @@ class BackupService:
         await place_shares(
             missing, sites, put, delete, on_placed, policy=self._settings.upload, already=already
         )
+
+
+def _record_encoded(db: sqlite3.Connection, bundle_ref: int, encoded: Encoded) -> None:
+    """Length, set hash and audit challenges of a bundle, in one transaction."""
+    ledger.record_encoded(db, bundle_ref, encoded.ref.length, encoded.ref.set_hash)
+    health.record_challenges(db, bundle_ref, encoded.challenge_sets)
 
 
 async def _finish_uploads(uploads: list[asyncio.Task[None]], channels: list[ShareChannel]) -> None:

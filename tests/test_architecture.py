@@ -26,11 +26,12 @@ RANK = {
     "dicom": 7,
     "backup": 8,
     "recovery": 8,
-    "node": 9,
-    "selftest": 9,
-    "testbed": 10,  # lays out and runs whole federations of nodes
-    "cli": 11,
-    "__main__": 12,  # python -m meshpacs
+    "upkeep": 9,  # audits and repair: uses both backup and recovery
+    "node": 10,
+    "selftest": 10,
+    "testbed": 11,  # lays out and runs whole federations of nodes
+    "cli": 12,
+    "__main__": 13,  # python -m meshpacs
 }
 
 

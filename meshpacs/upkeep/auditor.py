@@ -1,0 +1,188 @@
+"""The owner's auditor: spends its audit budget asking holders to prove they keep its shares.
+
+Each audit takes the placement audited longest ago (:func:`~meshpacs.metadata.health.next_audit`,
+which spends one challenge first), asks its holder for the keyed hash of the challenge's
+range, and records the verdict and the peer's reputation::
+
+    answer matches             ok
+    answer differs             failed     (the bytes changed)
+    refused (corrupt, range)   failed     (truncated, or rotten and caught by its own checks)
+    "not held"                 missing    (dropped, or quarantined by the holder's scrub)
+    no answer in time          unreachable (the placement keeps its verdict; the peer is
+                                            skipped for ``retry_seconds``)
+
+The budget is ``audits_per_hour`` for the whole site, spread over the hour with jitter
+(each wait is uniform in [0.5, 1.5] times the mean gap), so audits neither come in bursts
+nor in a rhythm a holder could learn. Nothing here names a patient or study: logs give the
+bundle's row number, the share and the holder site.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
+
+from meshpacs.audit.challenge import Challenge, check
+from meshpacs.audit.reputation import DEFAULT_HALF_LIFE, Outcome, Reputation
+from meshpacs.errors import MeshError, PeerRefused, PeerUnreachable
+from meshpacs.metadata import Catalog, health
+
+__all__ = ["AuditResult", "AuditSettings", "Auditor", "Holders"]
+
+_log = logging.getLogger("meshpacs.audit")
+
+# Waits ``seconds`` or until the event is set, whichever comes first.
+Pause = Callable[[float, asyncio.Event], Awaitable[None]]
+
+
+async def _pause(seconds: float, stop: asyncio.Event) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+# Refusals that say nothing about the fragment: the holder is there but cannot answer now.
+_BUSY = {"UNAVAILABLE"}
+
+
+class Holders(Protocol):
+    """The holders as the auditor reaches them."""
+
+    async def audit(self, site_id: str, fragment_id: str, challenge: Challenge) -> bytes | None:
+        """The holder's answer; None if it says it holds no such fragment of ours."""
+        ...
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """How much to audit and how to judge (the node's ``[audit]`` config)."""
+
+    audits_per_hour: float = 120.0
+    timeout_seconds: float = 30.0
+    retry_seconds: float = 600.0  # an unreachable peer is left alone this long
+    half_life: float = DEFAULT_HALF_LIFE
+
+    def __post_init__(self) -> None:
+        if not 0 < self.audits_per_hour <= 360_000:
+            raise ValueError(f"audits_per_hour must be in (0, 360000], not {self.audits_per_hour}")
+        if self.timeout_seconds <= 0 or self.retry_seconds < 0 or self.half_life <= 0:
+            raise ValueError("audit timeout and half-life must be positive, retry not negative")
+
+    @property
+    def mean_gap(self) -> float:
+        return 3600.0 / self.audits_per_hour
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """One audit: where, the verdict, and the holder's reputation after it."""
+
+    bundle_ref: int
+    share: int
+    holder_site: str
+    outcome: str
+    latency: float | None
+    reputation: Reputation
+    remaining: int
+
+
+class Auditor:
+    """Audits one site's placements, one challenge at a time, within its budget."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        holders: Holders,
+        settings: AuditSettings | None = None,
+        *,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        pause: Pause = _pause,
+    ) -> None:
+        self._catalog = catalog
+        self._holders = holders
+        self.settings = settings or AuditSettings()
+        self._random = random.Random(seed)  # timing jitter only; challenges come from secrets
+        self._clock = clock
+        self._monotonic = monotonic
+        self._pause = pause
+
+    async def audit_once(self) -> AuditResult | None:
+        """Audit the placement whose turn it is; None when nothing can be audited now."""
+        since = self._clock() - self.settings.retry_seconds
+        target = await self._catalog.write(partial(health.next_audit, unreachable_since=since))
+        if target is None:
+            return None
+        outcome, latency = await self._ask(target)
+        half_life = self.settings.half_life
+        now = self._clock()
+        reputation = await self._catalog.write(
+            lambda db: health.record_audit(
+                db, target, outcome, now, latency=latency, half_life=half_life
+            )
+        )
+        result = AuditResult(
+            target.bundle_ref,
+            target.share,
+            target.holder_site,
+            outcome,
+            latency,
+            reputation,
+            target.remaining,
+        )
+        _report(result, now, half_life)
+        return result
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Audit until ``stop``, one audit per jittered gap; a failing audit is logged."""
+        while not stop.is_set():
+            try:
+                await self.audit_once()
+            except MeshError as error:
+                _log.error("audit failed: %s", error)
+            await self._pause(self.settings.mean_gap * self._random.uniform(0.5, 1.5), stop)
+
+    async def _ask(self, target: health.AuditTarget) -> tuple[str, float | None]:
+        started = self._monotonic()
+        try:
+            given = await asyncio.wait_for(
+                self._holders.audit(
+                    target.holder_site, target.fragment_id, target.expected.challenge
+                ),
+                timeout=self.settings.timeout_seconds,
+            )
+        except PeerRefused as refusal:
+            if refusal.code in _BUSY:
+                return Outcome.UNREACHABLE, None
+            return Outcome.FAILED, self._monotonic() - started
+        except (PeerUnreachable, OSError, TimeoutError):
+            return Outcome.UNREACHABLE, None
+        except MeshError:
+            # A garbled answer (protocol violation, bad version) is no proof of anything.
+            return Outcome.FAILED, self._monotonic() - started
+        latency = self._monotonic() - started
+        if given is None:
+            return Outcome.MISSING, latency
+        return (Outcome.PASSED if check(target.expected, given) else Outcome.FAILED), latency
+
+
+def _report(result: AuditResult, now: float, half_life: float) -> None:
+    score = result.reputation.score(now, half_life)
+    level = logging.INFO if result.outcome == Outcome.PASSED else logging.WARNING
+    _log.log(
+        level,
+        "audit of share %d of bundle row %d at site %s: %s (reputation %.2f, %d challenges left)",
+        result.share,
+        result.bundle_ref,
+        result.holder_site,
+        result.outcome,
+        score,
+        result.remaining,
+    )

@@ -8,8 +8,9 @@ import json
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -266,8 +267,12 @@ def status(
 
     Studies: protected (every bundle stored at n partner sites), degraded (protected,
     but some bundle on fewer than n sites: repair will top it up) and unprotected (not
-    yet backed up). Peers: the member sites the running node sees, and the trusted
-    peers from the config. Works whether or not the node is running.
+    yet backed up). Audits: how the partners holding this site's shares answered when
+    asked to prove they still keep them (ok, failed: the bytes changed, missing: gone).
+    Peers: the member sites the running node sees and the trusted peers from the config,
+    each with its audit record (reputation 0 to 1; "shunned" peers get no new shares).
+    Scrub: the last check of the shares this site keeps for partners. Works whether or
+    not the node is running.
     """
     try:
         report = site_status(load_config(config))
@@ -285,10 +290,50 @@ def status(
     )
     if not report["mesh_enabled"]:
         typer.echo("  mesh: off ([mesh] enabled = false): studies are kept here only")
+    _echo_audits(report["audits"], report["scrub"])
     for peer in report["peers"]:
         state = "online" if peer["online"] else "OFFLINE"
         trusted = ", trusted" if peer["trusted"] else ""
-        typer.echo(f"  peer {peer['site_id']}: {state}{trusted}")
+        typer.echo(f"  peer {peer['site_id']}: {state}{trusted}{_peer_audits(peer['audits'])}")
+
+
+def _echo_audits(audits: dict[str, Any], scrub: dict[str, Any] | None) -> None:
+    placed = audits["placements"]
+    if placed:
+        typer.echo(
+            f"  shares at partners: {placed['ok']} audited ok, {placed['failed']} failed,"
+            f" {placed['missing']} missing, {placed['unaudited']} not yet audited"
+            f" (last audit {_ago(audits['last_audit_at'])})"
+        )
+    if scrub is not None:
+        typer.echo(
+            f"  scrub of partners' shares held here: {scrub.get('fragments', 0)} checked,"
+            f" {scrub.get('quarantined', 0)} quarantined"
+            f" (finished {_ago(scrub.get('finished_at'))});"
+            f" {scrub.get('quarantined_held', 0)} quarantined shares kept as evidence"
+        )
+
+
+def _peer_audits(audits: dict[str, Any] | None) -> str:
+    if not audits:
+        return ""
+    shunned = ", SHUNNED: gets no new shares" if audits["shunned"] else ""
+    latency = "" if audits["latency_ms"] is None else f", {audits['latency_ms']:g} ms"
+    return (
+        f", reputation {audits['reputation']:.2f} ({audits['audits_passed']} audits passed,"
+        f" {audits['audits_failed']} failed{latency}){shunned}"
+    )
+
+
+def _ago(when: object) -> str:
+    if not isinstance(when, int | float):
+        return "never"
+    seconds = max(0, int(time.time() - when))
+    if seconds < 120:
+        return f"{seconds} s ago"
+    if seconds < 7200:
+        return f"{seconds // 60} min ago"
+    return f"{seconds // 3600} h ago"
 
 
 def main() -> None:

@@ -42,6 +42,7 @@ __all__ = [
     "Destination",
     "DicomConfig",
     "LoggingConfig",
+    "MaintenanceConfig",
     "MeshConfig",
     "NodeConfig",
     "Setting",
@@ -197,6 +198,19 @@ class BackupConfig:
 
 
 @dataclass(frozen=True)
+class MaintenanceConfig:
+    """``[maintenance]``: how the node checks its backups and what it holds for partners."""
+
+    audits_per_hour: float = 120.0
+    audit_challenges: int = 16
+    audit_timeout_seconds: float = 30.0
+    reputation_floor: float = 0.3
+    reputation_half_life_seconds: float = 7 * 86400.0
+    scrub_bytes_per_second: int = 20 * 1000 * 1000
+    scrub_interval_seconds: float = 7 * 86400.0
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     """``[logging]``. ``log_phi`` is a debug switch the node warns about at start."""
 
@@ -214,6 +228,7 @@ class NodeConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     backup: BackupConfig = field(default_factory=BackupConfig)
+    maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -453,6 +468,12 @@ _SECTION_KEYS: dict[str, frozenset[str]] = {
         max_bundle_bytes="max_bundle_mb",
         keep_local_seconds="keep_local",
     ),
+    "maintenance": _names(
+        MaintenanceConfig,
+        reputation_half_life_seconds="reputation_half_life_days",
+        scrub_bytes_per_second="scrub_mb_per_second",
+        scrub_interval_seconds="scrub_interval_hours",
+    ),
 }
 
 
@@ -490,6 +511,9 @@ def parse_config(text: str, base_dir: Path, source: str) -> NodeConfig:
         logging=_logging(root.table("logging", _SECTION_KEYS["logging"], required=False)),
         mesh=_mesh(root.table("mesh", _SECTION_KEYS["mesh"], required=False), site, dicom),
         backup=_backup(root.table("backup", _SECTION_KEYS["backup"], required=False)),
+        maintenance=_maintenance(
+            root.table("maintenance", _SECTION_KEYS["maintenance"], required=False)
+        ),
     )
 
 
@@ -791,6 +815,31 @@ def _keep_local(section: _Section) -> float | None:
         "keep_local",
         f'must be "forever", "protected" or a number of days such as "30 days",'
         f" not {_shown(value)}",
+    )
+
+
+def _maintenance(section: _Section) -> MaintenanceConfig:
+    defaults = MaintenanceConfig()
+    floor = float(section.get("reputation_floor", (int, float), defaults.reputation_floor))
+    if not 0 <= floor < 1:
+        raise section.error("reputation_floor", f"must be from 0 to less than 1, not {floor:g}")
+    half_life_days = section.seconds(
+        "reputation_half_life_days", 3650, defaults.reputation_half_life_seconds / 86400
+    )
+    scrub_mb = section.seconds("scrub_mb_per_second", 10_000, defaults.scrub_bytes_per_second / 1e6)
+    scrub_hours = section.seconds(
+        "scrub_interval_hours", 24 * 365, defaults.scrub_interval_seconds / 3600
+    )
+    return MaintenanceConfig(
+        audits_per_hour=section.seconds("audits_per_hour", 360_000, defaults.audits_per_hour),
+        audit_challenges=section.integer("audit_challenges", (0, 1024), defaults.audit_challenges),
+        audit_timeout_seconds=section.seconds(
+            "audit_timeout_seconds", 3600, defaults.audit_timeout_seconds
+        ),
+        reputation_floor=floor,
+        reputation_half_life_seconds=half_life_days * 86400,
+        scrub_bytes_per_second=max(1, int(scrub_mb * 1e6)),
+        scrub_interval_seconds=scrub_hours * 3600,
     )
 
 

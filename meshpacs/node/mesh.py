@@ -12,6 +12,8 @@ Started by the daemon when ``[mesh] enabled`` is set and the site is enrolled::
           │                   and HeldRecords                      │
           └───────────────► BackupService ◄────────────────────────┘
                              (+ TrustedReplicator for the catalog records)
+                            Auditor (asks holders to prove they keep our shares)
+    Scrubber (re-reads what partners store here, on a schedule)
 
 The node publishes its own signed node record at start and every ``republish`` seconds
 (a fresh sequence number each time, so a stale copy can never win), and a provider
@@ -34,6 +36,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from meshpacs.audit.challenge import Challenge
 from meshpacs.backup.escrow import EscrowDepositor
 from meshpacs.backup.placement import Candidate
 from meshpacs.backup.replicate import TrustedReplicator
@@ -55,16 +58,19 @@ from meshpacs.keys import NodeIdentity, SiteKeys, SiteSecret
 from meshpacs.metadata import Catalog
 from meshpacs.metadata.ledger import BundlePlan
 from meshpacs.node.config import NodeConfig
+from meshpacs.node.scrub import Scrubber, scrub_on_schedule
 from meshpacs.store import FragmentStore, QuotaPolicy
 from meshpacs.store.records import HeldRecords
 from meshpacs.transport.frames import RecordKind
 from meshpacs.transport.pool import PartnerPool
 from meshpacs.transport.server import FragmentServer
+from meshpacs.upkeep import Auditor, AuditSettings
 
-__all__ = ["PEERS_FILE", "MeshNode", "PeerState"]
+__all__ = ["PEERS_FILE", "SCRUB_FILE", "MeshNode", "PeerState"]
 
 LOG = logging.getLogger("meshpacs.mesh")
 PEERS_FILE = "peers.json"
+SCRUB_FILE = "scrub.json"
 RECORD_LIFETIME = 2 * 86400  # node records; republished hourly
 PROVIDER_LIFETIME = 3 * 86400  # provider records; every one re-announced daily
 REPUBLISH_SECONDS = 3600.0
@@ -105,6 +111,17 @@ class _MeshPartners:
 
     async def delete(self, site_id: str, fragment_id: str) -> None:
         await self._pool.delete_fragment(site_id, fragment_id)
+
+
+class _MeshHolders:
+    """The auditor's view of the holders (``upkeep.Holders``)."""
+
+    def __init__(self, pool: PartnerPool) -> None:
+        self._pool = pool
+
+    async def audit(self, site_id: str, fragment_id: str, challenge: Challenge) -> bytes | None:
+        async with await self._pool.connect(site_id) as conn:
+            return await conn.audit_fragment(fragment_id, challenge)
 
 
 class MeshNode:
@@ -166,13 +183,16 @@ class MeshNode:
             trusted=mesh.trusted_peers,
             put_record=self._put_catalog_record,
         )
-        b = config.backup
+        b, m = config.backup, config.maintenance
         settings = BackupSettings(
             plan=BundlePlan(b.k, b.n, b.segment_bytes, b.max_bundle_bytes),
             happy=b.happy,
             stable_seconds=config.catalog.stable_after_seconds,
             upload=UploadPolicy(),
             keep_local_seconds=b.keep_local_seconds,
+            challenges_per_share=m.audit_challenges,
+            reputation_floor=m.reputation_floor,
+            reputation_half_life=m.reputation_half_life_seconds,
         )
         self.backup = BackupService(
             site_id=config.site.id,
@@ -185,6 +205,17 @@ class MeshNode:
             publisher=self.replicator,
             clock=clock,
         )
+        self.auditor = Auditor(
+            catalog,
+            _MeshHolders(self.pool),
+            AuditSettings(
+                audits_per_hour=m.audits_per_hour,
+                timeout_seconds=m.audit_timeout_seconds,
+                half_life=m.reputation_half_life_seconds,
+            ),
+            clock=clock,
+        )
+        self.scrubber = Scrubber(self.fragments, bytes_per_second=m.scrub_bytes_per_second)
         self.escrow = EscrowDepositor(
             site_id=config.site.id,
             secret=secret,
@@ -216,15 +247,29 @@ class MeshNode:
         await self.replicator.resend_all()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Backup passes and mesh upkeep until ``stop`` is set."""
+        """Backup passes, audits, scrubs and mesh upkeep until ``stop`` is set."""
         interval = self.config.backup.pass_interval_seconds
-        upkeep = asyncio.create_task(self._upkeep(stop))
+        duties = [
+            asyncio.create_task(self._upkeep(stop)),
+            asyncio.create_task(self.auditor.run(stop)),
+            asyncio.create_task(
+                scrub_on_schedule(
+                    self.scrubber,
+                    stop,
+                    interval=self.config.maintenance.scrub_interval_seconds,
+                    state_file=self.config.state_dir / SCRUB_FILE,
+                    clock=self._clock,
+                )
+            ),
+        ]
         try:
             await self.backup.run(stop, interval=interval)
         finally:
-            upkeep.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await upkeep
+            for duty in duties:
+                duty.cancel()
+            for duty in duties:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await duty
 
     async def close(self) -> None:
         await self.server.close()

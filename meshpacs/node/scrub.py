@@ -7,22 +7,31 @@ and backup), so a pass over 1 TB at the default 20 MB/s takes about 14 hours: sc
 a background duty measured in days, not a scan.
 
 What a pass finds is logged by fragment ID, share and owner site (fragment IDs are keyed
-HMACs: nothing in them names a patient or study) and returned, so the node can tell each
-owner (issue 6: signed record or direct message; not wired yet).
+HMACs: nothing in them names a patient or study) and returned. A quarantined fragment is
+never served again, so its owner's next audit of it gets "not held" and counts the share
+as missing (no direct message to the owner yet).
+
+:func:`scrub_on_schedule` runs a pass every ``interval`` seconds, counted from the end of
+the last pass as written in a small state file, so a node that restarts daily still
+scrubs weekly instead of starting a 14-hour pass at every start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from meshpacs.errors import LimitExceeded
+from meshpacs.errors import LimitExceeded, MeshError
 from meshpacs.store import FragmentStore, ScrubFinding
 
-__all__ = ["DEFAULT_BYTES_PER_SECOND", "ScrubPass", "Scrubber"]
+__all__ = ["DEFAULT_BYTES_PER_SECOND", "ScrubPass", "Scrubber", "last_pass_at", "scrub_on_schedule"]
 
 LOG = logging.getLogger("meshpacs.scrub")
 
@@ -59,6 +68,10 @@ class Scrubber:
         self._rate = bytes_per_second
         self._sleep = sleep
         self._clock = clock
+
+    @property
+    def store(self) -> FragmentStore:
+        return self._store
 
     async def pass_once(self) -> ScrubPass:
         """Check every fragment held now, once; returns the tally and what failed."""
@@ -103,3 +116,51 @@ class Scrubber:
         ahead = result.bytes / self._rate - (self._clock() - started)
         if ahead > 0:
             await self._sleep(ahead)
+
+
+def last_pass_at(state_file: Path) -> float | None:
+    """When the last complete pass ended (wall clock), from the state file; None if never."""
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        value = json.loads(state_file.read_text(encoding="utf-8")).get("finished_at")
+        if isinstance(value, int | float):
+            return float(value)
+    return None
+
+
+def _write_pass(state_file: Path, finished_at: float, result: ScrubPass, held: int) -> None:
+    document = {
+        "finished_at": finished_at,
+        "fragments": result.fragments,
+        "bytes": result.bytes,
+        "quarantined": len(result.findings),  # found by this pass
+        "quarantined_held": held,  # kept as evidence, found by any pass, not yet replaced
+        "seconds": result.seconds,
+    }
+    state_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    temp = state_file.with_suffix(".tmp")
+    temp.write_text(json.dumps(document, indent=2), encoding="utf-8")
+    os.replace(temp, state_file)
+
+
+async def scrub_on_schedule(
+    scrubber: Scrubber,
+    stop: asyncio.Event,
+    *,
+    interval: float,
+    state_file: Path,
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """A pass every ``interval`` seconds until ``stop``; a failing pass is logged, not fatal."""
+    while not stop.is_set():
+        last = last_pass_at(state_file)
+        wait = 0.0 if last is None else max(0.0, last + interval - clock())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=wait)
+            return
+        try:
+            result = await scrubber.pass_once()
+        except (MeshError, OSError) as error:
+            LOG.error("scrub pass failed: %s", error)
+            result = ScrubPass()
+        held = len(await asyncio.to_thread(scrubber.store.quarantined))
+        _write_pass(state_file, clock(), result, held)

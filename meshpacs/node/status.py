@@ -5,6 +5,11 @@ counts from the catalog (SQLite in WAL mode lets a reader in beside the running 
 peers from ``state/peers.json``, which the running node rewrites every half minute. When
 that file is missing or old, the peers are listed from the config with ``online: false``
 and ``peers_as_of`` says how old the news is.
+
+Audits come from the catalog too: each placement's last verdict, and per peer what this
+site's audits found (reputation score, passed and failed audits, latency); peers the
+audits score below ``[maintenance] reputation_floor`` are marked ``shunned``: they get no
+new shares. The last scrub of what partners store here is read from ``state/scrub.json``.
 """
 
 from __future__ import annotations
@@ -15,33 +20,90 @@ import sqlite3
 import time
 from typing import Any
 
-from meshpacs.metadata import ledger
+from meshpacs.metadata import health, ledger
 from meshpacs.node.config import NodeConfig
-from meshpacs.node.mesh import PEERS_FILE
+from meshpacs.node.mesh import PEERS_FILE, SCRUB_FILE
 
 __all__ = ["STALE_AFTER_SECONDS", "site_status"]
 
 STALE_AFTER_SECONDS = 120.0
 
 
-def _study_counts(config: NodeConfig) -> dict[str, int]:
-    if not config.catalog_path.exists():
-        return {"total": 0, "protected": 0, "degraded": 0, "unprotected": 0}
-    db = sqlite3.connect(config.catalog_path, timeout=10)
-    try:
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "bundles" not in tables:  # a catalog the node has not opened since upgrading
-            total = int(db.execute("SELECT COUNT(*) FROM studies").fetchone()[0])
-            return {"total": total, "protected": 0, "degraded": 0, "unprotected": total}
-        counts = ledger.protection_counts(db)
-    finally:
-        db.close()
+def _study_counts(db: sqlite3.Connection, tables: set[str]) -> dict[str, int]:
+    if "bundles" not in tables:  # a catalog the node has not opened since upgrading
+        total = int(db.execute("SELECT COUNT(*) FROM studies").fetchone()[0])
+        return {"total": total, "protected": 0, "degraded": 0, "unprotected": total}
+    counts = ledger.protection_counts(db)
     return {
         "total": counts.total,
         "protected": counts.protected,
         "degraded": counts.degraded,
         "unprotected": counts.unprotected,
     }
+
+
+def _audit_report(
+    db: sqlite3.Connection, config: NodeConfig, now: float
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Placements by verdict, and per peer what the audits found."""
+    counts = health.verdict_counts(db)
+    records = health.peer_records(db)
+    maintenance = config.maintenance
+    half_life = maintenance.reputation_half_life_seconds
+    by_peer: dict[str, dict[str, Any]] = {}
+    for record in records:
+        score = record.reputation.score(now, half_life)
+        latency = record.reputation.latency_seconds
+        by_peer[record.site_id] = {
+            "reputation": round(score, 3),
+            "shunned": score < maintenance.reputation_floor,
+            "audits_passed": record.passed,
+            "audits_failed": record.failed,
+            "last_audit_at": record.last_audit_at,
+            "last_failure_at": record.last_failure_at,
+            "latency_ms": None if latency is None else round(latency * 1000, 1),
+        }
+    audited = [r.last_audit_at for r in records if r.last_audit_at is not None]
+    summary = {
+        "placements": {
+            "unaudited": counts.unaudited,
+            "ok": counts.ok,
+            "failed": counts.failed,
+            "missing": counts.missing,
+            "out_of_challenges": counts.exhausted,
+        },
+        "passed": sum(r.passed for r in records),
+        "failed": sum(r.failed for r in records),
+        "last_audit_at": max(audited) if audited else None,
+    }
+    return summary, by_peer
+
+
+def _catalog_report(
+    config: NodeConfig, now: float
+) -> tuple[dict[str, int], dict[str, Any], dict[str, dict[str, Any]]]:
+    empty = {"total": 0, "protected": 0, "degraded": 0, "unprotected": 0}
+    no_audits: dict[str, Any] = {"placements": {}, "passed": 0, "failed": 0, "last_audit_at": None}
+    if not config.catalog_path.exists():
+        return empty, no_audits, {}
+    db = sqlite3.connect(config.catalog_path, timeout=10)
+    try:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        studies = _study_counts(db, tables)
+        if "peer_reputation" not in tables:
+            return studies, no_audits, {}
+        audits, by_peer = _audit_report(db, config, now)
+    finally:
+        db.close()
+    return studies, audits, by_peer
+
+
+def _scrub_report(config: NodeConfig) -> dict[str, Any] | None:
+    with contextlib.suppress(OSError, ValueError):
+        document = json.loads((config.state_dir / SCRUB_FILE).read_text(encoding="utf-8"))
+        if isinstance(document, dict):
+            return document
+    return None
 
 
 def _peer_report(config: NodeConfig, now: float) -> tuple[list[dict[str, Any]], float | None]:
@@ -66,10 +128,17 @@ def site_status(config: NodeConfig, now: float | None = None) -> dict[str, Any]:
     """The status document (``--json`` prints it as is)."""
     now = time.time() if now is None else now
     peers, as_of = _peer_report(config, now)
+    studies, audits, by_peer = _catalog_report(config, now)
+    known = {peer["site_id"] for peer in peers}
+    peers += [{"site_id": s, "online": False, "trusted": False} for s in by_peer if s not in known]
+    for peer in peers:
+        peer["audits"] = by_peer.get(peer["site_id"])
     return {
         "site_id": config.site.id,
         "mesh_enabled": config.mesh.enabled,
-        "studies": _study_counts(config),
-        "peers": peers,
+        "studies": studies,
+        "audits": audits,
+        "scrub": _scrub_report(config),
+        "peers": sorted(peers, key=lambda p: p["site_id"]),
         "peers_as_of": as_of,
     }

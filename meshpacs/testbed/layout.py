@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,7 +34,23 @@ from meshpacs.node.config import Setting
 from meshpacs.node.site import create_site, load_site_secret
 from meshpacs.testing.loopback import free_port
 
-__all__ = ["TESTBED_FILE", "TestbedPlan", "TestbedSite", "create_testbed", "load_testbed"]
+__all__ = [
+    "FAST_MAINTENANCE",
+    "TESTBED_FILE",
+    "TestbedPlan",
+    "TestbedSite",
+    "create_testbed",
+    "load_testbed",
+]
+
+# Audits every second or so and a scrub pass every 18 seconds, so a trial sees the mesh
+# notice a corrupted or missing fragment within a minute (``--fast-maintenance``).
+FAST_MAINTENANCE: dict[str, Setting] = {
+    "audits_per_hour": 3600.0,
+    "audit_challenges": 1024,
+    "audit_timeout_seconds": 5.0,
+    "scrub_interval_hours": 0.005,
+}
 
 TESTBED_FILE = "testbed.json"
 HOST = "127.0.0.1"
@@ -107,9 +123,14 @@ def create_testbed(
     stable_seconds: float = 2.0,
     pass_interval: float = 1.0,
     segment_kib: int = 256,
+    maintenance: Mapping[str, Setting] | None = None,
     port: Callable[[], int] = free_port,
 ) -> TestbedPlan:
-    """Lay out a federation of ``sites`` sites under ``root`` (new or empty)."""
+    """Lay out a federation of ``sites`` sites under ``root`` (new or empty).
+
+    ``maintenance`` sets keys of every site's ``[maintenance]`` table (audit and scrub
+    rates), e.g. :data:`FAST_MAINTENANCE`.
+    """
     if sites < n + 1:
         raise ConfigError(
             f"{sites} sites cannot hold n={n} shares on distinct partners: need at least {n + 1}"
@@ -149,6 +170,7 @@ def create_testbed(
             ("backup", "segment_kib"): segment_kib,
             ("backup", "pass_interval_seconds"): float(pass_interval),
         }
+        settings.update({("maintenance", key): value for key, value in (maintenance or {}).items()})
         directory = root / "sites" / site_id
         ae_title = f"MESH_{site_id.upper().replace('-', '_')}"[:16]
         created = create_site(directory, site_id, ae_title, dicom_port, settings)

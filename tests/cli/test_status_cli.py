@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from pathlib import Path
 
 from typer.testing import CliRunner
 
+from meshpacs.audit.challenge import Challenge, ExpectedAnswer
+from meshpacs.audit.reputation import Outcome
 from meshpacs.cli import app
+from meshpacs.metadata import Catalog, health
+from meshpacs.metadata.health import AuditTarget
 from meshpacs.node.site import create_site
 
 CONFIG_KEYS = {"site_id", "studies", "peers"}
@@ -34,9 +39,10 @@ def test_a_new_site_reports_no_studies_and_its_trusted_peers_offline(tmp_path: P
     assert report["site_id"] == "st-marys"
     assert report["studies"] == {"total": 0, "protected": 0, "degraded": 0, "unprotected": 0}
     assert report["peers"] == [
-        {"site_id": "county", "online": False, "trusted": True},
-        {"site_id": "general", "online": False, "trusted": True},
+        {"site_id": "county", "online": False, "trusted": True, "audits": None},
+        {"site_id": "general", "online": False, "trusted": True, "audits": None},
     ]
+    assert report["audits"]["last_audit_at"] is None and report["scrub"] is None
     code, text = run("status", "--config", created.config_path)
     assert code == 0 and "st-marys" in text and "peer county: OFFLINE, trusted" in text
 
@@ -69,3 +75,40 @@ def test_peers_come_from_what_the_running_node_last_saw_while_fresh(tmp_path: Pa
 def test_a_missing_config_is_a_message_not_a_traceback(tmp_path: Path) -> None:
     code, out = run("status", "--config", tmp_path / "nope.toml")
     assert code == 2 and "does not exist" in out
+
+
+async def test_audit_results_and_the_last_scrub_are_reported_per_peer(tmp_path: Path) -> None:
+    created = create_site(
+        tmp_path / "site", "st-marys", "MESH_STM", 11112, {("mesh", "trusted_peers"): ["county"]}
+    )
+    now = time.time()
+    target = AuditTarget(
+        1, 0, "county", "0" * 64, ExpectedAnswer(Challenge(bytes(32), 0, 1), b""), 3
+    )
+    lost = AuditTarget(1, 1, "far-away", "1" * 64, target.expected, 3)
+
+    def audited(db: sqlite3.Connection) -> None:
+        health.record_audit(db, target, Outcome.PASSED, now - 60, latency=0.004)
+        health.record_audit(db, lost, Outcome.MISSING, now - 30)
+        health.record_audit(db, lost, Outcome.FAILED, now - 20)
+
+    async with await Catalog.open(tmp_path / "site" / "catalog.sqlite") as catalog:
+        await catalog.write(audited)
+    state = tmp_path / "site" / "state"
+    state.mkdir()
+    (state / "scrub.json").write_text(
+        json.dumps({"finished_at": now - 5, "fragments": 12, "quarantined": 1})
+    )
+    _, out = run("status", "--config", created.config_path, "--json")
+    report = json.loads(out)
+    peers = {p["site_id"]: p["audits"] for p in report["peers"]}
+    assert peers["county"]["audits_passed"] == 1 and not peers["county"]["shunned"]
+    assert peers["county"]["latency_ms"] == 4.0
+    assert peers["far-away"]["audits_failed"] == 2 and peers["far-away"]["shunned"]
+    assert report["audits"]["passed"] == 1 and report["audits"]["failed"] == 2
+    assert report["audits"]["last_audit_at"] == now - 20
+    assert report["scrub"]["quarantined"] == 1
+    _, text = run("status", "--config", created.config_path)
+    assert "peer county: OFFLINE, trusted, reputation 0.67 (1 audits passed, 0 failed" in text
+    assert "far-away" in text and "SHUNNED" in text
+    assert "12 checked, 1 quarantined" in text

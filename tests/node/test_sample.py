@@ -15,6 +15,7 @@ from meshpacs.node.config import (
     CatalogConfig,
     DicomConfig,
     LoggingConfig,
+    MaintenanceConfig,
     MeshConfig,
     NodeConfig,
     SiteConfig,
@@ -30,6 +31,7 @@ SECTIONS: dict[str, type] = {
     "logging": LoggingConfig,
     "mesh": MeshConfig,
     "backup": BackupConfig,
+    "maintenance": MaintenanceConfig,
 }
 TABLES = {("dicom", "destinations")}  # options written as a [table] rather than key = value
 # Sizes the file gives in the unit its key names (GiB, MiB, KiB), held in bytes by a field
@@ -41,6 +43,9 @@ SAMPLE_KEY_OF_FIELD = {
     ("backup", "segment_bytes"): "segment_kib",
     ("backup", "max_bundle_bytes"): "max_bundle_mb",
     ("backup", "keep_local_seconds"): "keep_local",
+    ("maintenance", "reputation_half_life_seconds"): "reputation_half_life_days",
+    ("maintenance", "scrub_bytes_per_second"): "scrub_mb_per_second",
+    ("maintenance", "scrub_interval_seconds"): "scrub_interval_hours",
 }
 
 

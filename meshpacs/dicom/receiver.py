@@ -312,9 +312,8 @@ class StorageAssociation:
         status = incoming.status
         if status == STATUS.SUCCESS:
             status = self._commit(incoming)
-        elements = incoming.command.elements
         self._respond(incoming.context, C_STORE_RSP, incoming.message_id, status,
-                      elements.get(0x0002, b""), elements.get(0x1000, b""))  # fmt: skip
+                      *_echoable_uids(incoming.command))  # fmt: skip
 
     def _commit(self, incoming: _Incoming) -> int:
         assert incoming.file is not None
@@ -348,16 +347,17 @@ class StorageAssociation:
         command_field: int,
         message_id: int,
         status: int,
-        sop_class_raw: bytes,
+        sop_class_raw: bytes | None,
         sop_instance_raw: bytes | None,
     ) -> None:
         elements = {
-            0x0002: _even(sop_class_raw),
             0x0100: pdu.us_value(command_field),
             0x0120: pdu.us_value(message_id),
             0x0800: pdu.us_value(_NO_DATASET),
             0x0900: pdu.us_value(status),
         }
+        if sop_class_raw is not None:
+            elements[0x0002] = _even(sop_class_raw)
         if sop_instance_raw is not None:
             elements[0x1000] = _even(sop_instance_raw)
         self._send(pdu.p_data_pdu(context.context_id, pdu.encode_command(elements)))
@@ -381,6 +381,20 @@ def _drop(incoming: _Incoming) -> None:
     if incoming.file is not None:
         InstanceStore.discard_pending(incoming.file)
         incoming.file = None
+
+
+def _echoable_uids(command: pdu.Command) -> tuple[bytes | None, bytes | None]:
+    """The Affected SOP Class and Instance UIDs to echo in a C-STORE-RSP.
+
+    A UID we refused as invalid is left out: echoing it would make the response
+    itself undecodable to a strict SCU, which then never reads the refusal.
+    """
+    class_raw = command.elements.get(0x0002)
+    instance_raw = command.elements.get(0x1000)
+    return (
+        class_raw if is_valid_uid(command.text(0x0002)) else None,
+        instance_raw if is_valid_uid(command.text(0x1000)) else None,
+    )
 
 
 def _even(value: bytes) -> bytes:

@@ -39,7 +39,13 @@ from meshpacs.erasure.layout import (
 )
 from meshpacs.errors import CorruptFragment, FormatError, LimitExceeded, Unrecoverable, WrongKey
 
-__all__ = ["FragmentSource", "SegmentDecoder", "VerifiedFragment", "verify_fragment"]
+__all__ = [
+    "FragmentSource",
+    "SegmentDecoder",
+    "ShareSet",
+    "VerifiedFragment",
+    "verify_fragment",
+]
 
 
 class FragmentSource(Protocol):
@@ -126,12 +132,14 @@ def verify_fragment(
     return VerifiedFragment(header, claimed)
 
 
-class SegmentDecoder:
-    """Yields a bundle's plaintext segments from any k good fragments among those given."""
+class ShareSet:
+    """k verified shares of one bundle, read segment by segment, any failing one replaced.
 
-    def __init__(
-        self, ref: BundleRef, data_key: bytes, fragments: Sequence[FragmentSource]
-    ) -> None:
+    The part of decoding that needs no key: the decoder decrypts what it yields, and
+    repair re-encodes it into the shares that were lost.
+    """
+
+    def __init__(self, ref: BundleRef, fragments: Sequence[FragmentSource]) -> None:
         self.ref = ref
         self.header = ref.header
         self.rejected: dict[int, str] = {}
@@ -140,18 +148,27 @@ class SegmentDecoder:
         # Primaries first: with all k primaries zfec decode is a copy.
         self._candidates.sort(key=lambda c: (c.header.share, c.position))
         self._active: list[_Candidate] = []
-        self._aead = AESGCM(data_key)
         self._zfec = zfec.Decoder(self.header.k, self.header.n)
         block = self.header.block_size(0)
         self._blocks = [memoryview(bytearray(block)) for _ in range(self.header.k)]
-        self._cipher = memoryview(bytearray(block * self.header.k))
-        self._plain = memoryview(bytearray(self.header.segment_length(0)))
         self._fill_active()
 
-    def segments(self) -> Iterator[memoryview]:
-        """Each segment's plaintext in order; a view valid until the next one is produced."""
-        for segment in range(self.header.segment_count):
-            yield self._decode_segment(segment)
+    @property
+    def share_roots(self) -> tuple[bytes, ...]:
+        """Every share's root, as the recorded set hash pins them."""
+        return self._active[0].trailer.share_roots
+
+    def primaries(self, segment: int) -> Sequence[memoryview | bytes]:
+        """The k primary blocks of ``segment``: the ciphertext, cut in k, zero padded.
+
+        Valid until the next call.
+        """
+        blocks = self._gather(segment)
+        shares = tuple(c.header.share for c in self._active)
+        if shares == tuple(range(self.header.k)):
+            return blocks
+        decoded: Sequence[memoryview | bytes] = self._zfec.decode(tuple(blocks), shares)
+        return decoded
 
     def _admit(self, position: int, source: FragmentSource) -> _Candidate | None:
         try:
@@ -219,14 +236,34 @@ class SegmentDecoder:
             else:
                 return blocks
 
+
+class SegmentDecoder:
+    """Yields a bundle's plaintext segments from any k good fragments among those given."""
+
+    def __init__(
+        self, ref: BundleRef, data_key: bytes, fragments: Sequence[FragmentSource]
+    ) -> None:
+        self.ref = ref
+        self.header = ref.header
+        self._shares = ShareSet(ref, fragments)
+        self._aead = AESGCM(data_key)
+        block = self.header.block_size(0)
+        self._cipher = memoryview(bytearray(block * self.header.k))
+        self._plain = memoryview(bytearray(self.header.segment_length(0)))
+
+    @property
+    def rejected(self) -> dict[int, str]:
+        """Fragments refused so far, by their position in the caller's list, with why."""
+        return self._shares.rejected
+
+    def segments(self) -> Iterator[memoryview]:
+        """Each segment's plaintext in order; a view valid until the next one is produced."""
+        for segment in range(self.header.segment_count):
+            yield self._decode_segment(segment)
+
     def _decode_segment(self, segment: int) -> memoryview:
-        blocks = self._gather(segment)
-        shares = tuple(c.header.share for c in self._active)
+        primaries = self._shares.primaries(segment)
         size = self.header.block_size(segment)
-        if shares == tuple(range(self.header.k)):
-            primaries: Sequence[memoryview | bytes] = blocks
-        else:
-            primaries = self._zfec.decode(tuple(blocks), shares)
         for i, block in enumerate(primaries):
             self._cipher[i * size : (i + 1) * size] = block
         length = self.header.segment_length(segment)

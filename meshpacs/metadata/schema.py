@@ -45,6 +45,14 @@ Version 4 (audits, :mod:`meshpacs.metadata.health`)::
                      updated_at, passed, failed (plain totals), last_audit_at,
                      last_failure_at, last_seen_at, unreachable_at)
 
+Version 5 (repair, :mod:`meshpacs.metadata.repair`)::
+
+    superseded      (bundle_ref -> bundles, share, holder_site, fragment_id, superseded_at)
+                     PRIMARY KEY (bundle_ref, share, holder_site): placements a repair
+                     replaced, whose fragment is deleted at the holder once it answers
+    repairs         (id, bundle_ref -> bundles, at, regenerated, placed, outcome
+                     repaired|partial|failed, detail)
+
 ``*_fold`` columns hold the case-folded person names that PN matching compares against.
 Foreign-key columns are named ``*_ref`` so they are not mistaken for DICOM's Patient ID
 and Study ID. Only features of SQLite 3.30 are used (no STRICT tables, no RETURNING).
@@ -228,8 +236,38 @@ CREATE TABLE peer_reputation (
 );
 """
 
+# Repair: a placement it replaces moves to ``superseded`` until its holder deletes the
+# fragment (a lost site may come back); each repair attempt leaves one row in ``repairs``.
+_V5 = """
+CREATE TABLE superseded (
+    bundle_ref     INTEGER NOT NULL REFERENCES bundles (id),
+    share          INTEGER NOT NULL CHECK (share >= 0 AND share < 256),
+    holder_site    TEXT NOT NULL,
+    fragment_id    TEXT NOT NULL,
+    superseded_at  REAL NOT NULL,
+    PRIMARY KEY (bundle_ref, share, holder_site)
+);
+
+CREATE TABLE repairs (
+    id           INTEGER PRIMARY KEY,
+    bundle_ref   INTEGER NOT NULL REFERENCES bundles (id),
+    at           REAL NOT NULL,
+    regenerated  INTEGER NOT NULL CHECK (regenerated >= 0),
+    placed       INTEGER NOT NULL CHECK (placed >= 0),
+    outcome      TEXT NOT NULL CHECK (outcome IN ('repaired', 'partial', 'failed')),
+    detail       TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX repairs_at ON repairs (at);
+"""
+
 # (version, script) in ascending order. Append only: a released entry is never edited.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4))
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (1, _V1),
+    (2, _V2),
+    (3, _V3),
+    (4, _V4),
+    (5, _V5),
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

@@ -1,9 +1,18 @@
-"""Keeping a site's backups healthy after they are made: audits now, repair to come.
+"""Keeping a site's backups healthy after they are made: audits and repair.
 
 Upkeep sits above both ``backup`` (placing shares) and ``recovery`` (gathering them),
 because healing a bundle needs both.
 """
 
 from meshpacs.upkeep.auditor import Auditor, AuditResult, AuditSettings, Holders
+from meshpacs.upkeep.repair import Repairer, RepairPass, RepairSettings
 
-__all__ = ["AuditResult", "AuditSettings", "Auditor", "Holders"]
+__all__ = [
+    "AuditResult",
+    "AuditSettings",
+    "Auditor",
+    "Holders",
+    "RepairPass",
+    "RepairSettings",
+    "Repairer",
+]

@@ -86,6 +86,8 @@ class DirPartners:
             partial.unlink(missing_ok=True)
 
     async def delete(self, site_id: str, fragment_id: str) -> None:
+        if site_id in self.down:
+            raise PeerUnreachable(f"site {site_id} is down")
         (self.root / site_id / fragment_id).unlink(missing_ok=True)
 
     def held(self) -> dict[str, list[Path]]:

@@ -9,38 +9,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from meshpacs.audit.challenge import Challenge, answer
 from meshpacs.audit.reputation import Outcome
-from meshpacs.errors import PeerUnreachable
 from meshpacs.metadata import health, ledger
 from meshpacs.upkeep import Auditor, AuditSettings
 
 from ..backup.helpers import Site, open_site
-
-
-@dataclass
-class DirHolders:
-    """Holders answering audits from the partner directories of the backup harness."""
-
-    root: Path
-    down: set[str] = field(default_factory=set)
-    asked: list[tuple[str, Challenge]] = field(default_factory=list)
-
-    async def audit(self, site_id: str, fragment_id: str, challenge: Challenge) -> bytes | None:
-        self.asked.append((site_id, challenge))
-        if site_id in self.down:
-            raise PeerUnreachable(f"site {site_id} is down")
-        path = self.root / site_id / fragment_id
-        if not path.exists():
-            return None
-        with open(path, "rb") as source:
-            source.seek(challenge.offset)
-            return answer(challenge.nonce, challenge.offset, source.read(challenge.length))
+from .helpers import DirHolders
 
 
 @pytest.fixture

@@ -1,0 +1,48 @@
+"""Holders as the partner directories of the backup harness, for the upkeep services."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshpacs.audit.challenge import Challenge, answer
+from meshpacs.errors import PeerUnreachable
+
+
+@dataclass
+class DirHolders:
+    """Holders answering audits and fetches from partner directories; ``down`` ones fail.
+
+    A holder answers from whatever bytes its directory has (the transport's own tests
+    cover the wire), so a fragment altered, truncated or removed on its disk is exactly
+    what the auditor and the repairer must cope with.
+    """
+
+    root: Path
+    down: set[str] = field(default_factory=set)
+    asked: list[tuple[str, Challenge]] = field(default_factory=list)
+    fetched: list[tuple[str, str]] = field(default_factory=list)
+
+    async def audit(self, site_id: str, fragment_id: str, challenge: Challenge) -> bytes | None:
+        self.asked.append((site_id, challenge))
+        if site_id in self.down:
+            raise PeerUnreachable(f"site {site_id} is down")
+        path = self.root / site_id / fragment_id
+        if not path.exists():
+            return None
+        with open(path, "rb") as source:
+            source.seek(challenge.offset)
+            return answer(challenge.nonce, challenge.offset, source.read(challenge.length))
+
+    async def fetch(self, site_id: str, fragment_id: str, dest: Path, size: int) -> None:
+        self.fetched.append((site_id, fragment_id))
+        if site_id in self.down:
+            raise PeerUnreachable(f"site {site_id} is down")
+        shutil.copyfile(self.root / site_id / fragment_id, dest)
+
+    async def find_holders(self, fragment_id: str) -> list[str]:
+        """What the DHT would say: every site whose directory has the fragment."""
+        if not self.root.exists():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / fragment_id).exists())

@@ -1,0 +1,204 @@
+"""The repairer over a real catalog, the real codec and the real gatherer; partners as
+directories (the transport and the mesh have their own tests)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from meshpacs.erasure import verify_fragment
+from meshpacs.metadata import ledger
+from meshpacs.metadata import repair as repair_ledger
+from meshpacs.upkeep import Auditor, AuditSettings, Repairer, RepairSettings
+
+from ..backup.helpers import Site, decode_all, open_site
+from .helpers import DirHolders
+
+K, N = 2, 4  # threshold 3: one lost share waits, two are repaired
+GRACE = 3600.0
+
+
+@pytest.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    async with open_site(tmp_path) as opened:
+        opened.sent = await opened.receive(3, size=20_000)  # type: ignore[attr-defined]
+        report = await opened.service(k=K, n=N, happy=N).run_once()
+        assert report.stored == 1
+        yield opened
+
+
+def holders_of(site: Site) -> DirHolders:
+    return DirHolders(site.partners.root)
+
+
+def repairer(site: Site, holders: DirHolders, **settings: object) -> Repairer:
+    return Repairer(
+        site_id="owner",
+        fragment_id_key=site.keys.fragment_id,
+        catalog=site.catalog,
+        partners=site.partners,
+        fetch=holders.fetch,
+        find_holders=holders.find_holders,
+        work_dir=site.work / "repair",
+        settings=RepairSettings(lost_after_seconds=GRACE, **settings),  # type: ignore[arg-type]
+        clock=site.clock,
+    )
+
+
+async def placements(site: Site) -> list[ledger.Placement]:
+    return await site.catalog.read(lambda db: ledger.placements(db, 1))
+
+
+async def state(site: Site) -> str:
+    return (await site.catalog.read(lambda db: ledger.bundle(db, 1))).state
+
+
+async def lose(site: Site, holders: DirHolders, *sites: str) -> dict[str, bytes]:
+    """The sites go down for good (their disks gone) and audits notice; past the grace.
+
+    Returns the fragments they held, by fragment ID, as they were."""
+    held = {}
+    for name in sites:
+        for path in (site.partners.root / name).iterdir():
+            held[path.name] = path.read_bytes()
+        shutil.rmtree(site.partners.root / name)
+        site.partners.down.add(name)
+        holders.down.add(name)
+    checker = Auditor(site.catalog, holders, AuditSettings(), clock=site.clock)
+    for _ in range(N):
+        site.clock.advance(1)
+        await checker.audit_once()
+    site.clock.advance(GRACE + 1)
+    return held
+
+
+async def test_a_bundle_below_its_threshold_is_regenerated_exactly_on_new_sites(
+    site: Site,
+) -> None:
+    holders = holders_of(site)
+    before = {p.share: p for p in await placements(site)}
+    gone = sorted({before[0].holder_site, before[1].holder_site})
+    originals = await lose(site, holders, *gone)
+
+    report = await repairer(site, holders).repair_once()
+
+    assert report.lost_sites == tuple(gone)
+    assert (report.attempted, report.repaired, report.shares_placed) == (1, 1, 2)
+    after = {p.share: p for p in await placements(site)}
+    assert sorted(after) == list(range(N))
+    assert len({p.holder_site for p in after.values()}) == N  # distinct sites
+    assert not {p.holder_site for p in after.values()} & {*gone, "owner"}
+    row = await site.catalog.read(lambda db: ledger.bundle(db, 1))
+    assert row.set_hash is not None
+    for share in (0, 1):
+        placed = after[share]
+        data = (site.partners.root / placed.holder_site / placed.fragment_id).read_bytes()
+        assert data == originals[placed.fragment_id]  # byte for byte what was first made
+        assert verify_fragment(io.BytesIO(data), row.set_hash).header.share == share
+    assert await state(site) == "stored"
+    assert await decode_all(site, K) == site.sent  # type: ignore[attr-defined]
+    summary = await site.catalog.read(lambda db: repair_ledger.repair_summary(db, set(gone)))
+    assert (summary.repairs, summary.shares_placed, summary.last_outcome) == (1, 2, "repaired")
+    assert summary.below_n == 0 and summary.superseded == 2
+
+
+async def test_one_lost_share_marks_the_bundle_degraded_and_waits_for_a_second(
+    site: Site,
+) -> None:
+    holders = holders_of(site)
+    first = (await placements(site))[0].holder_site
+    await lose(site, holders, first)
+    report = await repairer(site, holders).repair_once()
+    assert (report.below_n, report.attempted) == (1, 0)
+    assert await state(site) == "degraded"
+    # The same loss with the threshold at n is repaired at once.
+    report = await repairer(site, holders, threshold=N).repair_once()
+    assert (report.repaired, report.shares_placed) == (1, 1)
+    assert await state(site) == "stored"
+
+
+async def test_a_lost_site_that_comes_back_has_its_surplus_copy_deleted(site: Site) -> None:
+    holders = holders_of(site)
+    before = await placements(site)
+    gone = [before[0].holder_site, before[1].holder_site]
+    originals = await lose(site, holders, *gone)
+    mended = repairer(site, holders)
+    await mended.repair_once()
+    # Still down: nothing to collect, the replaced placements wait.
+    assert (await mended.repair_once()).collected == 0
+
+    back = gone[0]
+    (site.partners.root / back).mkdir()
+    for placed in before[:2]:
+        if placed.holder_site == back:
+            (site.partners.root / back / placed.fragment_id).write_bytes(
+                originals[placed.fragment_id]
+            )
+    site.partners.down.discard(back)
+    holders.down.discard(back)
+    report = await mended.repair_once()
+    assert back in report.lost_sites  # audits no longer reach it: no placement of it is left
+    assert report.collected == 1  # but its answer to the deletion is enough
+    assert list((site.partners.root / back).iterdir()) == []
+    summary = await site.catalog.read(lambda db: repair_ledger.repair_summary(db, {gone[1]}))
+    assert summary.superseded == 1  # the other lost site's copy still waits
+
+
+async def test_fewer_than_k_good_shares_is_left_for_later_and_recorded_nowhere(
+    site: Site,
+) -> None:
+    holders = holders_of(site)
+    placed = await placements(site)
+    gone = [p.holder_site for p in placed[:3]]
+    await lose(site, holders, *gone)
+    report = await repairer(site, holders).repair_once()
+    assert (report.attempted, report.unrecoverable, report.shares_placed) == (1, 1, 0)
+    assert await state(site) == "degraded"
+    summary = await site.catalog.read(lambda db: repair_ledger.repair_summary(db, set(gone)))
+    assert summary.repairs == 0 and summary.failed == 0
+
+
+async def test_no_eligible_site_is_a_failed_repair_with_its_reason(site: Site) -> None:
+    holders = holders_of(site)
+    placed = await placements(site)
+    gone = [p.holder_site for p in placed[:2]]
+    await lose(site, holders, *gone)
+    spare = set(site.partners.sites) - {p.holder_site for p in placed} - {"owner"}
+    site.partners.down |= spare  # the only sites free to take a share refuse every put
+    report = await repairer(site, holders).repair_once()
+    assert (report.failed, report.shares_placed) == (1, 0)
+    summary = await site.catalog.read(lambda db: repair_ledger.repair_summary(db, set(gone)))
+    assert (summary.failed, summary.last_outcome) == (1, "failed")
+    assert await state(site) == "degraded"
+
+
+async def test_a_corrupt_fragment_failed_by_audit_counts_as_lost(site: Site) -> None:
+    holders = holders_of(site)
+    placed = await placements(site)
+    for victim in placed[:2]:
+        path = site.partners.root / victim.holder_site / victim.fragment_id
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    checker = Auditor(
+        site.catalog, holders, AuditSettings(), clock=site.clock
+    )  # every byte range is challenged sooner or later; fail both by auditing until they do
+    verdicts: dict[str, str] = {}
+    for _ in range(200):
+        site.clock.advance(1)
+        result = await checker.audit_once()
+        if result is None:
+            break
+        verdicts[result.holder_site] = result.outcome
+        if all(verdicts.get(v.holder_site) == "failed" for v in placed[:2]):
+            break
+    assert all(verdicts.get(v.holder_site) == "failed" for v in placed[:2]), verdicts
+    report = await repairer(site, holders).repair_once()
+    assert report.repaired == 1 and report.lost_sites == ()
+    after = await placements(site)
+    assert {p.holder_site for p in after}.isdisjoint({v.holder_site for v in placed[:2]})
+    assert await decode_all(site, K) == site.sent  # type: ignore[attr-defined]

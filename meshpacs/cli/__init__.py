@@ -305,6 +305,15 @@ def _echo_audits(audits: dict[str, Any], scrub: dict[str, Any] | None) -> None:
             f" {placed['missing']} missing, {placed['unaudited']} not yet audited"
             f" (last audit {_ago(audits['last_audit_at'])})"
         )
+    repairs = audits.get("repairs")
+    if repairs is not None:
+        lost = ", ".join(repairs["lost_sites"]) or "none"
+        typer.echo(
+            f"  repair: {repairs['bundles_below_n']} bundles below n;"
+            f" {repairs['repaired']} repaired, {repairs['failed']} failed,"
+            f" {repairs['shares_placed']} shares placed (last {_ago(repairs['last_repair_at'])});"
+            f" lost sites: {lost}; {repairs['replaced_copies_to_delete']} replaced copies to delete"
+        )
     if scrub is not None:
         typer.echo(
             f"  scrub of partners' shares held here: {scrub.get('fragments', 0)} checked,"

@@ -208,6 +208,9 @@ class MaintenanceConfig:
     reputation_half_life_seconds: float = 7 * 86400.0
     scrub_bytes_per_second: int = 20 * 1000 * 1000
     scrub_interval_seconds: float = 7 * 86400.0
+    repair_threshold: int | None = None  # None: halfway between k and n
+    lost_after_seconds: float = 3 * 86400.0
+    repair_interval_seconds: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -473,6 +476,8 @@ _SECTION_KEYS: dict[str, frozenset[str]] = {
         reputation_half_life_seconds="reputation_half_life_days",
         scrub_bytes_per_second="scrub_mb_per_second",
         scrub_interval_seconds="scrub_interval_hours",
+        lost_after_seconds="lost_after_hours",
+        repair_interval_seconds="repair_interval_minutes",
     ),
 }
 
@@ -840,6 +845,16 @@ def _maintenance(section: _Section) -> MaintenanceConfig:
         reputation_half_life_seconds=half_life_days * 86400,
         scrub_bytes_per_second=max(1, int(scrub_mb * 1e6)),
         scrub_interval_seconds=scrub_hours * 3600,
+        repair_threshold=section.integer("repair_threshold", (0, 256), 0) or None,
+        lost_after_seconds=3600
+        * section.seconds("lost_after_hours", 24 * 365, defaults.lost_after_seconds / 3600),
+        repair_interval_seconds=60
+        * max(
+            0.001,
+            section.seconds(
+                "repair_interval_minutes", 7 * 24 * 60, defaults.repair_interval_seconds / 60
+            ),
+        ),
     )
 
 

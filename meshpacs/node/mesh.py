@@ -59,12 +59,13 @@ from meshpacs.metadata import Catalog
 from meshpacs.metadata.ledger import BundlePlan
 from meshpacs.node.config import NodeConfig
 from meshpacs.node.scrub import Scrubber, scrub_on_schedule
+from meshpacs.recovery.gather import FindHolders, pool_fetch
 from meshpacs.store import FragmentStore, QuotaPolicy
 from meshpacs.store.records import HeldRecords
 from meshpacs.transport.frames import RecordKind
 from meshpacs.transport.pool import PartnerPool
 from meshpacs.transport.server import FragmentServer
-from meshpacs.upkeep import Auditor, AuditSettings
+from meshpacs.upkeep import Auditor, AuditSettings, Repairer, RepairSettings
 
 __all__ = ["PEERS_FILE", "SCRUB_FILE", "MeshNode", "PeerState"]
 
@@ -111,6 +112,15 @@ class _MeshPartners:
 
     async def delete(self, site_id: str, fragment_id: str) -> None:
         await self._pool.delete_fragment(site_id, fragment_id)
+
+
+def dht_holders(dht: DhtNode) -> FindHolders:
+    """Sites whose signed provider records say they hold a fragment."""
+
+    async def find(fragment: str) -> list[str]:
+        return [record.holder_site_id for record in await dht.find_providers(fragment)]
+
+    return find
 
 
 class _MeshHolders:
@@ -216,6 +226,24 @@ class MeshNode:
             clock=clock,
         )
         self.scrubber = Scrubber(self.fragments, bytes_per_second=m.scrub_bytes_per_second)
+        self.repairer = Repairer(
+            site_id=config.site.id,
+            fragment_id_key=keys.fragment_id,
+            catalog=catalog,
+            partners=_MeshPartners(self.dht, self.pool),
+            fetch=pool_fetch(self.pool),
+            find_holders=dht_holders(self.dht),
+            work_dir=config.tmp_dir / "repair",
+            settings=RepairSettings(
+                threshold=m.repair_threshold,
+                lost_after_seconds=m.lost_after_seconds,
+                interval_seconds=m.repair_interval_seconds,
+                reputation_floor=m.reputation_floor,
+                half_life=m.reputation_half_life_seconds,
+            ),
+            publisher=self.replicator,
+            clock=clock,
+        )
         self.escrow = EscrowDepositor(
             site_id=config.site.id,
             secret=secret,
@@ -252,6 +280,7 @@ class MeshNode:
         duties = [
             asyncio.create_task(self._upkeep(stop)),
             asyncio.create_task(self.auditor.run(stop)),
+            asyncio.create_task(self.repairer.run(stop)),
             asyncio.create_task(
                 scrub_on_schedule(
                     self.scrubber,

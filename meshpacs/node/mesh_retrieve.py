@@ -50,7 +50,6 @@ from functools import partial
 from pathlib import Path
 from typing import cast
 
-from meshpacs.dht import DhtNode
 from meshpacs.dicom.qr import Recalled
 from meshpacs.dicom.storage import InstanceStore
 from meshpacs.erasure.ids import fragment_id
@@ -59,7 +58,7 @@ from meshpacs.errors import CorruptBundle, MeshError
 from meshpacs.keys import SiteKeys, SiteSecret
 from meshpacs.metadata import Catalog, InstanceLocation
 from meshpacs.metadata.adopt import RecallBundle, RecallPlan, mark_recalled, recall_bundles
-from meshpacs.node.mesh import MeshNode
+from meshpacs.node.mesh import MeshNode, dht_holders
 from meshpacs.recovery.decode import decode_to_files
 from meshpacs.recovery.gather import Fetch, FindHolders, gather_bundle, pool_fetch
 from meshpacs.recovery.model import PlannedBundle, PlannedInstance, ShareHolder
@@ -91,15 +90,6 @@ class RecallLimits:
             raise ValueError("recall limits must be positive")
         if self.fetches_per_bundle < 1 or min(self.stall_seconds, self.bundle_seconds) <= 0:
             raise ValueError("recall limits must be positive")
-
-
-def dht_holders(dht: DhtNode) -> FindHolders:
-    """Sites whose signed provider records say they hold a fragment."""
-
-    async def find(fragment: str) -> list[str]:
-        return [record.holder_site_id for record in await dht.find_providers(fragment)]
-
-    return find
 
 
 class MeshRetriever:

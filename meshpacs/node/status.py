@@ -20,7 +20,7 @@ import sqlite3
 import time
 from typing import Any
 
-from meshpacs.metadata import health, ledger
+from meshpacs.metadata import health, ledger, repair
 from meshpacs.node.config import NodeConfig
 from meshpacs.node.mesh import PEERS_FILE, SCRUB_FILE
 
@@ -79,11 +79,33 @@ def _audit_report(
     return summary, by_peer
 
 
+def _repair_report(db: sqlite3.Connection, config: NodeConfig, now: float) -> dict[str, Any]:
+    """What repair did, and how many bundles have fewer than n good shares now."""
+    lost = repair.lost_sites(db, now, config.maintenance.lost_after_seconds)
+    summary = repair.repair_summary(db, lost)
+    return {
+        "repaired": summary.repairs,
+        "failed": summary.failed,
+        "shares_placed": summary.shares_placed,
+        "last_repair_at": summary.last_repair_at,
+        "last_outcome": summary.last_outcome,
+        "bundles_below_n": summary.below_n,
+        "replaced_copies_to_delete": summary.superseded,
+        "lost_sites": sorted(lost),
+    }
+
+
 def _catalog_report(
     config: NodeConfig, now: float
 ) -> tuple[dict[str, int], dict[str, Any], dict[str, dict[str, Any]]]:
     empty = {"total": 0, "protected": 0, "degraded": 0, "unprotected": 0}
-    no_audits: dict[str, Any] = {"placements": {}, "passed": 0, "failed": 0, "last_audit_at": None}
+    no_audits: dict[str, Any] = {
+        "placements": {},
+        "passed": 0,
+        "failed": 0,
+        "last_audit_at": None,
+        "repairs": None,
+    }
     if not config.catalog_path.exists():
         return empty, no_audits, {}
     db = sqlite3.connect(config.catalog_path, timeout=10)
@@ -93,6 +115,7 @@ def _catalog_report(
         if "peer_reputation" not in tables:
             return studies, no_audits, {}
         audits, by_peer = _audit_report(db, config, now)
+        audits["repairs"] = _repair_report(db, config, now) if "repairs" in tables else None
     finally:
         db.close()
     return studies, audits, by_peer

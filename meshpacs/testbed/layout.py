@@ -43,13 +43,17 @@ __all__ = [
     "load_testbed",
 ]
 
-# Audits every second or so and a scrub pass every 18 seconds, so a trial sees the mesh
-# notice a corrupted or missing fragment within a minute (``--fast-maintenance``).
+# Audits every second or so, a scrub pass every 18 seconds and a repair pass every second,
+# so a trial sees the mesh notice a corrupted or missing fragment and heal it within a
+# minute (``--fast-maintenance``).
 FAST_MAINTENANCE: dict[str, Setting] = {
     "audits_per_hour": 3600.0,
     "audit_challenges": 1024,
     "audit_timeout_seconds": 5.0,
     "scrub_interval_hours": 0.005,
+    "repair_threshold": 256,  # at most n: any lost share is rebuilt
+    "lost_after_hours": 0.001,  # 3.6 s
+    "repair_interval_minutes": 0.02,  # 1.2 s
 }
 
 TESTBED_FILE = "testbed.json"

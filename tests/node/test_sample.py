@@ -46,6 +46,8 @@ SAMPLE_KEY_OF_FIELD = {
     ("maintenance", "reputation_half_life_seconds"): "reputation_half_life_days",
     ("maintenance", "scrub_bytes_per_second"): "scrub_mb_per_second",
     ("maintenance", "scrub_interval_seconds"): "scrub_interval_hours",
+    ("maintenance", "lost_after_seconds"): "lost_after_hours",
+    ("maintenance", "repair_interval_seconds"): "repair_interval_minutes",
 }
 
 

@@ -69,6 +69,7 @@ __all__ = [
     "UnknownVersion",
     "Unrecoverable",
     "WrongKey",
+    "brief",
 ]
 
 
@@ -253,3 +254,9 @@ class PeerRefused(TransportError):
 
 class ProtocolViolation(TransportError):
     """Frames that break the transport protocol: the connection is closed at once."""
+
+
+def brief(error: BaseException, limit: int = 300) -> str:
+    """One line for a log or a report: the message (or the type's name), cut to ``limit``."""
+    text = str(error) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

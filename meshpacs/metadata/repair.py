@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from meshpacs.metadata.ledger import Placement, distinct_shares
@@ -196,16 +196,14 @@ def reassess(
 
 
 def bundles_below(
-    db: sqlite3.Connection, lost: set[str], threshold: int | None = None, limit: int = 100
+    bundles: Iterable[BundleShares], threshold: int | None = None, limit: int = 100
 ) -> list[BundleShares]:
-    """Settled bundles with fewer good shares than their repair threshold, neediest first.
+    """Those of ``bundles`` with fewer good shares than their repair threshold, neediest first.
 
     Bundles with fewer than k good shares come last: nothing can repair them until shares
     come back, and they must not starve those that can be repaired now.
     """
-    below = [
-        b for b in _settled_bundles(db, lost) if len(b.good) < repair_threshold(b.k, b.n, threshold)
-    ]
+    below = [b for b in bundles if len(b.good) < repair_threshold(b.k, b.n, threshold)]
     below.sort(key=lambda b: (len(b.good) < b.k, len(b.good) - b.k, b.bundle_ref))
     return below[:limit]
 

@@ -849,11 +849,8 @@ def _maintenance(section: _Section) -> MaintenanceConfig:
         lost_after_seconds=3600
         * section.seconds("lost_after_hours", 24 * 365, defaults.lost_after_seconds / 3600),
         repair_interval_seconds=60
-        * max(
-            0.001,
-            section.seconds(
-                "repair_interval_minutes", 7 * 24 * 60, defaults.repair_interval_seconds / 60
-            ),
+        * section.seconds(
+            "repair_interval_minutes", 7 * 24 * 60, defaults.repair_interval_seconds / 60
         ),
     )
 

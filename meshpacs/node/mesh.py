@@ -194,6 +194,7 @@ class MeshNode:
             put_record=self._put_catalog_record,
         )
         b, m = config.backup, config.maintenance
+        partners = _MeshPartners(self.dht, self.pool)
         settings = BackupSettings(
             plan=BundlePlan(b.k, b.n, b.segment_bytes, b.max_bundle_bytes),
             happy=b.happy,
@@ -209,7 +210,7 @@ class MeshNode:
             keys=keys,
             catalog=catalog,
             instance_path=instances.path_for,
-            partners=_MeshPartners(self.dht, self.pool),
+            partners=partners,
             settings=settings,
             work_dir=config.backup_work_dir,
             publisher=self.replicator,
@@ -230,7 +231,7 @@ class MeshNode:
             site_id=config.site.id,
             fragment_id_key=keys.fragment_id,
             catalog=catalog,
-            partners=_MeshPartners(self.dht, self.pool),
+            partners=partners,
             fetch=pool_fetch(self.pool),
             find_holders=dht_holders(self.dht),
             work_dir=config.tmp_dir / "repair",

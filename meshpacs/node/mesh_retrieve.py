@@ -54,7 +54,7 @@ from meshpacs.dicom.qr import Recalled
 from meshpacs.dicom.storage import InstanceStore
 from meshpacs.erasure.ids import fragment_id
 from meshpacs.erasure.layout import BundleRef, CodingParams
-from meshpacs.errors import CorruptBundle, MeshError
+from meshpacs.errors import CorruptBundle, MeshError, brief
 from meshpacs.keys import SiteKeys, SiteSecret
 from meshpacs.metadata import Catalog, InstanceLocation
 from meshpacs.metadata.adopt import RecallBundle, RecallPlan, mark_recalled, recall_bundles
@@ -197,7 +197,7 @@ class MeshRetriever:
                         )
                 except (MeshError, OSError, ValueError) as error:  # TimeoutError is an OSError
                     LOG.warning("retrieve: bundle %s could not be gathered (%d instances fail):"
-                                " %s", name, len(rest), _reason(error))  # fmt: skip
+                                " %s", name, len(rest), brief(error))  # fmt: skip
                     return Recalled(paths, dict.fromkeys(rest, NOT_GATHERED))
                 brought = await asyncio.to_thread(
                     self._decode_into_store, planned, gathered.paths, rest, work, lease
@@ -255,7 +255,7 @@ class MeshRetriever:
                     brought[instance.sha256] = (instance.sop_instance_uid, leased)
         except (MeshError, OSError) as error:
             LOG.warning("retrieve: bundle %s stopped decoding after %d instances: %s",
-                        planned.bundle_id.hex()[:12], len(brought), _reason(error))  # fmt: skip
+                        planned.bundle_id.hex()[:12], len(brought), brief(error))  # fmt: skip
         finally:
             decoded.close()
         return brought
@@ -305,11 +305,6 @@ def _planned(bundle: RecallBundle, keys: SiteKeys) -> PlannedBundle:
             for m in bundle.members
         ),
     )
-
-
-def _reason(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def retriever_for(

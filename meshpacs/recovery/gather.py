@@ -44,7 +44,7 @@ from typing import BinaryIO
 
 from meshpacs.erasure.decoder import verify_fragment
 from meshpacs.erasure.layout import HEADER_SIZE, FragmentHeader, parse_header
-from meshpacs.errors import CorruptFragment, MeshError, PeerUnreachable, Unrecoverable
+from meshpacs.errors import CorruptFragment, MeshError, PeerUnreachable, Unrecoverable, brief
 from meshpacs.recovery.model import PlannedBundle
 from meshpacs.transport.pool import PartnerPool
 
@@ -336,8 +336,7 @@ def _check_fragment(path: Path, expected: FragmentHeader, set_hash: bytes) -> No
 
 def _reason(error: BaseException) -> str:
     if isinstance(error, MeshError | OSError):
-        text = str(error) or type(error).__name__
-        return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
+        return brief(error, _MAX_REASON)
     raise error
 
 

@@ -20,11 +20,10 @@ bundle's row number, the share and the holder site.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
@@ -33,19 +32,11 @@ from meshpacs.audit.challenge import Challenge, check
 from meshpacs.audit.reputation import DEFAULT_HALF_LIFE, Outcome, Reputation
 from meshpacs.errors import MeshError, PeerRefused, PeerUnreachable
 from meshpacs.metadata import Catalog, health
+from meshpacs.upkeep.pacing import Pause, wait_or_stop
 
 __all__ = ["AuditResult", "AuditSettings", "Auditor", "Holders"]
 
 _log = logging.getLogger("meshpacs.audit")
-
-# Waits ``seconds`` or until the event is set, whichever comes first.
-Pause = Callable[[float, asyncio.Event], Awaitable[None]]
-
-
-async def _pause(seconds: float, stop: asyncio.Event) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-
 
 # Refusals that say nothing about the fragment: the holder is there but cannot answer now.
 _BUSY = {"UNAVAILABLE"}
@@ -104,7 +95,7 @@ class Auditor:
         seed: int | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
-        pause: Pause = _pause,
+        pause: Pause = wait_or_stop,
     ) -> None:
         self._catalog = catalog
         self._holders = holders

@@ -31,7 +31,7 @@ import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -42,22 +42,16 @@ from meshpacs.backup.placement import placement_key, rank_candidates
 from meshpacs.backup.service import Partners, StudyPublisher
 from meshpacs.backup.upload import UploadPolicy, place_shares
 from meshpacs.erasure import BundleRef, CodingParams, fragment_id, regenerate_shares
-from meshpacs.errors import MeshError, PeerUnreachable, Unrecoverable
+from meshpacs.errors import MeshError, PeerUnreachable, Unrecoverable, brief
 from meshpacs.metadata import Catalog, health
 from meshpacs.metadata import repair as ledger
 from meshpacs.recovery.gather import Fetch, FindHolders, gather_bundle
 from meshpacs.recovery.model import PlannedBundle, ShareHolder
+from meshpacs.upkeep.pacing import Pause, wait_or_stop
 
 __all__ = ["RepairPass", "RepairSettings", "Repairer"]
 
 _log = logging.getLogger("meshpacs.repair")
-
-Pause = Callable[[float, asyncio.Event], Awaitable[None]]
-
-
-async def _pause(seconds: float, stop: asyncio.Event) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
 @dataclass(frozen=True)
@@ -116,7 +110,7 @@ class Repairer:
         settings: RepairSettings | None = None,
         publisher: StudyPublisher | None = None,
         clock: Callable[[], float] = time.time,
-        pause: Pause = _pause,
+        pause: Pause = wait_or_stop,
     ) -> None:
         self.site_id = site_id
         self._fid_key = fragment_id_key
@@ -147,10 +141,7 @@ class Repairer:
         report.lost_sites = tuple(sorted(lost))
         settled = await self._catalog.write(lambda db: ledger.reassess(db, lost, now))
         report.below_n = sum(1 for b in settled if len(b.good) < b.n)
-        below = await self._catalog.read(
-            lambda db: ledger.bundles_below(db, lost, s.threshold, s.bundles_per_pass)
-        )
-        for bundle in below:
+        for bundle in ledger.bundles_below(settled, s.threshold, s.bundles_per_pass):
             await self._repair(bundle, lost, report)
         report.collected = await self._collect()
         if report.attempted or report.collected or lost:
@@ -182,7 +173,7 @@ class Repairer:
             )  # fmt: skip
             return
         except (MeshError, OSError) as error:
-            placed, detail = 0, _reason(error)
+            placed, detail = 0, brief(error)
         finally:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
         after = await self._catalog.write(
@@ -279,9 +270,7 @@ class Repairer:
         shunned = await self._catalog.read(
             lambda db: health.shunned_sites(db, s.reputation_floor, now, s.half_life)
         )
-        holding = {p.holder_site for p in bundle.good.values()} | {
-            p.holder_site for p in bundle.bad
-        }
+        holding = {p.holder_site for p in (*bundle.good.values(), *bundle.bad)}
         exclude = holding | lost | shunned
         key = placement_key(bundle.bundle_id)
         wanted = bundle.n + s.spare_sites + len(exclude) + 1
@@ -337,8 +326,3 @@ def _regenerate(ref: BundleRef, sources: list[Path], outputs: dict[int, Path]) -
         opened = [stack.enter_context(path.open("rb")) for path in sources]
         written: list[BinaryIO] = [stack.enter_context(p.open("wb")) for p in outputs.values()]
         regenerate_shares(ref, opened, list(outputs), written)
-
-
-def _reason(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
-    return text if len(text) <= 300 else text[:297] + "..."

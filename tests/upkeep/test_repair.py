@@ -182,11 +182,12 @@ async def test_a_corrupt_fragment_failed_by_audit_counts_as_lost(site: Site) -> 
     for victim in placed[:2]:
         path = site.partners.root / victim.holder_site / victim.fragment_id
         data = bytearray(path.read_bytes())
-        data[len(data) // 2] ^= 0xFF
+        for at in range(0, len(data), 1024):  # a flip inside every audit range (4 KiB)
+            data[at] ^= 0xFF
         path.write_bytes(bytes(data))
     checker = Auditor(
         site.catalog, holders, AuditSettings(), clock=site.clock
-    )  # every byte range is challenged sooner or later; fail both by auditing until they do
+    )  # any range now fails; audit until both holders have been asked
     verdicts: dict[str, str] = {}
     for _ in range(200):
         site.clock.advance(1)

@@ -15,6 +15,7 @@ from meshpacs.errors import MeshError
 from meshpacs.testbed import create_testbed, load_testbed
 from meshpacs.testbed.demo import run_demo
 from meshpacs.testbed.drill import DrillReport, run_drill
+from meshpacs.testbed.layout import FAST_MAINTENANCE
 from meshpacs.testbed.orthanc import start_orthancs
 from meshpacs.testbed.processes import start_nodes, stop_testbed
 
@@ -68,6 +69,17 @@ def testbed_up(
             ),
         ),
     ] = False,
+    fast_maintenance: Annotated[
+        bool,
+        typer.Option(
+            "--fast-maintenance",
+            help=(
+                "Audit, scrub and repair every few seconds and treat a site silent for 4"
+                " seconds as lost, so a trial sees a damaged or missing fragment noticed and"
+                " rebuilt within a minute. For trials only: real sites audit hourly."
+            ),
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print testbed.json when ready.")] = False,
 ) -> None:
     """Lay out a federation under --root and start every site's node (and Orthanc).
@@ -80,7 +92,14 @@ def testbed_up(
     """
     try:
         plan = create_testbed(
-            root, sites, k=k, n=n, trust=trust, stable_seconds=stable_seconds, pass_interval=0.5
+            root,
+            sites,
+            k=k,
+            n=n,
+            trust=trust,
+            stable_seconds=stable_seconds,
+            pass_interval=0.5,
+            maintenance=FAST_MAINTENANCE if fast_maintenance else None,
         )
     except MeshError as exc:
         raise _fail("up", exc) from None

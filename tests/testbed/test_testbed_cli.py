@@ -28,6 +28,7 @@ def test_up_help_offers_orthanc_and_tells_where_the_details_are() -> None:
     for option in ("--root", "--sites", "--k", "--n", "--trust", "--stable-seconds"):
         assert option in text
     assert "--with-orthanc" in text
+    assert "--fast-maintenance" in text and "For trials only" in text
     assert "forwards every stable study to its node" in text
     assert "testbed.json" in text
     assert "answers C-ECHO" in text

@@ -291,6 +291,7 @@ def status(
     if not report["mesh_enabled"]:
         typer.echo("  mesh: off ([mesh] enabled = false): studies are kept here only")
     _echo_audits(report["audits"], report["scrub"])
+    _echo_leases(report["leases"])
     for peer in report["peers"]:
         state = "online" if peer["online"] else "OFFLINE"
         trusted = ", trusted" if peer["trusted"] else ""
@@ -320,6 +321,23 @@ def _echo_audits(audits: dict[str, Any], scrub: dict[str, Any] | None) -> None:
             f" {scrub.get('quarantined', 0)} quarantined"
             f" (finished {_ago(scrub.get('finished_at'))});"
             f" {scrub.get('quarantined_held', 0)} quarantined shares kept as evidence"
+        )
+
+
+def _echo_leases(leases: dict[str, Any]) -> None:
+    renewal, expiry = leases["renewal"], leases["expiry"]
+    if renewal is not None:
+        unreachable = ", ".join(renewal["unreachable"]) or "none"
+        typer.echo(
+            f"  leases at partners: {renewal['renewed']} of {renewal['fragments']} shares"
+            f" renewed for {renewal['lease_seconds'] / 86400:g} days"
+            f" ({_ago(renewal['renewed_at'])}); {renewal['not_held']} not held;"
+            f" unreachable: {unreachable}"
+        )
+    if expiry is not None and expiry.get("removed_total"):
+        typer.echo(
+            f"  partners' shares removed here after their lease ran out:"
+            f" {expiry['removed_total']} (last {_ago(expiry.get('last_removed_at'))})"
         )
 
 

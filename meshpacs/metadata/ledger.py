@@ -38,6 +38,7 @@ __all__ = [
     "bundle_members",
     "distinct_shares",
     "encoded_bundles",
+    "leased_fragments",
     "mark_pruned",
     "next_queued_study",
     "placements",
@@ -313,6 +314,20 @@ def placements(db: sqlite3.Connection, bundle_ref: int) -> list[Placement]:
         (bundle_ref,),
     ).fetchall()
     return [Placement(int(r[0]), str(r[1]), str(r[2]), float(r[3])) for r in rows]
+
+
+def leased_fragments(db: sqlite3.Connection) -> dict[str, list[str]]:
+    """holder site -> the fragment IDs placed there that the site still counts on.
+
+    Replaced placements (a repair's ``superseded`` rows) are not here: their leases are
+    left to run out, so a holder the deletion never reached frees the room in the end.
+    """
+    held: dict[str, list[str]] = {}
+    for site, fragment in db.execute(
+        "SELECT holder_site, fragment_id FROM placements ORDER BY holder_site, fragment_id"
+    ):
+        held.setdefault(str(site), []).append(str(fragment))
+    return held
 
 
 def distinct_shares(placed: Sequence[Placement]) -> dict[int, str]:

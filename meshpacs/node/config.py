@@ -211,6 +211,9 @@ class MaintenanceConfig:
     repair_threshold: int | None = None  # None: halfway between k and n
     lost_after_seconds: float = 3 * 86400.0
     repair_interval_seconds: float = 600.0
+    lease_seconds: float = 30 * 86400.0
+    lease_renew_seconds: float = 86400.0
+    expired_grace_seconds: float = 30 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -478,6 +481,9 @@ _SECTION_KEYS: dict[str, frozenset[str]] = {
         scrub_interval_seconds="scrub_interval_hours",
         lost_after_seconds="lost_after_hours",
         repair_interval_seconds="repair_interval_minutes",
+        lease_seconds="lease_days",
+        lease_renew_seconds="lease_renew_hours",
+        expired_grace_seconds="expired_grace_days",
     ),
 }
 
@@ -835,6 +841,14 @@ def _maintenance(section: _Section) -> MaintenanceConfig:
     scrub_hours = section.seconds(
         "scrub_interval_hours", 24 * 365, defaults.scrub_interval_seconds / 3600
     )
+    lease_days = section.seconds("lease_days", 3650, defaults.lease_seconds / 86400)
+    renew_hours = section.seconds(
+        "lease_renew_hours", 24 * 3650, defaults.lease_renew_seconds / 3600
+    )
+    if renew_hours * 3600 >= lease_days * 86400:
+        raise section.error(
+            "lease_renew_hours", f"must be shorter than the lease ({lease_days:g} days)"
+        )
     return MaintenanceConfig(
         audits_per_hour=section.seconds("audits_per_hour", 360_000, defaults.audits_per_hour),
         audit_challenges=section.integer("audit_challenges", (0, 1024), defaults.audit_challenges),
@@ -852,6 +866,10 @@ def _maintenance(section: _Section) -> MaintenanceConfig:
         * section.seconds(
             "repair_interval_minutes", 7 * 24 * 60, defaults.repair_interval_seconds / 60
         ),
+        lease_seconds=lease_days * 86400,
+        lease_renew_seconds=renew_hours * 3600,
+        expired_grace_seconds=86400
+        * section.seconds("expired_grace_days", 3650, defaults.expired_grace_seconds / 86400),
     )
 
 

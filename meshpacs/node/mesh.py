@@ -13,7 +13,10 @@ Started by the daemon when ``[mesh] enabled`` is set and the site is enrolled::
           └───────────────► BackupService ◄────────────────────────┘
                              (+ TrustedReplicator for the catalog records)
                             Auditor (asks holders to prove they keep our shares)
+                            Repairer (rebuilds shares lost with a site or to rot)
+                            LeaseRenewer (asks holders to keep our shares longer)
     Scrubber (re-reads what partners store here, on a schedule)
+    expiry (removes partners' shares whose lease ran out long ago)
 
 The node publishes its own signed node record at start and every ``republish`` seconds
 (a fresh sequence number each time, so a stale copy can never win), and a provider
@@ -58,6 +61,7 @@ from meshpacs.keys import NodeIdentity, SiteKeys, SiteSecret
 from meshpacs.metadata import Catalog
 from meshpacs.metadata.ledger import BundlePlan
 from meshpacs.node.config import NodeConfig
+from meshpacs.node.expiry import expire_on_schedule
 from meshpacs.node.scrub import Scrubber, scrub_on_schedule
 from meshpacs.recovery.gather import FindHolders, pool_fetch
 from meshpacs.store import FragmentStore, QuotaPolicy
@@ -65,13 +69,22 @@ from meshpacs.store.records import HeldRecords
 from meshpacs.transport.frames import RecordKind
 from meshpacs.transport.pool import PartnerPool
 from meshpacs.transport.server import FragmentServer
-from meshpacs.upkeep import Auditor, AuditSettings, Repairer, RepairSettings
+from meshpacs.upkeep import (
+    Auditor,
+    AuditSettings,
+    LeaseRenewer,
+    LeaseSettings,
+    Repairer,
+    RepairSettings,
+)
 
 __all__ = ["PEERS_FILE", "SCRUB_FILE", "MeshNode", "PeerState"]
 
 LOG = logging.getLogger("meshpacs.mesh")
 PEERS_FILE = "peers.json"
 SCRUB_FILE = "scrub.json"
+LEASES_FILE = "leases.json"  # the owner's last lease renewal (upkeep.leases)
+EXPIRY_FILE = "expiry.json"  # what the holder removed out of lease (node.expiry)
 RECORD_LIFETIME = 2 * 86400  # node records; republished hourly
 PROVIDER_LIFETIME = 3 * 86400  # provider records; every one re-announced daily
 REPUBLISH_SECONDS = 3600.0
@@ -173,10 +186,11 @@ class MeshNode:
             rpc_timeout=config.mesh.dht_timeout_seconds,
             clock=clock,
         )
-        mesh = config.mesh
-        self.fragments = FragmentStore(
-            config.fragments_dir, QuotaPolicy(mesh.partner_quota_bytes), clock=clock
+        mesh, lease = config.mesh, config.maintenance.lease_seconds
+        quota = QuotaPolicy(
+            mesh.partner_quota_bytes, lease_seconds=lease, max_lease_seconds=3 * lease
         )
+        self.fragments = FragmentStore(config.fragments_dir, quota, clock=clock)
         self.records = HeldRecords(config.records_dir)
         self.server = FragmentServer(
             self.fragments,
@@ -227,6 +241,17 @@ class MeshNode:
             clock=clock,
         )
         self.scrubber = Scrubber(self.fragments, bytes_per_second=m.scrub_bytes_per_second)
+        self.leases = LeaseRenewer(
+            catalog,
+            self.pool,
+            LeaseSettings(
+                lease_seconds=m.lease_seconds,
+                interval_seconds=m.lease_renew_seconds,
+                retry_seconds=min(3600.0, m.lease_renew_seconds),
+            ),
+            state_file=config.state_dir / LEASES_FILE,
+            clock=clock,
+        )
         self.repairer = Repairer(
             site_id=config.site.id,
             fragment_id_key=keys.fragment_id,
@@ -282,6 +307,17 @@ class MeshNode:
             asyncio.create_task(self._upkeep(stop)),
             asyncio.create_task(self.auditor.run(stop)),
             asyncio.create_task(self.repairer.run(stop)),
+            asyncio.create_task(self.leases.run(stop)),
+            asyncio.create_task(
+                expire_on_schedule(
+                    self.fragments,
+                    stop,
+                    grace_seconds=self.config.maintenance.expired_grace_seconds,
+                    interval_seconds=min(3600.0, self.config.maintenance.lease_renew_seconds),
+                    state_file=self.config.state_dir / EXPIRY_FILE,
+                    clock=self._clock,
+                )
+            ),
             asyncio.create_task(
                 scrub_on_schedule(
                     self.scrubber,

@@ -9,7 +9,9 @@ and ``peers_as_of`` says how old the news is.
 Audits come from the catalog too: each placement's last verdict, and per peer what this
 site's audits found (reputation score, passed and failed audits, latency); peers the
 audits score below ``[maintenance] reputation_floor`` are marked ``shunned``: they get no
-new shares. The last scrub of what partners store here is read from ``state/scrub.json``.
+new shares. The last scrub of what partners store here is read from ``state/scrub.json``;
+the last renewal of this site's leases at its partners from ``state/leases.json``, and
+what lease expiry removed of partners' shares here from ``state/expiry.json``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from typing import Any
 
 from meshpacs.metadata import health, ledger, repair
 from meshpacs.node.config import NodeConfig
-from meshpacs.node.mesh import PEERS_FILE, SCRUB_FILE
+from meshpacs.node.expiry import expiry_report
+from meshpacs.node.mesh import EXPIRY_FILE, LEASES_FILE, PEERS_FILE, SCRUB_FILE
+from meshpacs.upkeep.leases import last_renewal
 
 __all__ = ["STALE_AFTER_SECONDS", "site_status"]
 
@@ -162,6 +166,10 @@ def site_status(config: NodeConfig, now: float | None = None) -> dict[str, Any]:
         "studies": studies,
         "audits": audits,
         "scrub": _scrub_report(config),
+        "leases": {
+            "renewal": last_renewal(config.state_dir / LEASES_FILE),
+            "expiry": expiry_report(config.state_dir / EXPIRY_FILE),
+        },
         "peers": sorted(peers, key=lambda p: p["site_id"]),
         "peers_as_of": as_of,
     }

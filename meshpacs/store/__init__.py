@@ -3,8 +3,11 @@
 Partners' fragments are opaque ciphertext named by keyed HMACs; this node checks each one
 in full before keeping it, keeps it durably under its ID, accounts it to its owner's
 quota, and lets only the owner overwrite or delete it. The transport (the next layer up)
-streams fragments in and out through :class:`FragmentStore`; audits, scrubbing and leases
-find room in the index (``lease_expires``; ``quarantined``, set by ``FragmentStore.scrub``).
+streams fragments in and out through :class:`FragmentStore`. Scrubbing marks rot in the
+index (``quarantined``, set by ``FragmentStore.scrub``); every fragment carries a lease
+(``lease_expires``) that its owner renews (``meshpacs.upkeep.leases``, over the
+transport's RENEW_LEASES) and that the node's expiry pass (``meshpacs.node.expiry``) acts
+on once it has run out for longer than the grace.
 
 - :mod:`~meshpacs.store.names`: fragment and site IDs, checked before they touch a path.
 - :mod:`~meshpacs.store.quota`: how much room each partner gets.
@@ -24,6 +27,7 @@ from meshpacs.store.store import (
     DEFAULT_MAX_FRAGMENT_BYTES,
     MAX_LIST,
     MAX_READ_BYTES,
+    MAX_RENEW,
     FragmentStore,
     ScrubFinding,
 )
@@ -32,6 +36,7 @@ __all__ = [
     "DEFAULT_MAX_FRAGMENT_BYTES",
     "MAX_LIST",
     "MAX_READ_BYTES",
+    "MAX_RENEW",
     "FragmentState",
     "FragmentStore",
     "PendingFragment",

@@ -1,10 +1,11 @@
-"""Keeping a site's backups healthy after they are made: audits and repair.
+"""Keeping a site's backups healthy after they are made: audits, repair and leases.
 
 Upkeep sits above both ``backup`` (placing shares) and ``recovery`` (gathering them),
 because healing a bundle needs both.
 """
 
 from meshpacs.upkeep.auditor import Auditor, AuditResult, AuditSettings, Holders
+from meshpacs.upkeep.leases import LeaseHolders, LeaseRenewal, LeaseRenewer, LeaseSettings
 from meshpacs.upkeep.repair import Repairer, RepairPass, RepairSettings
 
 __all__ = [
@@ -12,6 +13,10 @@ __all__ = [
     "AuditSettings",
     "Auditor",
     "Holders",
+    "LeaseHolders",
+    "LeaseRenewal",
+    "LeaseRenewer",
+    "LeaseSettings",
     "RepairPass",
     "RepairSettings",
     "Repairer",

@@ -613,3 +613,26 @@ def test_keep_local_reads_forever_protected_or_days(text: str, seconds: float | 
 def test_keep_local_refuses_anything_else(text: str) -> None:
     with pytest.raises(ConfigError, match=r"backup\.keep_local"):
         parse(with_backup(f"keep_local = {text}"))
+
+
+def test_leases_are_read_in_days_and_hours() -> None:
+    text = (
+        MINIMAL + "[maintenance]\nlease_days = 10\nlease_renew_hours = 12\nexpired_grace_days = 2\n"
+    )
+    maintenance = parse(text).maintenance
+    assert maintenance.lease_seconds == 10 * 86400
+    assert maintenance.lease_renew_seconds == 12 * 3600
+    assert maintenance.expired_grace_seconds == 2 * 86400
+
+
+@pytest.mark.parametrize(
+    ("lines", "key", "words"),
+    [
+        ("lease_days = 1\nlease_renew_hours = 24", "maintenance.lease_renew_hours",
+         ("shorter than the lease (1 days)",)),
+        ("lease_days = 0", "maintenance.lease_days", ("more than 0",)),
+        ("expired_grace_days = 3651", "maintenance.expired_grace_days", ("at most 3650",)),
+    ],
+)  # fmt: skip
+def test_lease_values_are_checked(lines: str, key: str, words: tuple[str, ...]) -> None:
+    refused(MINIMAL + "[maintenance]\n" + lines + "\n", key, *words)

@@ -48,6 +48,9 @@ SAMPLE_KEY_OF_FIELD = {
     ("maintenance", "scrub_interval_seconds"): "scrub_interval_hours",
     ("maintenance", "lost_after_seconds"): "lost_after_hours",
     ("maintenance", "repair_interval_seconds"): "repair_interval_minutes",
+    ("maintenance", "lease_seconds"): "lease_days",
+    ("maintenance", "lease_renew_seconds"): "lease_renew_hours",
+    ("maintenance", "expired_grace_seconds"): "expired_grace_days",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ class DirHolders:
     down: set[str] = field(default_factory=set)
     asked: list[tuple[str, Challenge]] = field(default_factory=list)
     fetched: list[tuple[str, str]] = field(default_factory=list)
+    renewals: list[tuple[str, int, int]] = field(default_factory=list)  # site, IDs, seconds
 
     async def audit(self, site_id: str, fragment_id: str, challenge: Challenge) -> bytes | None:
         self.asked.append((site_id, challenge))
@@ -40,6 +42,13 @@ class DirHolders:
         if site_id in self.down:
             raise PeerUnreachable(f"site {site_id} is down")
         shutil.copyfile(self.root / site_id / fragment_id, dest)
+
+    async def renew_leases(self, site_id: str, fragment_ids: Sequence[str], seconds: int) -> int:
+        """As a holder's store answers: how many of the IDs it has (leases are its own)."""
+        self.renewals.append((site_id, len(fragment_ids), seconds))
+        if site_id in self.down:
+            raise PeerUnreachable(f"site {site_id} is down")
+        return sum((self.root / site_id / f).exists() for f in set(fragment_ids))
 
     async def find_holders(self, fragment_id: str) -> list[str]:
         """What the DHT would say: every site whose directory has the fragment."""

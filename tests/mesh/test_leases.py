@@ -1,0 +1,66 @@
+"""Leases over the real transport: an owner that runs keeps its shares at the holders;
+one that stops renewing has them removed after lease plus grace; status shows both sides.
+
+Leases are shortened to seconds (9 s, renewed every 2 s, 4 s of grace) so one test sees
+a share outlive several of its leases and then expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from meshpacs.node.status import site_status
+from meshpacs.store.names import fragment_path
+
+from .conftest import FederationFactory, RunningSite
+from .helpers import eventually, push, study, wait_protected
+from .test_audits import fragment_ids
+
+LEASE_DAYS = 0.0001  # 8.6 s
+RENEW_HOURS = 0.0005  # 1.8 s
+GRACE_DAYS = 0.00005  # 4.3 s
+SHORT_LEASES = {
+    "lease_days": LEASE_DAYS,
+    "lease_renew_hours": RENEW_HOURS,
+    "expired_grace_days": GRACE_DAYS,
+}
+
+
+def held_by(holders: dict[str, RunningSite], ids: dict[str, str]) -> dict[str, bool]:
+    return {
+        site: fragment_path(holders[site].data_dir / "fragments", ids[site]).exists()
+        for site in ids
+    }
+
+
+async def test_renewed_shares_outlive_their_lease_and_unrenewed_ones_expire(
+    federation: FederationFactory, tmp_path: Path
+) -> None:
+    fed = await federation(5, k=2, n=3, maintenance=SHORT_LEASES)
+    owner = fed.site("site-a")
+    instances = study(seed=41)
+    await push(owner, instances, tmp_path / "pacs")
+    await wait_protected(owner, {instances[0].study_instance_uid})
+    ids = fragment_ids(owner)
+    holders = {s: fed.site(s) for s in ids}
+    assert len(ids) == 3 and all(held_by(holders, ids).values())
+
+    lifetime = (LEASE_DAYS + GRACE_DAYS) * 86400
+    await asyncio.sleep(lifetime + 3)  # past what a put alone leases, grace included
+    assert all(held_by(holders, ids).values()), "a renewed share expired"
+    renewal = site_status(owner.config)["leases"]["renewal"]
+    assert renewal is not None and renewal["fragments"] == 3, renewal
+    assert renewal["renewed"] == 3 and renewal["unreachable"] == [], renewal
+    assert time.time() - renewal["renewed_at"] < 3 * RENEW_HOURS * 3600
+
+    await owner.halt()  # stops renewing; its partners must not keep its shares for ever
+    await eventually(
+        lambda: not any(held_by(holders, ids).values()),
+        lifetime + 20,
+        "every share of the stopped owner removed at its holder",
+    )
+    for holder in holders.values():
+        expiry = site_status(holder.config)["leases"]["expiry"]
+        assert expiry is not None and expiry["removed_total"] >= 1, expiry

@@ -278,6 +278,16 @@ class PartnerConnection:
                 return None
             return await self._small_body(self._accept(response, Status.OK))
 
+    async def delete_record(self, kind: RecordKind, record_id: str) -> bool:
+        """Delete our record at the partner; False if it held none of that name."""
+        async with self._exchange():
+            await self._send(Request(Op.DELETE_RECORD, record_id, kind))
+            response = await self._response()
+            if response.status == Status.NOT_FOUND:
+                return False
+            self._accept(response, Status.OK)
+            return True
+
     async def list_records(self, kind: RecordKind) -> list[str]:
         async with self._exchange():
             await self._send(Request(Op.LIST_RECORDS, kind=kind))

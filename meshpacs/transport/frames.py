@@ -116,6 +116,7 @@ class Op(enum.IntEnum):
     LIST_RECORDS = 8
     AUDIT_FRAGMENT = 9
     RENEW_LEASES = 10
+    DELETE_RECORD = 11
 
 
 class RecordKind(enum.IntEnum):
@@ -143,9 +144,10 @@ _NAMED_OPS = {
     Op.DELETE_FRAGMENT,
     Op.PUT_RECORD,
     Op.GET_RECORD,
+    Op.DELETE_RECORD,
     Op.AUDIT_FRAGMENT,
 }
-_RECORD_OPS = {Op.PUT_RECORD, Op.GET_RECORD, Op.LIST_RECORDS}
+_RECORD_OPS = {Op.PUT_RECORD, Op.GET_RECORD, Op.LIST_RECORDS, Op.DELETE_RECORD}
 
 
 @dataclass(frozen=True)

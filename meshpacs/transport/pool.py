@@ -109,6 +109,10 @@ class PartnerPool:
         async with await self.connect(site_id) as conn:
             return await conn.renew_leases(fragment_ids, seconds)
 
+    async def delete_record(self, site_id: str, kind: RecordKind, record_id: str) -> bool:
+        async with await self.connect(site_id) as conn:
+            return await conn.delete_record(kind, record_id)
+
     async def put_record(self, site_id: str, kind: RecordKind, record_id: str, data: bytes) -> None:
         async with await self.connect(site_id) as conn:
             await conn.put_record(kind, record_id, data)

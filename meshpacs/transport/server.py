@@ -156,6 +156,7 @@ class FragmentServer:
             Op.PUT_RECORD: self._put_record,
             Op.GET_RECORD: self._get_record,
             Op.LIST_RECORDS: self._list_records,
+            Op.DELETE_RECORD: self._delete_record,
             Op.AUDIT_FRAGMENT: self._audit_fragment,
             Op.RENEW_LEASES: self._renew_leases,
         }
@@ -279,6 +280,16 @@ class FragmentServer:
             return
         await peer.respond(Response(Status.OK, length=len(data)))
         await peer.write(data)
+
+    async def _delete_record(self, peer: _Peer, request: Request) -> None:
+        # Only the requester's own record can be named (records are kept per owner).
+        deleted = await asyncio.to_thread(
+            self._records.delete, request.kind, peer.site, request.name
+        )
+        if not deleted:
+            await peer.respond(Response(Status.NOT_FOUND, "no such record"))
+            return
+        await peer.respond(Response(Status.OK))
 
     async def _list_records(self, peer: _Peer, request: Request) -> None:
         names = await asyncio.to_thread(self._records.list, request.kind, peer.site)

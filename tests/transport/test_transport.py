@@ -217,6 +217,12 @@ async def test_records_are_kept_per_owner(
     async with await connect(other, holder) as conn:
         assert await conn.list_records(RecordKind.CATALOG) == []
         assert await conn.get_record(RecordKind.CATALOG, rid) is None
+        assert not await conn.delete_record(RecordKind.CATALOG, rid)  # not its record
+    async with await connect(owner, holder) as conn:
+        assert await conn.delete_record(RecordKind.CATALOG, rid)
+        assert not await conn.delete_record(RecordKind.CATALOG, rid)
+        assert await conn.list_records(RecordKind.CATALOG) == []
+        assert await conn.get_record(RecordKind.ESCROW, rid) == b"sealed escrow share"
 
 
 async def test_garbage_frames_close_only_that_connection(

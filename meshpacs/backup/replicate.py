@@ -12,9 +12,11 @@ tries again; records waiting when the node stops are sent again by :meth:`resend
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from meshpacs.errors import MeshError
 from meshpacs.metadata import Catalog
@@ -47,6 +49,7 @@ class TrustedReplicator:
         self._put = put_record
         # (kind, row id): ("study", study row) or ("unplaced", bundle row)
         self._waiting: dict[str, set[tuple[str, int]]] = {peer: set() for peer in self._trusted}
+        self._sending = asyncio.Lock()
 
     @property
     def waiting(self) -> dict[str, int]:
@@ -65,14 +68,25 @@ class TrustedReplicator:
 
     async def flush(self) -> None:
         """Try every waiting record on every trusted peer once."""
-        for peer, refs in self._waiting.items():
-            for item in sorted(refs):
-                try:
-                    await self._send(peer, item)
-                except MeshError as error:
-                    _log.warning("catalog record for trusted peer %s waits: %s", peer, error)
-                    break  # the peer is likely down: the rest waits for the next pass
-                refs.discard(item)
+        async with self._sending:
+            for peer, refs in self._waiting.items():
+                for item in sorted(refs):
+                    try:
+                        await self._send(peer, item)
+                    except MeshError as error:
+                        _log.warning("catalog record for trusted peer %s waits: %s", peer, error)
+                        break  # the peer is likely down: the rest waits for the next pass
+                    refs.discard(item)
+
+    @contextlib.asynccontextmanager
+    async def withheld(self) -> AsyncIterator[None]:
+        """No record goes out meanwhile, and what waits is checked again after.
+
+        Forgetting a study removes its rows and then its record at the peers: a send
+        that had read the rows before must not put the record back after.
+        """
+        async with self._sending:
+            yield
 
     async def resend_all(self) -> None:
         """Queue every protected study (and stored bundle of unparsed instances) for every
@@ -94,6 +108,15 @@ class TrustedReplicator:
     async def _send(self, peer: str, item: tuple[str, int]) -> None:
         kind, ref = item
         exporter = export_study if kind == "study" else export_unplaced
-        record: StudyRecord = await self._catalog.read(lambda db: exporter(db, ref))
+        table = "studies" if kind == "study" else "bundles"
+
+        def export(db: sqlite3.Connection) -> StudyRecord | None:
+            if db.execute(f"SELECT 1 FROM {table} WHERE id = ?", (ref,)).fetchone() is None:
+                return None  # forgotten since it was queued: nothing to send
+            return exporter(db, ref)
+
+        record = await self._catalog.read(export)
+        if record is None:
+            return
         record_id, sealed = seal_record(self._key, self._site_id, record)
         await self._put(peer, record_id, sealed)

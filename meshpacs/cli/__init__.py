@@ -18,6 +18,7 @@ from meshpacs import __version__
 from meshpacs.cli.catalog import read_phrase_file, restore_catalog
 from meshpacs.cli.escrow import escrow_app
 from meshpacs.cli.federation import federation_app
+from meshpacs.cli.forget import forget
 from meshpacs.cli.recover import recover
 from meshpacs.cli.testbed import testbed_app
 from meshpacs.errors import MeshError
@@ -256,6 +257,7 @@ app.add_typer(federation_app, name="federation")
 app.add_typer(escrow_app, name="escrow")
 app.add_typer(testbed_app, name="testbed")
 app.command()(recover)
+app.command()(forget)
 
 
 @app.command()
@@ -292,6 +294,7 @@ def status(
         typer.echo("  mesh: off ([mesh] enabled = false): studies are kept here only")
     _echo_audits(report["audits"], report["scrub"])
     _echo_leases(report["leases"])
+    _echo_forgets(report["forgets"])
     for peer in report["peers"]:
         state = "online" if peer["online"] else "OFFLINE"
         trusted = ", trusted" if peer["trusted"] else ""
@@ -339,6 +342,16 @@ def _echo_leases(leases: dict[str, Any]) -> None:
             f"  partners' shares removed here after their lease ran out:"
             f" {expiry['removed_total']} (last {_ago(expiry.get('last_removed_at'))})"
         )
+
+
+def _echo_forgets(forgets: dict[str, Any] | None) -> None:
+    if not forgets or not (forgets["pending"] or forgets["deleting"] or forgets["done"]):
+        return
+    typer.echo(
+        f"  forgotten studies: {forgets['done']} done, {forgets['deleting']} still deleting"
+        f" at partners ({forgets['deletions_waiting']} deletions waiting),"
+        f" {forgets['pending']} requested (last {_ago(forgets['last_forgotten_at'])})"
+    )
 
 
 def _peer_audits(audits: dict[str, Any] | None) -> str:

@@ -539,6 +539,8 @@ class Catalog:
             rows = list(
                 await conn.execute_fetchall(
                     "SELECT id, study_uid FROM studies WHERE state = ? AND last_received <= ?"
+                    " AND id NOT IN (SELECT study_ref FROM forget_requests"
+                    "   WHERE state = 'pending' AND study_ref IS NOT NULL)"
                     " ORDER BY last_received, id",
                     (StudyState.RECEIVING.value, now - quiet_seconds),
                 )

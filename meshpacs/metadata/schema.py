@@ -53,6 +53,15 @@ Version 5 (repair, :mod:`meshpacs.metadata.repair`)::
     repairs         (id, bundle_ref -> bundles, at, regenerated, placed, outcome
                      repaired|partial|failed, detail)
 
+Version 6 (forgetting a study, :mod:`meshpacs.metadata.forget`)::
+
+    forget_requests  (id, study_ref (no foreign key: the study row goes), requested_at,
+                      requested_by, state pending|deleting|done, instances, bundles,
+                      fragments, records, forgotten_at, completed_at)
+    forget_deletions (request_ref -> forget_requests, kind fragment|record, site, name,
+                      attempts) PRIMARY KEY (request_ref, kind, site, name): deletions
+                      still to send to partners
+
 ``*_fold`` columns hold the case-folded person names that PN matching compares against.
 Foreign-key columns are named ``*_ref`` so they are not mistaken for DICOM's Patient ID
 and Study ID. Only features of SQLite 3.30 are used (no STRICT tables, no RETURNING).
@@ -260,6 +269,36 @@ CREATE TABLE repairs (
 CREATE INDEX repairs_at ON repairs (at);
 """
 
+# Forgetting a study (:mod:`meshpacs.metadata.forget`): the request stays as the record of
+# who asked and what went; the deletions still to send to partners wait in their own table.
+_V6 = """
+CREATE TABLE forget_requests (
+    id            INTEGER PRIMARY KEY,
+    study_ref     INTEGER,
+    requested_at  REAL NOT NULL,
+    requested_by  TEXT NOT NULL,
+    state         TEXT NOT NULL DEFAULT 'pending'
+                  CHECK (state IN ('pending', 'deleting', 'done')),
+    instances     INTEGER,
+    bundles       INTEGER,
+    fragments     INTEGER,
+    records       INTEGER,
+    forgotten_at  REAL,
+    completed_at  REAL
+);
+CREATE UNIQUE INDEX forget_pending_study ON forget_requests (study_ref)
+    WHERE state = 'pending';
+
+CREATE TABLE forget_deletions (
+    request_ref  INTEGER NOT NULL REFERENCES forget_requests (id),
+    kind         TEXT NOT NULL CHECK (kind IN ('fragment', 'record')),
+    site         TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (request_ref, kind, site, name)
+);
+"""
+
 # (version, script) in ascending order. Append only: a released entry is never edited.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (1, _V1),
@@ -267,6 +306,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (3, _V3),
     (4, _V4),
     (5, _V5),
+    (6, _V6),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

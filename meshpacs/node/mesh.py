@@ -15,6 +15,7 @@ Started by the daemon when ``[mesh] enabled`` is set and the site is enrolled::
                             Auditor (asks holders to prove they keep our shares)
                             Repairer (rebuilds shares lost with a site or to rot)
                             LeaseRenewer (asks holders to keep our shares longer)
+                            Forgetter (deletes a forgotten study everywhere)
     Scrubber (re-reads what partners store here, on a schedule)
     expiry (removes partners' shares whose lease ran out long ago)
 
@@ -72,6 +73,7 @@ from meshpacs.transport.server import FragmentServer
 from meshpacs.upkeep import (
     Auditor,
     AuditSettings,
+    Forgetter,
     LeaseRenewer,
     LeaseSettings,
     Repairer,
@@ -241,6 +243,16 @@ class MeshNode:
             clock=clock,
         )
         self.scrubber = Scrubber(self.fragments, bytes_per_second=m.scrub_bytes_per_second)
+        self.forgetter = Forgetter(
+            catalog=catalog,
+            partners=self.pool,
+            catalog_key=keys.catalog,
+            trusted=tuple(mesh.trusted_peers),
+            instance_path=instances.path_for,
+            withheld=self.replicator.withheld,
+            interval_seconds=b.pass_interval_seconds,
+            clock=clock,
+        )
         self.leases = LeaseRenewer(
             catalog,
             self.pool,
@@ -308,6 +320,7 @@ class MeshNode:
             asyncio.create_task(self.auditor.run(stop)),
             asyncio.create_task(self.repairer.run(stop)),
             asyncio.create_task(self.leases.run(stop)),
+            asyncio.create_task(self.forgetter.run(stop)),
             asyncio.create_task(
                 expire_on_schedule(
                     self.fragments,

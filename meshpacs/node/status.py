@@ -11,7 +11,9 @@ site's audits found (reputation score, passed and failed audits, latency); peers
 audits score below ``[maintenance] reputation_floor`` are marked ``shunned``: they get no
 new shares. The last scrub of what partners store here is read from ``state/scrub.json``;
 the last renewal of this site's leases at its partners from ``state/leases.json``, and
-what lease expiry removed of partners' shares here from ``state/expiry.json``.
+what lease expiry removed of partners' shares here from ``state/expiry.json``. Forget
+requests (``meshpacs forget``) are counted from the catalog: pending, deleting at
+partners, done.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sqlite3
 import time
 from typing import Any
 
-from meshpacs.metadata import health, ledger, repair
+from meshpacs.metadata import forget, health, ledger, repair
 from meshpacs.node.config import NodeConfig
 from meshpacs.node.expiry import expiry_report
 from meshpacs.node.mesh import EXPIRY_FILE, LEASES_FILE, PEERS_FILE, SCRUB_FILE
@@ -99,9 +101,20 @@ def _repair_report(db: sqlite3.Connection, config: NodeConfig, now: float) -> di
     }
 
 
+def _forget_report(db: sqlite3.Connection) -> dict[str, Any]:
+    summary = forget.forget_summary(db)
+    return {
+        "pending": summary.pending,
+        "deleting": summary.deleting,
+        "done": summary.done,
+        "deletions_waiting": summary.deletions_waiting,
+        "last_forgotten_at": summary.last_forgotten_at,
+    }
+
+
 def _catalog_report(
     config: NodeConfig, now: float
-) -> tuple[dict[str, int], dict[str, Any], dict[str, dict[str, Any]]]:
+) -> tuple[dict[str, int], dict[str, Any], dict[str, dict[str, Any]], dict[str, Any] | None]:
     empty = {"total": 0, "protected": 0, "degraded": 0, "unprotected": 0}
     no_audits: dict[str, Any] = {
         "placements": {},
@@ -111,18 +124,19 @@ def _catalog_report(
         "repairs": None,
     }
     if not config.catalog_path.exists():
-        return empty, no_audits, {}
+        return empty, no_audits, {}, None
     db = sqlite3.connect(config.catalog_path, timeout=10)
     try:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         studies = _study_counts(db, tables)
+        forgets = _forget_report(db) if "forget_requests" in tables else None
         if "peer_reputation" not in tables:
-            return studies, no_audits, {}
+            return studies, no_audits, {}, forgets
         audits, by_peer = _audit_report(db, config, now)
         audits["repairs"] = _repair_report(db, config, now) if "repairs" in tables else None
     finally:
         db.close()
-    return studies, audits, by_peer
+    return studies, audits, by_peer, forgets
 
 
 def _scrub_report(config: NodeConfig) -> dict[str, Any] | None:
@@ -155,7 +169,7 @@ def site_status(config: NodeConfig, now: float | None = None) -> dict[str, Any]:
     """The status document (``--json`` prints it as is)."""
     now = time.time() if now is None else now
     peers, as_of = _peer_report(config, now)
-    studies, audits, by_peer = _catalog_report(config, now)
+    studies, audits, by_peer, forgets = _catalog_report(config, now)
     known = {peer["site_id"] for peer in peers}
     peers += [{"site_id": s, "online": False, "trusted": False} for s in by_peer if s not in known]
     for peer in peers:
@@ -166,6 +180,7 @@ def site_status(config: NodeConfig, now: float | None = None) -> dict[str, Any]:
         "studies": studies,
         "audits": audits,
         "scrub": _scrub_report(config),
+        "forgets": forgets,
         "leases": {
             "renewal": last_renewal(config.state_dir / LEASES_FILE),
             "expiry": expiry_report(config.state_dir / EXPIRY_FILE),

@@ -1,10 +1,11 @@
-"""Keeping a site's backups healthy after they are made: audits, repair and leases.
+"""Keeping a site's backups healthy after they are made: audits, repair, leases, forgetting.
 
 Upkeep sits above both ``backup`` (placing shares) and ``recovery`` (gathering them),
 because healing a bundle needs both.
 """
 
 from meshpacs.upkeep.auditor import Auditor, AuditResult, AuditSettings, Holders
+from meshpacs.upkeep.forget import ForgetPartners, ForgetPass, Forgetter
 from meshpacs.upkeep.leases import LeaseHolders, LeaseRenewal, LeaseRenewer, LeaseSettings
 from meshpacs.upkeep.repair import Repairer, RepairPass, RepairSettings
 
@@ -12,6 +13,9 @@ __all__ = [
     "AuditResult",
     "AuditSettings",
     "Auditor",
+    "ForgetPartners",
+    "ForgetPass",
+    "Forgetter",
     "Holders",
     "LeaseHolders",
     "LeaseRenewal",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from meshpacs.audit.challenge import Challenge, answer
 from meshpacs.errors import PeerUnreachable
+from meshpacs.transport.frames import RecordKind
 
 
 @dataclass
@@ -25,6 +26,7 @@ class DirHolders:
     asked: list[tuple[str, Challenge]] = field(default_factory=list)
     fetched: list[tuple[str, str]] = field(default_factory=list)
     renewals: list[tuple[str, int, int]] = field(default_factory=list)  # site, IDs, seconds
+    records: dict[tuple[str, str], bytes] = field(default_factory=dict)  # (peer, record ID)
 
     async def audit(self, site_id: str, fragment_id: str, challenge: Challenge) -> bytes | None:
         self.asked.append((site_id, challenge))
@@ -49,6 +51,19 @@ class DirHolders:
         if site_id in self.down:
             raise PeerUnreachable(f"site {site_id} is down")
         return sum((self.root / site_id / f).exists() for f in set(fragment_ids))
+
+    async def delete_fragment(self, site_id: str, fragment_id: str) -> bool:
+        if site_id in self.down:
+            raise PeerUnreachable(f"site {site_id} is down")
+        path = self.root / site_id / fragment_id
+        existed = path.exists()
+        path.unlink(missing_ok=True)
+        return existed
+
+    async def delete_record(self, site_id: str, kind: RecordKind, record_id: str) -> bool:
+        if site_id in self.down:
+            raise PeerUnreachable(f"site {site_id} is down")
+        return self.records.pop((site_id, record_id), None) is not None
 
     async def find_holders(self, fragment_id: str) -> list[str]:
         """What the DHT would say: every site whose directory has the fragment."""

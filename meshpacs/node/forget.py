@@ -1,0 +1,87 @@
+"""``meshpacs forget`` at a site: file the request, follow it, or carry it out locally.
+
+With the mesh on, the running node does the work (:class:`~meshpacs.upkeep.Forgetter`:
+it alone reaches the partners); this module files the request in the catalog and reads
+how it went. With the mesh off nothing of the site is anywhere else, so the request is
+carried out here and now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import time
+from typing import Any
+
+from meshpacs.dicom.storage import InstanceStore
+from meshpacs.errors import ConfigError
+from meshpacs.metadata import Catalog
+from meshpacs.metadata import forget as ledger
+from meshpacs.node.config import NodeConfig
+from meshpacs.transport.frames import RecordKind
+from meshpacs.upkeep import Forgetter
+
+__all__ = ["file_request", "forget_here", "request_report", "wait_for"]
+
+
+class _NoPartners:
+    """A site whose mesh is off has placed nothing: nothing to reach."""
+
+    async def delete_fragment(self, site_id: str, fragment_id: str) -> bool:
+        raise ConfigError("the mesh is off: no partner to delete at")
+
+    async def delete_record(self, site_id: str, kind: RecordKind, record_id: str) -> bool:
+        raise ConfigError("the mesh is off: no partner to delete at")
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+async def file_request(config: NodeConfig, study_uid: str) -> int | None:
+    """The request's row id; None when the site's catalog holds no such study."""
+    if not config.catalog_path.exists():
+        return None
+    async with await Catalog.open(config.catalog_path) as catalog:
+        now = time.time()
+        return await catalog.write(lambda db: ledger.request(db, study_uid, _who(), now))
+
+
+async def request_report(config: NodeConfig, request_ref: int) -> dict[str, Any]:
+    """The request's row and the deletions it still waits for."""
+    async with await Catalog.open(config.catalog_path) as catalog:
+
+        def read(db: Any) -> dict[str, Any]:
+            row = ledger.request_state(db, request_ref) or {}
+            (left,) = db.execute(
+                "SELECT COUNT(*) FROM forget_deletions WHERE request_ref = ?", (request_ref,)
+            ).fetchone()
+            return {**row, "deletions_waiting": int(left)}
+
+        return await catalog.read(read)
+
+
+async def forget_here(config: NodeConfig) -> None:
+    """Carry out the pending requests of a site whose mesh is off."""
+    instances = InstanceStore(config.instances_dir, config.tmp_dir)
+    async with await Catalog.open(config.catalog_path) as catalog:
+        await Forgetter(
+            catalog=catalog,
+            partners=_NoPartners(),
+            catalog_key=None,  # no trusted peer holds a record of this site
+            trusted=(),
+            instance_path=instances.path_for,
+        ).forget_once()
+
+
+async def wait_for(config: NodeConfig, request_ref: int, seconds: float) -> dict[str, Any]:
+    """The request once done, or as it stands after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        report = await request_report(config, request_ref)
+        if report.get("state") == "done" or time.monotonic() >= deadline:
+            return report
+        await asyncio.sleep(0.5)

@@ -19,6 +19,7 @@ from meshpacs.cli.catalog import read_phrase_file, restore_catalog
 from meshpacs.cli.escrow import escrow_app
 from meshpacs.cli.federation import federation_app
 from meshpacs.cli.forget import forget
+from meshpacs.cli.leave import node_leave
 from meshpacs.cli.recover import recover
 from meshpacs.cli.testbed import testbed_app
 from meshpacs.errors import MeshError
@@ -253,6 +254,7 @@ def node_run(
 
 
 node_app.command("restore-catalog")(restore_catalog)
+node_app.command("leave")(node_leave)
 app.add_typer(federation_app, name="federation")
 app.add_typer(escrow_app, name="escrow")
 app.add_typer(testbed_app, name="testbed")
@@ -295,6 +297,12 @@ def status(
     _echo_audits(report["audits"], report["scrub"])
     _echo_leases(report["leases"])
     _echo_forgets(report["forgets"])
+    if report["leaving"] is not None:
+        leaving = report["leaving"]
+        typer.echo(
+            f"  LEAVING the federation (meshpacs node leave): still holding"
+            f" {leaving['fragments_held']} shares for {leaving['owners']} partner sites"
+        )
     for peer in report["peers"]:
         state = "online" if peer["online"] else "OFFLINE"
         trusted = ", trusted" if peer["trusted"] else ""
@@ -358,6 +366,8 @@ def _peer_audits(audits: dict[str, Any] | None) -> str:
     if not audits:
         return ""
     shunned = ", SHUNNED: gets no new shares" if audits["shunned"] else ""
+    if audits.get("leaving"):
+        shunned = ", LEAVING: its shares are rebuilt elsewhere"
     latency = "" if audits["latency_ms"] is None else f", {audits['latency_ms']:g} ms"
     return (
         f", reputation {audits['reputation']:.2f} ({audits['audits_passed']} audits passed,"

@@ -31,10 +31,12 @@ __all__ = [
     "AuditTarget",
     "PeerRecord",
     "VerdictCounts",
+    "leaving_sites",
     "next_audit",
     "peer_records",
     "record_audit",
     "record_challenges",
+    "record_leaving",
     "shunned_sites",
     "verdict_counts",
 ]
@@ -64,6 +66,7 @@ class PeerRecord:
     last_failure_at: float | None
     last_seen_at: float | None
     unreachable_at: float | None
+    leaving_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ def next_audit(db: sqlite3.Connection, *, unreachable_since: float) -> AuditTarg
         " WHERE p.verdict IN ('unaudited', 'ok') AND a.spent < a.total"
         " AND b.state IN ('encoded', 'stored', 'degraded')"
         " AND p.holder_site NOT IN (SELECT site_id FROM peer_reputation"
-        "   WHERE unreachable_at > ?)"
+        "   WHERE unreachable_at > ? OR leaving_at IS NOT NULL)"
         " ORDER BY p.audited_at, p.bundle_ref, p.share LIMIT 1",  # NULL (never) sorts first
         (unreachable_since,),
     ).fetchone()
@@ -192,7 +195,7 @@ def _update_peer(
 
 _PEER_COLUMNS = (
     "site_id, successes, failures, latency_seconds, updated_at, passed, failed,"
-    " last_audit_at, last_failure_at, last_seen_at, unreachable_at"
+    " last_audit_at, last_failure_at, last_seen_at, unreachable_at, leaving_at"
 )
 
 
@@ -215,6 +218,7 @@ def _peer_record(row: Sequence[object]) -> PeerRecord:
         when(row[8]),
         when(row[9]),
         when(row[10]),
+        when(row[11]),
     )
 
 
@@ -223,6 +227,26 @@ def _peer(db: sqlite3.Connection, site: str) -> PeerRecord | None:
         f"SELECT {_PEER_COLUMNS} FROM peer_reputation WHERE site_id = ?", (site,)
     ).fetchone()
     return None if row is None else _peer_record(row)
+
+
+def record_leaving(db: sqlite3.Connection, site: str, now: float) -> Reputation:
+    """The peer answered that it is leaving the federation: no more audits or new shares
+    for it, and repair treats its shares as lost (see :func:`leaving_sites`)."""
+    db.execute(
+        "INSERT INTO peer_reputation (site_id, updated_at, last_seen_at, leaving_at)"
+        " VALUES (?, ?, ?, ?) ON CONFLICT (site_id) DO UPDATE SET"
+        " leaving_at = COALESCE(leaving_at, excluded.leaving_at),"
+        " last_seen_at = excluded.last_seen_at, unreachable_at = NULL",
+        (site, now, now, now),
+    )
+    record = _peer(db, site)
+    assert record is not None  # just written
+    return record.reputation
+
+
+def leaving_sites(db: sqlite3.Connection) -> set[str]:
+    rows = db.execute("SELECT site_id FROM peer_reputation WHERE leaving_at IS NOT NULL")
+    return {str(row[0]) for row in rows}
 
 
 def peer_records(db: sqlite3.Connection) -> list[PeerRecord]:
@@ -234,11 +258,12 @@ def peer_records(db: sqlite3.Connection) -> list[PeerRecord]:
 def shunned_sites(
     db: sqlite3.Connection, floor: float, now: float, half_life: float = DEFAULT_HALF_LIFE
 ) -> set[str]:
-    """Peers whose reputation is below ``floor``: they receive no new fragments."""
+    """Peers whose reputation is below ``floor``, and peers leaving the federation: they
+    receive no new fragments."""
     return {
         record.site_id
         for record in peer_records(db)
-        if record.reputation.score(now, half_life) < floor
+        if record.leaving_at is not None or record.reputation.score(now, half_life) < floor
     }
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from meshpacs.metadata.ledger import Placement, distinct_shares
@@ -196,14 +197,24 @@ def reassess(
 
 
 def bundles_below(
-    bundles: Iterable[BundleShares], threshold: int | None = None, limit: int = 100
+    bundles: Iterable[BundleShares],
+    threshold: int | None = None,
+    limit: int = 100,
+    urgent: AbstractSet[str] = frozenset(),
 ) -> list[BundleShares]:
     """Those of ``bundles`` with fewer good shares than their repair threshold, neediest first.
 
     Bundles with fewer than k good shares come last: nothing can repair them until shares
-    come back, and they must not starve those that can be repaired now.
+    come back, and they must not starve those that can be repaired now. A bundle with a
+    share at an ``urgent`` site (one leaving the federation) is due whatever its count:
+    that share is going.
     """
-    below = [b for b in bundles if len(b.good) < repair_threshold(b.k, b.n, threshold)]
+    below = [
+        b
+        for b in bundles
+        if len(b.good) < repair_threshold(b.k, b.n, threshold)
+        or (b.missing_shares and any(p.holder_site in urgent for p in b.bad))
+    ]
     below.sort(key=lambda b: (len(b.good) < b.k, len(b.good) - b.k, b.bundle_ref))
     return below[:limit]
 

@@ -62,6 +62,9 @@ Version 6 (forgetting a study, :mod:`meshpacs.metadata.forget`)::
                       attempts) PRIMARY KEY (request_ref, kind, site, name): deletions
                       still to send to partners
 
+Version 7: ``peer_reputation.leaving_at`` (when the peer answered that it is leaving the
+federation; see ``meshpacs node leave``).
+
 ``*_fold`` columns hold the case-folded person names that PN matching compares against.
 Foreign-key columns are named ``*_ref`` so they are not mistaken for DICOM's Patient ID
 and Study ID. Only features of SQLite 3.30 are used (no STRICT tables, no RETURNING).
@@ -299,6 +302,11 @@ CREATE TABLE forget_deletions (
 );
 """
 
+# A partner that said it is leaving the federation: its shares are rebuilt elsewhere now.
+_V7 = """
+ALTER TABLE peer_reputation ADD COLUMN leaving_at REAL;
+"""
+
 # (version, script) in ascending order. Append only: a released entry is never edited.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (1, _V1),
@@ -307,6 +315,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (4, _V4),
     (5, _V5),
     (6, _V6),
+    (7, _V7),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

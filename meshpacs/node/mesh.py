@@ -63,6 +63,7 @@ from meshpacs.metadata import Catalog
 from meshpacs.metadata.ledger import BundlePlan
 from meshpacs.node.config import NodeConfig
 from meshpacs.node.expiry import expire_on_schedule
+from meshpacs.node.leave import leave_requested
 from meshpacs.node.scrub import Scrubber, scrub_on_schedule
 from meshpacs.recovery.gather import FindHolders, pool_fetch
 from meshpacs.store import FragmentStore, QuotaPolicy
@@ -373,7 +374,7 @@ class MeshNode:
             dicom_host=mesh.advertise_host,
             dicom_port=self._dicom_port,
             dicom_ae_title=dicom.ae_title,
-            capacity_bytes=min(offered, mesh.partner_quota_bytes),
+            capacity_bytes=0 if self.server.leaving else min(offered, mesh.partner_quota_bytes),
             seq=self._next_seq(),
             expires_at=int(self._clock()) + RECORD_LIFETIME,
         )
@@ -416,6 +417,7 @@ class MeshNode:
         while not stop.is_set():
             try:
                 await self._rejoin()
+                await self._follow_leave_request()
                 if self._clock() - published > REPUBLISH_SECONDS:
                     await self.publish_node_record()
                     published = self._clock()
@@ -430,6 +432,17 @@ class MeshNode:
                 LOG.warning("mesh upkeep: %s", error)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self._upkeep_seconds)
+
+    async def _follow_leave_request(self) -> None:
+        """``meshpacs node leave`` filed its request: stop taking shares, and say so."""
+        if self.server.leaving or leave_requested(self.config) is None:
+            return
+        self.server.leaving = True
+        LOG.warning(
+            "mesh: this site is leaving the federation: it takes no new shares, and owners"
+            " are told at their next audit to rebuild theirs elsewhere"
+        )
+        await self.publish_node_record()
 
     async def _rejoin(self) -> None:
         """Bootstrap again while the routing table knows fewer nodes than were configured.

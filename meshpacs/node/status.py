@@ -27,6 +27,7 @@ from typing import Any
 from meshpacs.metadata import forget, health, ledger, repair
 from meshpacs.node.config import NodeConfig
 from meshpacs.node.expiry import expiry_report
+from meshpacs.node.leave import held_now, leave_requested
 from meshpacs.node.mesh import EXPIRY_FILE, LEASES_FILE, PEERS_FILE, SCRUB_FILE
 from meshpacs.upkeep.leases import last_renewal
 
@@ -63,6 +64,7 @@ def _audit_report(
         by_peer[record.site_id] = {
             "reputation": round(score, 3),
             "shunned": score < maintenance.reputation_floor,
+            "leaving": record.leaving_at is not None,
             "audits_passed": record.passed,
             "audits_failed": record.failed,
             "last_audit_at": record.last_audit_at,
@@ -147,6 +149,14 @@ def _scrub_report(config: NodeConfig) -> dict[str, Any] | None:
     return None
 
 
+def _leave_report(config: NodeConfig) -> dict[str, Any] | None:
+    request = leave_requested(config)
+    if request is None:
+        return None
+    held = held_now(config)
+    return {**request, "fragments_held": held.fragments, "owners": held.owners}
+
+
 def _peer_report(config: NodeConfig, now: float) -> tuple[list[dict[str, Any]], float | None]:
     trusted = set(config.mesh.trusted_peers)
     document: dict[str, Any] = {}
@@ -181,6 +191,7 @@ def site_status(config: NodeConfig, now: float | None = None) -> dict[str, Any]:
         "audits": audits,
         "scrub": _scrub_report(config),
         "forgets": forgets,
+        "leaving": _leave_report(config),
         "leases": {
             "renewal": last_renewal(config.state_dir / LEASES_FILE),
             "expiry": expiry_report(config.state_dir / EXPIRY_FILE),

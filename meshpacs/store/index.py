@@ -37,7 +37,7 @@ from pathlib import Path
 from meshpacs.durable import split_statements, transaction
 from meshpacs.errors import CatalogError, SchemaTooNew
 
-__all__ = ["SCHEMA_VERSION", "FragmentIndex", "FragmentState", "StoredFragment"]
+__all__ = ["SCHEMA_VERSION", "FragmentIndex", "FragmentState", "StoredFragment", "held_counts"]
 
 
 class FragmentState(StrEnum):
@@ -294,6 +294,19 @@ class FragmentIndex:
             if isinstance(exc, sqlite3.Error):
                 raise CatalogError(f"fragment index: write failed: {exc}") from exc
             raise
+
+
+def held_counts(path: Path) -> tuple[int, int]:
+    """(fragments, owner sites) an index file holds, read-only, beside a running store
+    (WAL lets a reader in); (0, 0) when there is no index yet."""
+    if not path.exists():
+        return 0, 0
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        row = db.execute("SELECT COUNT(*), COUNT(DISTINCT owner) FROM fragments").fetchone()
+    finally:
+        db.close()
+    return int(row[0]), int(row[1])
 
 
 def _record(row: _Row) -> StoredFragment:

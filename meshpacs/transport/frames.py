@@ -135,6 +135,7 @@ class Status(enum.IntEnum):
     BAD_REQUEST = 6
     TOO_LARGE = 7
     UNAVAILABLE = 8
+    LEAVING = 9  # the holder is leaving the federation: take your shares elsewhere
 
 
 _NAMED_OPS = {

@@ -12,6 +12,10 @@ and records. Asking for another site's data gets ``NOT_FOUND``, the same answer 
 data that does not exist, so nobody can probe what this node holds for others; a renewal
 naming another site's fragments counts them as it counts fragments not held, not at all.
 
+A node leaving the federation (:attr:`FragmentServer.leaving`) takes no new fragment and
+answers audits with ``LEAVING``, so each owner rebuilds its shares elsewhere, while it
+still serves reads (a repair may gather from it) and deletions until it holds nothing.
+
 Every failure a peer can cause ends its request with a status, or (for frames that break
 the protocol, or a peer that stalls) closes its connection; none reaches the event loop.
 """
@@ -94,6 +98,7 @@ class FragmentServer:
         self._server: asyncio.Server | None = None
         self._slots = asyncio.Semaphore(self._limits.max_connections)
         self._connections: set[asyncio.Task[None]] = set()
+        self.leaving = False
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen on ``host:port`` (0: any free port); returns the address bound."""
@@ -166,6 +171,9 @@ class FragmentServer:
         await peer.respond(Response(Status.OK))
 
     async def _put_fragment(self, peer: _Peer, request: Request) -> None:
+        if self.leaving:
+            await peer.respond(Response(Status.LEAVING, _LEAVING))
+            return
         try:
             pending = await asyncio.to_thread(
                 self._fragments.begin_put, request.name, peer.site, request.length
@@ -308,6 +316,9 @@ class FragmentServer:
         except MeshError as error:
             await peer.respond(_refusal(error))
             return
+        if self.leaving:
+            await peer.respond(Response(Status.LEAVING, _LEAVING))
+            return
         if not await self._owned(peer, request.name):
             await peer.respond(Response(Status.NOT_FOUND, "no such fragment"))
             return
@@ -383,6 +394,9 @@ class _Peer:
 
     async def respond(self, response: Response) -> None:
         await self.write(encode_response(response))
+
+
+_LEAVING = "this site is leaving the federation: place and repair your shares elsewhere"
 
 
 def _refusal(error: MeshError) -> Response:

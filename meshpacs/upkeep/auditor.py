@@ -40,6 +40,8 @@ _log = logging.getLogger("meshpacs.audit")
 
 # Refusals that say nothing about the fragment: the holder is there but cannot answer now.
 _BUSY = {"UNAVAILABLE"}
+# The holder is leaving the federation (``meshpacs node leave``): not a verdict on it.
+LEAVING = "LEAVING"
 
 
 class Holders(Protocol):
@@ -114,6 +116,18 @@ class Auditor:
         outcome, latency = await self._ask(target)
         half_life = self.settings.half_life
         now = self._clock()
+        if outcome == LEAVING:
+            reputation = await self._catalog.write(
+                partial(health.record_leaving, site=target.holder_site, now=now)
+            )
+            _log.warning(
+                "audit: site %s says it is leaving the federation; its shares will be rebuilt"
+                " elsewhere", target.holder_site,
+            )  # fmt: skip
+            return AuditResult(
+                target.bundle_ref, target.share, target.holder_site, LEAVING, None, reputation,
+                target.remaining,
+            )  # fmt: skip
         reputation = await self._catalog.write(
             lambda db: health.record_audit(
                 db, target, outcome, now, latency=latency, half_life=half_life
@@ -152,6 +166,8 @@ class Auditor:
         except PeerRefused as refusal:
             if refusal.code in _BUSY:
                 return Outcome.UNREACHABLE, None
+            if refusal.code == LEAVING:
+                return LEAVING, None
             return Outcome.FAILED, self._monotonic() - started
         except (PeerUnreachable, OSError, TimeoutError):
             return Outcome.UNREACHABLE, None

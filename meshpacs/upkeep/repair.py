@@ -32,6 +32,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -138,11 +139,14 @@ class Repairer:
         s = self.settings
         now = self._clock()
         lost = await self._catalog.read(lambda db: ledger.lost_sites(db, now, s.lost_after_seconds))
+        leaving = await self._catalog.read(health.leaving_sites)
         report.lost_sites = tuple(sorted(lost))
+        lost |= leaving
         settled = await self._catalog.write(lambda db: ledger.reassess(db, lost, now))
         report.below_n = sum(1 for b in settled if len(b.good) < b.n)
-        for bundle in ledger.bundles_below(settled, s.threshold, s.bundles_per_pass):
-            await self._repair(bundle, lost, report)
+        due = ledger.bundles_below(settled, s.threshold, s.bundles_per_pass, urgent=leaving)
+        for bundle in due:
+            await self._repair(bundle, lost, report, sources=leaving)
         report.collected = await self._collect()
         if report.attempted or report.collected or lost:
             _log.info(
@@ -157,13 +161,17 @@ class Repairer:
     # -- one bundle ---------------------------------------------------------------------
 
     async def _repair(
-        self, bundle: ledger.BundleShares, lost: set[str], report: RepairPass
+        self,
+        bundle: ledger.BundleShares,
+        lost: set[str],
+        report: RepairPass,
+        sources: AbstractSet[str] = frozenset(),
     ) -> None:
         report.attempted += 1
         workdir = self._work_dir / f"bundle-{bundle.bundle_ref}"
         missing = bundle.missing_shares
         try:
-            placed = await self._regenerate_and_place(bundle, missing, lost, workdir)
+            placed = await self._regenerate_and_place(bundle, missing, lost, workdir, sources)
             detail = "" if placed == len(missing) else "too few eligible sites took a share"
         except Unrecoverable as error:
             report.unrecoverable += 1
@@ -203,10 +211,19 @@ class Repairer:
         await self._announce(after)
 
     async def _regenerate_and_place(
-        self, bundle: ledger.BundleShares, missing: list[int], lost: set[str], workdir: Path
+        self,
+        bundle: ledger.BundleShares,
+        missing: list[int],
+        lost: set[str],
+        workdir: Path,
+        sources: AbstractSet[str],
     ) -> int:
-        """How many of ``missing`` are now placed on new sites."""
-        planned = self._planned(bundle)
+        """How many of ``missing`` are now placed on new sites.
+
+        Shares at ``sources`` (sites leaving the federation: they no longer count, but
+        still serve reads) may be gathered from, after the good ones.
+        """
+        planned = self._planned(bundle, sources)
         s = self.settings
         gathered = await gather_bundle(
             planned,
@@ -247,7 +264,7 @@ class Repairer:
             )  # fmt: skip
         return sum(1 for share in missing if share in outcome.placed)
 
-    def _planned(self, bundle: ledger.BundleShares) -> PlannedBundle:
+    def _planned(self, bundle: ledger.BundleShares, sources: AbstractSet[str]) -> PlannedBundle:
         ref = BundleRef(
             bundle.bundle_id,
             CodingParams(bundle.k, bundle.n, bundle.segment_size),
@@ -255,9 +272,8 @@ class Repairer:
             bundle.set_hash,
         )
         ids = tuple(fragment_id(self._fid_key, bundle.bundle_id, s) for s in range(bundle.n))
-        holders = tuple(
-            ShareHolder(p.share, p.holder_site, p.fragment_id) for p in bundle.good.values()
-        )
+        usable = [*bundle.good.values(), *(p for p in bundle.bad if p.holder_site in sources)]
+        holders = tuple(ShareHolder(p.share, p.holder_site, p.fragment_id) for p in usable)
         return PlannedBundle(ref=ref, wrapped_key=b"", fragment_ids=ids, holders=holders,
                              instances=())  # fmt: skip
 

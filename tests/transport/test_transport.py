@@ -294,3 +294,23 @@ async def test_audits_pass_for_the_intact_fragment_and_fail_when_it_changed(
         for item in planned:
             given = await conn.audit_fragment(fragment.fid, item.challenge)
             assert given is not None and not check(item, given)
+
+
+async def test_a_leaving_holder_takes_no_fragment_answers_audits_leaving_and_still_serves(
+    holder: Holder, partner: Callable[[str, int], Member], tmp_path: Path
+) -> None:
+    owner = partner("owner", 2)
+    kept, refused = make_bundle(seed=6, sizes=(30_000, 30_000))[:2]
+    async with await connect(owner, holder) as conn:
+        await conn.put_fragment(kept.fid, write(tmp_path, kept))
+    holder.server.leaving = True
+    async with await connect(owner, holder) as conn:
+        with pytest.raises(PeerRefused) as caught:
+            await conn.put_fragment(refused.fid, write(tmp_path, refused))
+        assert caught.value.code == "LEAVING"
+        with pytest.raises(PeerRefused) as caught:
+            await conn.audit_fragment(kept.fid, Challenge(b"\x01" * 32, 0, 100))
+        assert caught.value.code == "LEAVING"
+        assert await fetch(conn, kept.fid) == kept.data  # a repair may gather from it
+        assert await conn.delete_fragment(kept.fid)
+    assert holder.store.has(refused.fid) is None

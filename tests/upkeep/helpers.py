@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshpacs.audit.challenge import Challenge, answer
-from meshpacs.errors import PeerUnreachable
+from meshpacs.errors import PeerRefused, PeerUnreachable
 from meshpacs.transport.frames import RecordKind
 
 
@@ -23,6 +23,7 @@ class DirHolders:
 
     root: Path
     down: set[str] = field(default_factory=set)
+    leaving: set[str] = field(default_factory=set)  # answer audits LEAVING, serve reads
     asked: list[tuple[str, Challenge]] = field(default_factory=list)
     fetched: list[tuple[str, str]] = field(default_factory=list)
     renewals: list[tuple[str, int, int]] = field(default_factory=list)  # site, IDs, seconds
@@ -32,6 +33,8 @@ class DirHolders:
         self.asked.append((site_id, challenge))
         if site_id in self.down:
             raise PeerUnreachable(f"site {site_id} is down")
+        if site_id in self.leaving:
+            raise PeerRefused("LEAVING", "this site is leaving the federation")
         path = self.root / site_id / fragment_id
         if not path.exists():
             return None

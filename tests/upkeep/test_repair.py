@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from meshpacs.erasure import verify_fragment
-from meshpacs.metadata import ledger
+from meshpacs.metadata import health, ledger
 from meshpacs.metadata import repair as repair_ledger
 from meshpacs.upkeep import Auditor, AuditSettings, Repairer, RepairSettings
 
@@ -202,4 +202,40 @@ async def test_a_corrupt_fragment_failed_by_audit_counts_as_lost(site: Site) -> 
     assert report.repaired == 1 and report.lost_sites == ()
     after = await placements(site)
     assert {p.holder_site for p in after}.isdisjoint({v.holder_site for v in placed[:2]})
+    assert await decode_all(site, K) == site.sent  # type: ignore[attr-defined]
+
+
+async def test_a_leaving_holder_has_its_share_rebuilt_elsewhere_at_once_and_deleted(
+    site: Site,
+) -> None:
+    holders = holders_of(site)
+    placed = await placements(site)
+    leaving = placed[0]
+    holders.leaving.add(leaving.holder_site)
+    # The other holders are down at once: the leaving one must serve as a source.
+    others = [p.holder_site for p in placed[1:3]]
+    checker = Auditor(site.catalog, holders, AuditSettings(), clock=site.clock)
+    outcomes = set()
+    for _ in range(N):
+        site.clock.advance(1)
+        result = await checker.audit_once()
+        assert result is not None
+        outcomes.add((result.holder_site, result.outcome))
+    assert (leaving.holder_site, "LEAVING") in outcomes
+    leaving_now = await site.catalog.read(health.leaving_sites)
+    assert leaving_now == {leaving.holder_site}
+    shunned = await site.catalog.read(lambda db: health.shunned_sites(db, 0.0, site.clock()))
+    assert shunned == {leaving.holder_site}  # no new shares for it, whatever its score
+    holders.down |= set(others)
+    site.partners.down |= set(others)
+
+    report = await repairer(site, holders).repair_once()  # threshold 3: one loss would wait
+
+    assert (report.repaired, report.shares_placed, report.collected) == (1, 1, 1)
+    after = {p.share: p.holder_site for p in await placements(site)}
+    assert after[leaving.share] not in {leaving.holder_site, "owner", *others}
+    assert (leaving.holder_site, leaving.fragment_id) in holders.fetched  # gathered from it
+    assert not (site.partners.root / leaving.holder_site / leaving.fragment_id).exists()
+    holders.down.clear()
+    site.partners.down.clear()
     assert await decode_all(site, K) == site.sent  # type: ignore[attr-defined]

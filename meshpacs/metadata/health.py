@@ -37,6 +37,7 @@ __all__ = [
     "record_audit",
     "record_challenges",
     "record_leaving",
+    "record_seen",
     "shunned_sites",
     "verdict_counts",
 ]
@@ -227,6 +228,19 @@ def _peer(db: sqlite3.Connection, site: str) -> PeerRecord | None:
         f"SELECT {_PEER_COLUMNS} FROM peer_reputation WHERE site_id = ?", (site,)
     ).fetchone()
     return None if row is None else _peer_record(row)
+
+
+def record_seen(db: sqlite3.Connection, site: str, now: float) -> None:
+    """The peer answered something other than an audit (a deletion, a renewal): it is
+    reachable again, so it no longer counts as unreachable or lost.
+
+    Without this a site whose every share was replaced while it was away would never be
+    audited again, and stay lost for good, however well it answers.
+    """
+    db.execute(
+        "UPDATE peer_reputation SET last_seen_at = ?, unreachable_at = NULL WHERE site_id = ?",
+        (now, site),
+    )
 
 
 def record_leaving(db: sqlite3.Connection, site: str, now: float) -> Reputation:

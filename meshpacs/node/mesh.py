@@ -239,6 +239,9 @@ class MeshNode:
             AuditSettings(
                 audits_per_hour=m.audits_per_hour,
                 timeout_seconds=m.audit_timeout_seconds,
+                # Asked again several times within the grace, so that a site back from a
+                # short outage is seen before it counts as lost.
+                retry_seconds=min(600.0, m.lost_after_seconds / 4),
                 half_life=m.reputation_half_life_seconds,
             ),
             clock=clock,

@@ -27,12 +27,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 from meshpacs.durable import write_atomic
 from meshpacs.errors import MeshError, brief
-from meshpacs.metadata import Catalog, ledger
+from meshpacs.metadata import Catalog, health, ledger
 from meshpacs.store import MAX_RENEW
 from meshpacs.upkeep.pacing import Pause, wait_or_stop
 
@@ -145,6 +146,7 @@ class LeaseRenewer:
                 _log.warning("leases: site %s not renewed: %s", site_id, brief(error))
                 continue
             result.renewed += renewed
+            await self._catalog.write(partial(health.record_seen, site=site_id, now=self._clock()))
             if renewed < len(fragment_ids):
                 result.not_held += len(fragment_ids) - renewed
                 _log.warning(

@@ -333,6 +333,9 @@ class Repairer:
                              item.holder_site, error)  # fmt: skip
                 continue
             await self._catalog.write(partial(ledger.forget_superseded, item=item))
+            await self._catalog.write(
+                partial(health.record_seen, site=item.holder_site, now=self._clock())
+            )
             collected += 1
         return collected
 

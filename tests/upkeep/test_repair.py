@@ -144,6 +144,8 @@ async def test_a_lost_site_that_comes_back_has_its_surplus_copy_deleted(site: Si
     assert back in report.lost_sites  # audits no longer reach it: no placement of it is left
     assert report.collected == 1  # but its answer to the deletion is enough
     assert list((site.partners.root / back).iterdir()) == []
+    # ...to count as back: it is not lost any more, and may take new shares again.
+    assert back not in (await mended.repair_once()).lost_sites
     summary = await site.catalog.read(lambda db: repair_ledger.repair_summary(db, {gone[1]}))
     assert summary.superseded == 1  # the other lost site's copy still waits
 

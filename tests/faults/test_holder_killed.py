@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+from meshpacs.testbed import layout
 from meshpacs.testing.synth import SeriesSpec, StudySpec, SynthInstance
 from tests.mesh.conftest import FederationFactory, RunningSite
 from tests.mesh.helpers import held_fragments, phi_strings, push, study
@@ -87,6 +88,54 @@ async def test_a_holder_killed_mid_upload_loses_nothing_acknowledged(
     await wait_backed_up(fed, owner, studies, records=STUDIES, timeout=90)
     kept = await lose_owner(fed, owner, tmp_path)
     report, restored = await recover(kept, tmp_path)
+    assert report.exit_code == 0, report.summary()
+    assert_restored(manifest, restored)
+    assert_no_phi_on_untrusted(fed, "site-a", phi_strings(sent))
+
+
+def kill_once_fetching(
+    processes: NodeProcesses, victim: layout.TestbedSite, workdir: Path, done: threading.Event
+) -> bool:
+    """SIGKILL the victim the moment the recovery has a fragment arriving (a ``.part`` in
+    its work folder); True if that happened before the recovery ended."""
+    while not done.is_set():
+        if any(workdir.rglob("*.part")):
+            processes.kill9(victim)
+            return True
+        time.sleep(0.002)
+    return False
+
+
+async def test_a_holder_killed_during_a_recovery_still_gives_back_everything(
+    federation: FederationFactory,
+    node_processes: NodeProcesses,
+    fault_rng: random.Random,
+    tmp_path: Path,
+) -> None:
+    fed = await federation(5, k=2, n=3)
+    owner = fed.site("site-a")
+    victim = await node_processes.take_over(fed, fault_rng.choice(["site-d", "site-e"]))
+    print(f"victim {victim.site_id}, killed once the recovery is fetching")
+    manifest = Manifest()
+    sent: list[SynthInstance] = []
+    for number in range(3):
+        instances = study(seed=750 + number, patient=number, spec=STREAMED)
+        await push(owner, instances, tmp_path / f"pacs-{number}")
+        manifest.add_instances(instances)
+        sent += instances
+    await wait_backed_up(fed, owner, {i.study_instance_uid for i in sent}, records=3)
+    assert held_fragments(fed.site(victim.site_id)), "the victim holds none of the shares"
+
+    kept = await lose_owner(fed, owner, tmp_path)
+    done = threading.Event()
+    killing = asyncio.create_task(
+        asyncio.to_thread(kill_once_fetching, node_processes, victim, tmp_path / "recovery", done)
+    )
+    try:
+        report, restored = await recover(kept, tmp_path)
+    finally:
+        done.set()
+    assert await killing, "the recovery never fetched a fragment: no kill during recovery"
     assert report.exit_code == 0, report.summary()
     assert_restored(manifest, restored)
     assert_no_phi_on_untrusted(fed, "site-a", phi_strings(sent))

@@ -250,7 +250,11 @@ def node_run(
         typer.echo(f"meshpacs node run: {exc}", err=True)
         raise typer.Exit(2) from None
     configure_logging(node_config.logging.level)
-    asyncio.run(run_node(node_config))
+    try:
+        asyncio.run(run_node(node_config))
+    except MeshError as exc:  # a node that cannot start (or go on) says why, in one line
+        typer.echo(f"meshpacs node run: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 node_app.command("restore-catalog")(restore_catalog)

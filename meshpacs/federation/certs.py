@@ -79,9 +79,10 @@ __all__ = [
 CA_DAYS = 3650
 NODE_DAYS = 825
 CRL_DAYS = 90
-# Certificates start this long before they are issued, so a peer whose clock is a little
-# behind the CA's accepts a certificate issued a minute ago.
-CLOCK_SKEW = timedelta(hours=1)
+# Certificates start this long before they are issued, so a peer whose clock is behind
+# the CA's (by hours, on a server that lost its NTP) still accepts one issued a minute ago.
+# A certificate valid a day before it existed gives nobody anything: it names the same key.
+CLOCK_SKEW = timedelta(days=1)
 MAX_CERT_BYTES = 16 * 1024
 MAX_CSR_BYTES = 16 * 1024
 MAX_CRL_BYTES = 4 * 1024 * 1024  # ~80 000 revocations: far more than a federation has
@@ -241,7 +242,7 @@ def build_crl(
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca_cert.subject)
-        .last_update(now)
+        .last_update(now - CLOCK_SKEW)  # OpenSSL refuses a CRL "not yet valid" too
         .next_update(now + timedelta(days=days))
         .add_extension(x509.CRLNumber(number), critical=False)
         .add_extension(_authority_key_id(ca_cert), critical=False)
@@ -431,8 +432,10 @@ def _check_federation_current(
 ) -> None:
     if not ca_cert.not_valid_before_utc <= now <= ca_cert.not_valid_after_utc:
         raise FederationError(
-            f"the federation CA certificate is valid from {ca_cert.not_valid_before_utc:%Y-%m-%d}"
-            f" to {ca_cert.not_valid_after_utc:%Y-%m-%d}, not now"
+            f"the federation CA certificate is valid from"
+            f" {ca_cert.not_valid_before_utc:%Y-%m-%d %H:%M}Z to"
+            f" {ca_cert.not_valid_after_utc:%Y-%m-%d %H:%M}Z, not now"
+            f" ({now:%Y-%m-%d %H:%M}Z); check this machine's clock"
         )
     next_update = crl.next_update_utc
     if next_update is not None and now > next_update:

@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,12 +57,17 @@ def _log_path(plan: TestbedPlan, site: TestbedSite) -> Path:
 
 
 def start_nodes(
-    plan: TestbedPlan, *, sites: Sequence[TestbedSite] | None = None, timeout: float = 60.0
+    plan: TestbedPlan,
+    *,
+    sites: Sequence[TestbedSite] | None = None,
+    timeout: float = 60.0,
+    extra_env: Mapping[str, str] | None = None,
 ) -> None:
     """Start the nodes of ``sites`` (default: every site) and wait until all answer
-    C-ECHO; their PIDs go in the plan."""
+    C-ECHO; their PIDs go in the plan. ``extra_env`` is added to their environment (a
+    fault test runs a node under libfaketime, say)."""
     chosen = list(plan.sites if sites is None else sites)
-    env = {**os.environ, "TCP_NODELAY": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "TCP_NODELAY": "1", "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     for site in chosen:
         with open(_log_path(plan, site), "ab") as log:
             process = subprocess.Popen(

@@ -14,6 +14,7 @@ import os
 import signal
 import sqlite3
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from meshpacs.dicom.scu import Delivery, Outgoing, Target, send_instances
@@ -58,13 +59,16 @@ class NodeProcesses:
     def __init__(self) -> None:
         self.sites: list[TestbedSite] = []
 
-    async def take_over(self, fed: Federation, site_id: str) -> TestbedSite:
+    async def take_over(
+        self, fed: Federation, site_id: str, env: Mapping[str, str] | None = None
+    ) -> TestbedSite:
         """Stop the site's in-process node and run it as ``meshpacs node run`` instead (same
-        config, ports and data); returns once it answers C-ECHO."""
+        config, ports and data, ``env`` added to its environment); returns once it answers
+        C-ECHO."""
         site = fed.site(site_id)
         await site.halt()
         self.sites.append(site.plan)
-        await asyncio.to_thread(start_nodes, fed.plan, sites=[site.plan])
+        await asyncio.to_thread(start_nodes, fed.plan, sites=[site.plan], extra_env=env)
         return site.plan
 
     @staticmethod
@@ -80,6 +84,13 @@ class NodeProcesses:
         while is_our_process(site):
             assert time.monotonic() < deadline, f"{site.site_id} survives SIGKILL"
             time.sleep(0.01)
+
+    async def restart(self, fed: Federation, site: TestbedSite) -> None:
+        """Start a killed site's node process again (same config, ports and data), as an
+        operator or systemd would; returns once it answers C-ECHO."""
+        assert site in self.sites, f"{site.site_id} was never taken over"
+        assert not is_our_process(site), f"{site.site_id} is still running"
+        await asyncio.to_thread(start_nodes, fed.plan, sites=[site])
 
     def stop_all(self) -> None:
         for site in self.sites:

@@ -1,11 +1,9 @@
 """The soak's short form: a minute of seeded faults on real node processes, nothing lost.
 
 ``scripts/soak.py`` runs the long form (``docs/reliability.md``). Here the faults follow a
-fixed schedule of three kinds of fragment damage, so that a minute covers more than one;
-the victims, fragments and byte positions come from the printed seed
-(``MESHPACS_FAULT_SEED=<seed>`` repeats them). The process faults (``kill``, ``pause``)
-are left to the long form: a partner found unreachable is not audited again for ten
-minutes, so it stays "lost" long after it is back (see docs/reliability.md, "Findings").
+fixed schedule of process faults and fragment damage, so that a minute covers several
+kinds; the victims, fragments, downtimes and byte positions come from the printed seed
+(``MESHPACS_FAULT_SEED=<seed>`` repeats them).
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from meshpacs.testbed.soak import FAULT_KINDS, run_soak
 from ..faults.helpers import SEED_VARIABLE
 
 MINUTES = 1.25
-SCHEDULE = ("corrupt", "delete", "truncate")
+SCHEDULE = ("kill", "corrupt", "pause", "truncate")
 
 
 @pytest.mark.slow

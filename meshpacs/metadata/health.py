@@ -36,6 +36,7 @@ __all__ = [
     "peer_records",
     "record_audit",
     "record_challenges",
+    "record_corrupt_report",
     "record_leaving",
     "record_seen",
     "shunned_sites",
@@ -228,6 +229,24 @@ def _peer(db: sqlite3.Connection, site: str) -> PeerRecord | None:
         f"SELECT {_PEER_COLUMNS} FROM peer_reputation WHERE site_id = ?", (site,)
     ).fetchone()
     return None if row is None else _peer_record(row)
+
+
+def record_corrupt_report(
+    db: sqlite3.Connection, holder_site: str, fragment_id: str, now: float
+) -> bool:
+    """The holder says its copy of our fragment failed its scrub: the placement fails now,
+    without waiting for an audit to find it, so the repairer rebuilds the share.
+
+    Whether such a placement exists. An honest report of rot is no mark against the
+    holder's reputation (a disk that rots is the holder's problem; audits judge it);
+    a false one only costs the reporter its own share.
+    """
+    cursor = db.execute(
+        "UPDATE placements SET verdict = 'failed', audited_at = ?"
+        " WHERE holder_site = ? AND fragment_id = ?",
+        (now, holder_site, fragment_id),
+    )
+    return cursor.rowcount > 0
 
 
 def record_seen(db: sqlite3.Connection, site: str, now: float) -> None:

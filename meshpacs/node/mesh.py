@@ -35,6 +35,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from cryptography import x509
@@ -59,14 +60,14 @@ from meshpacs.dicom.storage import InstanceStore
 from meshpacs.errors import ConfigError, MeshError
 from meshpacs.federation import MutualTls, SiteFederationFiles
 from meshpacs.keys import NodeIdentity, SiteKeys, SiteSecret
-from meshpacs.metadata import Catalog
+from meshpacs.metadata import Catalog, health
 from meshpacs.metadata.ledger import BundlePlan
 from meshpacs.node.config import NodeConfig
 from meshpacs.node.expiry import expire_on_schedule
 from meshpacs.node.leave import leave_requested
 from meshpacs.node.scrub import Scrubber, scrub_on_schedule
 from meshpacs.recovery.gather import FindHolders, pool_fetch
-from meshpacs.store import FragmentStore, QuotaPolicy
+from meshpacs.store import FragmentStore, QuotaPolicy, StoredFragment
 from meshpacs.store.records import HeldRecords
 from meshpacs.transport.frames import RecordKind
 from meshpacs.transport.pool import PartnerPool
@@ -201,6 +202,7 @@ class MeshNode:
             self.tls.server_context(),
             self.tls.peer_member,
             on_stored=self._provide,
+            on_corrupt_report=self._corrupt_reported,
         )
         self.pool = PartnerPool(self.dht, self.tls)
         self.replicator = TrustedReplicator(
@@ -342,6 +344,7 @@ class MeshNode:
                     interval=self.config.maintenance.scrub_interval_seconds,
                     state_file=self.config.state_dir / SCRUB_FILE,
                     clock=self._clock,
+                    report=self.report_quarantined,
                 )
             ),
         ]
@@ -382,6 +385,39 @@ class MeshNode:
             expires_at=int(self._clock()) + RECORD_LIFETIME,
         )
         return await self.dht.publish(sign_record(record, self._signer))
+
+    async def _corrupt_reported(self, holder_site: str, fragment_id: str) -> bool:
+        """A holder's scrub found our fragment bad: fail the placement now, for repair."""
+        now = self._clock()
+        known = await self._catalog.write(
+            partial(health.record_corrupt_report, holder_site=holder_site,
+                    fragment_id=fragment_id, now=now)
+        )  # fmt: skip
+        if known:
+            LOG.warning(
+                "mesh: site %s reports a share of ours failed its scrub; it will be rebuilt",
+                holder_site,
+            )
+        return known
+
+    async def report_quarantined(self, quarantined: list[StoredFragment]) -> int:
+        """Tell each owner of a quarantined fragment held here; how many owners knew it.
+
+        Sent after every scrub pass for every fragment still quarantined, so an owner
+        that was down hears it later; the owner's repair then deletes the bad copy.
+        """
+        told = 0
+        unreachable: set[str] = set()
+        for record in quarantined:
+            if record.owner_site in unreachable:
+                continue
+            try:
+                told += await self.pool.report_corrupt(record.owner_site, record.fragment_id)
+            except (MeshError, OSError, TimeoutError) as error:
+                unreachable.add(record.owner_site)
+                LOG.info("scrub: site %s not told of its quarantined share: %s",
+                         record.owner_site, error)  # fmt: skip
+        return told
 
     async def _provide(self, fragment_id: str, owner_site: str = "") -> None:
         record = ProviderRecord(

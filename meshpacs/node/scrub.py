@@ -8,8 +8,9 @@ a background duty measured in days, not a scan.
 
 What a pass finds is logged by fragment ID, share and owner site (fragment IDs are keyed
 HMACs: nothing in them names a patient or study) and returned. A quarantined fragment is
-never served again, so its owner's next audit of it gets "not held" and counts the share
-as missing (no direct message to the owner yet).
+never served again, and after every pass its owner is told directly (the transport's
+REPORT_CORRUPT; the node does it through ``report``), so it repairs without waiting for
+an audit of that share; an owner that was down is told again after the next pass.
 
 :func:`scrub_on_schedule` runs a pass every ``interval`` seconds, counted from the end of
 the last pass as written in a small state file, so a node that restarts daily still
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshpacs.errors import LimitExceeded, MeshError
-from meshpacs.store import FragmentStore, ScrubFinding
+from meshpacs.store import FragmentStore, ScrubFinding, StoredFragment
 
 __all__ = ["DEFAULT_BYTES_PER_SECOND", "ScrubPass", "Scrubber", "last_pass_at", "scrub_on_schedule"]
 
@@ -149,8 +150,12 @@ async def scrub_on_schedule(
     interval: float,
     state_file: Path,
     clock: Callable[[], float] = time.time,
+    report: Callable[[list[StoredFragment]], Awaitable[int]] | None = None,
 ) -> None:
-    """A pass every ``interval`` seconds until ``stop``; a failing pass is logged, not fatal."""
+    """A pass every ``interval`` seconds until ``stop``; a failing pass is logged, not fatal.
+
+    After each pass ``report`` is handed every fragment still quarantined (the node tells
+    their owners)."""
     while not stop.is_set():
         last = last_pass_at(state_file)
         wait = 0.0 if last is None else max(0.0, last + interval - clock())
@@ -162,5 +167,10 @@ async def scrub_on_schedule(
         except (MeshError, OSError) as error:
             LOG.error("scrub pass failed: %s", error)
             result = ScrubPass()
-        held = len(await asyncio.to_thread(scrubber.store.quarantined))
-        _write_pass(state_file, clock(), result, held)
+        quarantined = await asyncio.to_thread(scrubber.store.quarantined)
+        _write_pass(state_file, clock(), result, len(quarantined))
+        if report is not None and quarantined:
+            try:
+                await report(quarantined)
+            except (MeshError, OSError) as error:
+                LOG.error("scrub: owners not told of quarantined shares: %s", error)

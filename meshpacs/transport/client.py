@@ -278,6 +278,16 @@ class PartnerConnection:
                 return None
             return await self._small_body(self._accept(response, Status.OK))
 
+    async def report_corrupt(self, fragment_id: str) -> bool:
+        """Tell the owner that its fragment held here failed a scrub; whether it knew it."""
+        async with self._exchange():
+            await self._send(Request(Op.REPORT_CORRUPT, fragment_id))
+            response = await self._response()
+            if response.status == Status.NOT_FOUND:
+                return False
+            self._accept(response, Status.OK)
+            return True
+
     async def delete_record(self, kind: RecordKind, record_id: str) -> bool:
         """Delete our record at the partner; False if it held none of that name."""
         async with self._exchange():

@@ -117,6 +117,7 @@ class Op(enum.IntEnum):
     AUDIT_FRAGMENT = 9
     RENEW_LEASES = 10
     DELETE_RECORD = 11
+    REPORT_CORRUPT = 12  # holder to owner: your fragment (the name) failed my scrub
 
 
 class RecordKind(enum.IntEnum):
@@ -147,6 +148,7 @@ _NAMED_OPS = {
     Op.GET_RECORD,
     Op.DELETE_RECORD,
     Op.AUDIT_FRAGMENT,
+    Op.REPORT_CORRUPT,
 }
 _RECORD_OPS = {Op.PUT_RECORD, Op.GET_RECORD, Op.LIST_RECORDS, Op.DELETE_RECORD}
 

@@ -109,6 +109,10 @@ class PartnerPool:
         async with await self.connect(site_id) as conn:
             return await conn.renew_leases(fragment_ids, seconds)
 
+    async def report_corrupt(self, site_id: str, fragment_id: str) -> bool:
+        async with await self.connect(site_id) as conn:
+            return await conn.report_corrupt(fragment_id)
+
     async def delete_record(self, site_id: str, kind: RecordKind, record_id: str) -> bool:
         async with await self.connect(site_id) as conn:
             return await conn.delete_record(kind, record_id)

@@ -67,6 +67,8 @@ HAS_BODY = struct.Struct(">Q32s")
 
 Identify = Callable[[ssl.SSLObject], Member]  # the peer, from its certificate
 OnStored = Callable[[str, str], Awaitable[None]]  # (fragment_id, owner site)
+# (holder site, fragment_id) -> whether it is a placement of ours: a holder reports rot.
+OnCorruptReport = Callable[[str, str], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class FragmentServer:
         *,
         limits: ServerLimits | None = None,
         on_stored: OnStored | None = None,
+        on_corrupt_report: OnCorruptReport | None = None,
     ) -> None:
         self._fragments = fragments
         self._records = records
@@ -95,6 +98,7 @@ class FragmentServer:
         self._identify = identify
         self._limits = limits or ServerLimits()
         self._on_stored = on_stored
+        self._on_corrupt_report = on_corrupt_report
         self._server: asyncio.Server | None = None
         self._slots = asyncio.Semaphore(self._limits.max_connections)
         self._connections: set[asyncio.Task[None]] = set()
@@ -164,6 +168,7 @@ class FragmentServer:
             Op.DELETE_RECORD: self._delete_record,
             Op.AUDIT_FRAGMENT: self._audit_fragment,
             Op.RENEW_LEASES: self._renew_leases,
+            Op.REPORT_CORRUPT: self._report_corrupt,
         }
         await handlers[request.op](peer, request)
 
@@ -258,13 +263,31 @@ class FragmentServer:
         await peer.write(HAS_BODY.pack(stored.size, stored.set_hash))
 
     async def _delete_fragment(self, peer: _Peer, request: Request) -> None:
-        if not await self._owned(peer, request.name):
-            await peer.respond(Response(Status.NOT_FOUND, "no such fragment"))
-            return
+        # Not ``_owned``: that hides quarantined fragments, and deleting one is how the
+        # owner's repair gives this node its room back (the store lets the owner do it).
         try:
-            await asyncio.to_thread(self._fragments.delete, request.name, peer.site)
+            deleted = await asyncio.to_thread(self._fragments.delete, request.name, peer.site)
+        except Forbidden:
+            deleted = False  # another site's: "no such fragment", as every other op says
         except MeshError as error:
             await peer.respond(_refusal(error))
+            return
+        if not deleted:
+            await peer.respond(Response(Status.NOT_FOUND, "no such fragment"))
+            return
+        await peer.respond(Response(Status.OK))
+
+    async def _report_corrupt(self, peer: _Peer, request: Request) -> None:
+        # Here this node is the owner: the peer holds one of our fragments and found it bad.
+        known = False
+        if self._on_corrupt_report is not None:
+            try:
+                known = await self._on_corrupt_report(peer.site, request.name)
+            except MeshError as error:
+                await peer.respond(_refusal(error))
+                return
+        if not known:
+            await peer.respond(Response(Status.NOT_FOUND, "no such placement here"))
             return
         await peer.respond(Response(Status.OK))
 

@@ -314,3 +314,22 @@ async def test_a_leaving_holder_takes_no_fragment_answers_audits_leaving_and_sti
         assert await fetch(conn, kept.fid) == kept.data  # a repair may gather from it
         assert await conn.delete_fragment(kept.fid)
     assert holder.store.has(refused.fid) is None
+
+
+async def test_a_holder_reports_rot_to_the_owner_which_says_whether_it_is_its_share(
+    holder: Holder, partner: Callable[[str, int], Member]
+) -> None:
+    # Here the fixture's node plays the owner; "reporter" holds one of its fragments.
+    reported: list[tuple[str, str]] = []
+    ours = "d" * 64
+
+    async def on_report(holder_site: str, fragment_id: str) -> bool:
+        reported.append((holder_site, fragment_id))
+        return fragment_id == ours
+
+    holder.server._on_corrupt_report = on_report
+    reporter = partner("reporter", 4)
+    async with await connect(reporter, holder) as conn:
+        assert await conn.report_corrupt(ours)
+        assert not await conn.report_corrupt("e" * 64)
+    assert reported == [("reporter", ours), ("reporter", "e" * 64)]  # site from its cert

@@ -14,14 +14,16 @@ import os
 import signal
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from meshpacs.dicom.scu import Delivery, Outgoing, Target, send_instances
-from meshpacs.keys import SiteSecret
+from meshpacs.keys import SiteKeys, SiteSecret
+from meshpacs.metadata.replica import open_record
 from meshpacs.recovery.command import RecoverRequest, run_recovery
 from meshpacs.recovery.report import RecoveryReport
 from meshpacs.recovery.session import RecoveryCredentials
+from meshpacs.store.records import owner_directory
 from meshpacs.testbed.layout import TestbedSite
 from meshpacs.testbed.processes import is_our_process, start_nodes
 from meshpacs.testing.synth import SynthInstance, write_study
@@ -114,6 +116,34 @@ def held_records(fed: Federation, owner: RunningSite) -> dict[Path, bytes]:
             with contextlib.suppress(FileNotFoundError):  # replaced while we look
                 found[path] = path.read_bytes()
     return found
+
+
+def unrecorded(fed: Federation, owner: RunningSite, sop_instance_uids: Iterable[str]) -> set[str]:
+    """The instances some trusted peer holds no catalog record of in a stored (or degraded)
+    bundle: what a recovery reading that peer's records would miss. Opened with the
+    owner's catalog key, as a recovery does; a study that got instances after it was
+    protected is only covered once its new record has reached the peers."""
+    secret = SiteSecret.from_phrase(Path(owner.plan.phrase_file).read_text().strip())
+    key = SiteKeys.derive(secret).catalog
+    wanted = set(sop_instance_uids)
+    missing: set[str] = set()
+    for peer in trusted_sites(fed, owner):
+        # Kind 1: catalog records (2 are escrow shares); only the owner's are opened.
+        directory = owner_directory(peer.data_dir / "records", 1, owner.site_id)
+        covered: set[str] = set()
+        for path in held_catalog_records(peer):
+            if path.parent != directory:
+                continue
+            try:
+                record = open_record(key, owner.site_id, path.name, path.read_bytes())
+            except FileNotFoundError:  # replaced while we look
+                continue
+            uids = {row["id"]: row["sop_instance_uid"] for row in record.document["instances"]}
+            for bundle in record.document["bundles"]:
+                if bundle["state"] in ("stored", "degraded"):
+                    covered.update(uids[member["instance_ref"]] for member in bundle["members"])
+        missing |= wanted - covered
+    return missing
 
 
 async def wait_backed_up(

@@ -237,13 +237,14 @@ def record_corrupt_report(
     """The holder says its copy of our fragment failed its scrub: the placement fails now,
     without waiting for an audit to find it, so the repairer rebuilds the share.
 
-    Whether such a placement exists. An honest report of rot is no mark against the
-    holder's reputation (a disk that rots is the holder's problem; audits judge it);
-    a false one only costs the reporter its own share.
+    Whether such a placement exists, still counted good. An honest report of rot is no
+    mark against the holder's reputation (audits judge the holder); a false one only
+    costs the reporter its own share.
     """
     cursor = db.execute(
         "UPDATE placements SET verdict = 'failed', audited_at = ?"
-        " WHERE holder_site = ? AND fragment_id = ?",
+        " WHERE holder_site = ? AND fragment_id = ?"
+        " AND verdict IN ('unaudited', 'ok')",  # an audit's own finding stays as it said
         (now, holder_site, fragment_id),
     )
     return cursor.rowcount > 0

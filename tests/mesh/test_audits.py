@@ -65,10 +65,13 @@ async def test_audits_catch_altered_and_missing_fragments_and_scrub_quarantines_
     data[len(data) // 2] ^= 0x01
     files[rotten].write_bytes(bytes(data))
 
+    # Found by the owner's audits, or first by the holder's scrub, which reports it: the
+    # removed one is then "failed" too.
     await eventually(
-        lambda: verdicts(owner)[altered] == "failed" and verdicts(owner)[removed] == "missing",
+        lambda: verdicts(owner)[altered] == "failed"
+        and verdicts(owner)[removed] in ("missing", "failed"),
         timeout=60,
-        what="altered and removed fragments found by audits",
+        what="altered and removed fragments found",
     )
 
     def scrubbed() -> bool:
@@ -83,9 +86,10 @@ async def test_audits_catch_altered_and_missing_fragments_and_scrub_quarantines_
     )
 
     report = site_status(load_config(Path(owner.plan.config)))
-    assert report["audits"]["placements"]["failed"] >= 1
-    assert report["audits"]["placements"]["missing"] >= 1
+    placements = report["audits"]["placements"]
+    assert placements["failed"] >= 1 and placements["failed"] + placements["missing"] >= 3
     peers = {p["site_id"]: p["audits"] for p in report["peers"]}
-    assert peers[altered]["audits_failed"] == 1 and peers[altered]["audits_passed"] >= 1
+    # Once failed (by its audit, or by the holder's report first), never asked again.
+    assert peers[altered]["audits_failed"] <= 1 and peers[altered]["audits_passed"] >= 1
     holder = site_status(load_config(Path(fed.site(rotten).plan.config)))
     assert holder["scrub"]["quarantined_held"] == 1

@@ -68,8 +68,10 @@ async def test_audits_catch_altered_and_missing_fragments_and_scrub_quarantines_
     # Found by the owner's audits, or first by the holder's scrub, which reports it: the
     # removed one is then "failed" too.
     await eventually(
-        lambda: verdicts(owner)[altered] == "failed"
-        and verdicts(owner)[removed] in ("missing", "failed"),
+        lambda: (
+            verdicts(owner)[altered] == "failed"
+            and verdicts(owner)[removed] in ("missing", "failed")
+        ),
         timeout=60,
         what="altered and removed fragments found",
     )

@@ -40,6 +40,10 @@ from meshpacs.testbed.soak import FAULT_KINDS, run_soak
 
 
 def _stop_on_term(signum: int, frame: FrameType | None) -> None:
+    # A second SIGTERM (``timeout`` forwards one, a shell sends another) must not cut the
+    # clean-up short and leave nodes running: from the first on, the rest are ignored.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt  # run the finally blocks: stop every node the soak started
 
 

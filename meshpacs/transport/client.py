@@ -238,13 +238,7 @@ class PartnerConnection:
             return parse_response(await self._read(AUDIT_RESPONSE_SIZE))
 
     async def delete_fragment(self, fragment_id: str) -> bool:
-        async with self._exchange():
-            await self._send(Request(Op.DELETE_FRAGMENT, fragment_id))
-            response = await self._response()
-            if response.status == Status.NOT_FOUND:
-                return False
-            self._accept(response, Status.OK)
-            return True
+        return await self._done_or_not_found(Request(Op.DELETE_FRAGMENT, fragment_id))
 
     async def renew_leases(self, fragment_ids: Sequence[str], seconds: int) -> int:
         """Ask the partner to keep these fragments ``seconds`` longer; how many it renewed.
@@ -280,18 +274,16 @@ class PartnerConnection:
 
     async def report_corrupt(self, fragment_id: str) -> bool:
         """Tell the owner that its fragment held here failed a scrub; whether it knew it."""
-        async with self._exchange():
-            await self._send(Request(Op.REPORT_CORRUPT, fragment_id))
-            response = await self._response()
-            if response.status == Status.NOT_FOUND:
-                return False
-            self._accept(response, Status.OK)
-            return True
+        return await self._done_or_not_found(Request(Op.REPORT_CORRUPT, fragment_id))
 
     async def delete_record(self, kind: RecordKind, record_id: str) -> bool:
         """Delete our record at the partner; False if it held none of that name."""
+        return await self._done_or_not_found(Request(Op.DELETE_RECORD, record_id, kind))
+
+    async def _done_or_not_found(self, request: Request) -> bool:
+        """A request answered OK (True) or NOT_FOUND (False); any other answer raises."""
         async with self._exchange():
-            await self._send(Request(Op.DELETE_RECORD, record_id, kind))
+            await self._send(request)
             response = await self._response()
             if response.status == Status.NOT_FOUND:
                 return False

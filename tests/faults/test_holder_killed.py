@@ -31,6 +31,22 @@ STREAMED = StudySpec(series=(SeriesSpec("CT", 16, 128, 128), SeriesSpec("MR", 6,
 STUDIES = 6
 
 
+async def push_studies(
+    owner: RunningSite, count: int, seed: int, tmp_path: Path, gap: float = 0.0
+) -> tuple[Manifest, list[SynthInstance]]:
+    """``count`` streamed studies C-STOREd to the owner, every one acknowledged, ``gap``
+    seconds apart (a PACS sends studies one after another)."""
+    manifest = Manifest()
+    sent: list[SynthInstance] = []
+    for number in range(count):
+        instances = study(seed=seed + number, patient=number, spec=STREAMED)
+        await push(owner, instances, tmp_path / f"pacs-{number}")
+        manifest.add_instances(instances)
+        sent += instances
+        await asyncio.sleep(gap)
+    return manifest, sent
+
+
 def kill_while_receiving(
     processes: NodeProcesses, site: RunningSite, held: int, stream_done: threading.Event
 ) -> bool:
@@ -73,14 +89,7 @@ async def test_a_holder_killed_mid_upload_loses_nothing_acknowledged(
             kill_while_receiving, node_processes, fed.site(victim.site_id), held, stream_done
         )
     )
-    manifest = Manifest()
-    sent: list[SynthInstance] = []
-    for number in range(STUDIES):
-        instances = study(seed=700 + number, patient=number, spec=STREAMED)
-        await push(owner, instances, tmp_path / f"pacs-{number}")  # every one acknowledged
-        manifest.add_instances(instances)
-        sent += instances
-        await asyncio.sleep(0.3)  # a PACS sends studies one after another
+    manifest, sent = await push_studies(owner, STUDIES, 700, tmp_path, gap=0.3)
     stream_done.set()
     assert await killing, "no fragment was ever seen arriving at the victim: no kill mid-upload"
 
@@ -116,13 +125,7 @@ async def test_a_holder_killed_during_a_recovery_still_gives_back_everything(
     owner = fed.site("site-a")
     victim = await node_processes.take_over(fed, fault_rng.choice(["site-d", "site-e"]))
     print(f"victim {victim.site_id}, killed once the recovery is fetching")
-    manifest = Manifest()
-    sent: list[SynthInstance] = []
-    for number in range(3):
-        instances = study(seed=750 + number, patient=number, spec=STREAMED)
-        await push(owner, instances, tmp_path / f"pacs-{number}")
-        manifest.add_instances(instances)
-        sent += instances
+    manifest, sent = await push_studies(owner, 3, 750, tmp_path)
     await wait_backed_up(fed, owner, {i.study_instance_uid for i in sent}, records=3)
     assert held_fragments(fed.site(victim.site_id)), "the victim holds none of the shares"
 

@@ -17,6 +17,7 @@ fed by one thread at a time (the transport's one stream); it is not shared.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ from types import TracebackType
 
 from meshpacs.erasure.decoder import VerifiedFragment, verify_fragment
 from meshpacs.erasure.layout import HEADER_SIZE, parse_header
-from meshpacs.errors import CorruptFragment, LimitExceeded
+from meshpacs.errors import CorruptFragment, LimitExceeded, QuotaExceeded
 from meshpacs.store.durable import write_all
 from meshpacs.store.index import StoredFragment
 
@@ -34,6 +35,10 @@ __all__ = ["PendingFragment", "Publish", "Release"]
 Publish = Callable[["PendingFragment", VerifiedFragment], StoredFragment]
 # Gives back the quota reserved for a pending fragment (idempotent).
 Release = Callable[["PendingFragment"], None]
+
+# A full disk (or a filesystem quota): this node has no room, which the sender must hear as
+# a refusal like a partner quota's (and place the share elsewhere), not as a dropped link.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class PendingFragment:
@@ -84,8 +89,9 @@ class PendingFragment:
                 self._take_header(chunk)
             write_all(self._fd, chunk)
             self._written += len(chunk)
-        except BaseException:
+        except BaseException as error:
             self.abort()
+            _refuse_if_no_room(error)
             raise
 
     def commit(self, expected_set_hash: bytes | None = None) -> StoredFragment:
@@ -105,8 +111,9 @@ class PendingFragment:
             self._close_fd()
             with self.temp_path.open("rb") as source:
                 verified = verify_fragment(source, expected_set_hash)
-        except BaseException:
+        except BaseException as error:
             self.abort()
+            _refuse_if_no_room(error)  # fsync is where some filesystems find out
             raise
         # From here the store owns the temp file and the reservation, whatever happens.
         self._open = False
@@ -151,3 +158,10 @@ class PendingFragment:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = -1
+
+
+def _refuse_if_no_room(error: BaseException) -> None:
+    if isinstance(error, OSError) and error.errno in _NO_ROOM:
+        raise QuotaExceeded(
+            f"no room on this node's disk for the fragment: {error.strerror}"
+        ) from error

@@ -144,7 +144,8 @@ def _settled_bundles(
     ).fetchall()
     for r in rows:
         placement = Placement(int(r[1]), str(r[2]), str(r[3]), float(r[4]))
-        by_bundle[int(r[0])].append((placement, str(r[5])))
+        if int(r[0]) in by_bundle:  # outside a transaction, a bundle may settle in between
+            by_bundle[int(r[0])].append((placement, str(r[5])))
     return [_shares(b, by_bundle[int(b[0])], lost) for b in bundles]
 
 

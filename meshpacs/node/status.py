@@ -127,8 +127,11 @@ def _catalog_report(
     }
     if not config.catalog_path.exists():
         return empty, no_audits, {}, None
-    db = sqlite3.connect(config.catalog_path, timeout=10)
+    db = sqlite3.connect(config.catalog_path, timeout=10, isolation_level=None)
     try:
+        # One snapshot for every query below: the running node writes meanwhile, and a
+        # bundle settling between two of them would make the answers disagree.
+        db.execute("BEGIN")
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         studies = _study_counts(db, tables)
         forgets = _forget_report(db) if "forget_requests" in tables else None

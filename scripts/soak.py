@@ -33,6 +33,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from types import FrameType
 
@@ -118,8 +119,9 @@ def main() -> int:
         return 130
     except Exception as error:
         first = (str(error).splitlines() or [""])[0]  # not a node log's tail
+        (root / "soak-error.txt").write_text(traceback.format_exc(), encoding="utf-8")
         say(f"soak error ({type(error).__name__}): {first}")
-        say(f"seed {seed}; files kept under {root}")
+        say(f"seed {seed}; files kept under {root}; the traceback in {root / 'soak-error.txt'}")
         return 1
     if args.json:
         print(json.dumps({"command": rerun_command(args, seed), **report.to_json()}, indent=2))

@@ -237,7 +237,11 @@ class Repairer:
         await asyncio.to_thread(_regenerate, planned.ref, list(gathered.paths.values()), outputs)
         sites = await self._sites(bundle, lost, planned.ref.header.fragment_size)
 
+        spoilt = {p.holder_site: p.fragment_id for p in bundle.bad}
+
         async def put(site: str, share: int) -> None:
+            if site in spoilt:  # a bad copy kept "as is" by the store must not stand in
+                await self._partners.delete(site, spoilt[site])
             await self._partners.put(site, planned.fragment_ids[share], outputs[share])
 
         async def delete(site: str, share: int) -> None:
@@ -280,16 +284,20 @@ class Repairer:
     async def _sites(
         self, bundle: ledger.BundleShares, lost: set[str], fragment_size: int
     ) -> list[str]:
-        """New sites for the missing shares, closest to the bundle's key first."""
+        """Sites for the missing shares: those new to the bundle, closest to its key first;
+        then those whose copy went bad (not lost, not shunned), their bad copy deleted
+        before they take a share. A small federation would otherwise leave the bundle
+        degraded once every other site holds a share or is shunned."""
         s = self.settings
         now = self._clock()
         shunned = await self._catalog.read(
             lambda db: health.shunned_sites(db, s.reputation_floor, now, s.half_life)
         )
-        holding = {p.holder_site for p in (*bundle.good.values(), *bundle.bad)}
-        exclude = holding | lost | shunned
+        good = {p.holder_site for p in bundle.good.values()}
+        spoilt = {p.holder_site for p in bundle.bad} - good - lost - shunned
+        exclude = good | lost | shunned
         key = placement_key(bundle.bundle_id)
-        wanted = bundle.n + s.spare_sites + len(exclude) + 1
+        wanted = bundle.n + s.spare_sites + len(exclude) + len(spoilt) + 1
         ranked = rank_candidates(
             key,
             await self._partners.candidates(key, wanted),
@@ -297,7 +305,8 @@ class Repairer:
             fragment_size=fragment_size,
             exclude=sorted(exclude),
         )
-        return [candidate.site_id for candidate in ranked]
+        sites = [candidate.site_id for candidate in ranked]
+        return [x for x in sites if x not in spoilt] + [x for x in sites if x in spoilt]
 
     async def _announce(self, after: ledger.BundleShares) -> None:
         """The catalog record at the trusted peers names holders: send it again."""

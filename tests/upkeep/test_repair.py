@@ -241,3 +241,27 @@ async def test_a_leaving_holder_has_its_share_rebuilt_elsewhere_at_once_and_dele
     holders.down.clear()
     site.partners.down.clear()
     assert await decode_all(site, K) == site.sent  # type: ignore[attr-defined]
+
+
+async def test_when_no_new_site_is_left_the_site_whose_copy_rotted_takes_it_again(
+    site: Site,
+) -> None:
+    holders = holders_of(site)
+    placed = await placements(site)
+    rotten = placed[0]
+    path = site.partners.root / rotten.holder_site / rotten.fragment_id
+    original = path.read_bytes()
+    path.write_bytes(bytes(len(original)))  # zero-filled on the holder's disk
+    await site.catalog.write(
+        lambda db: health.record_corrupt_report(db, rotten.holder_site, rotten.fragment_id, 1.0)
+    )
+    spare = set(site.partners.sites) - {p.holder_site for p in placed} - {"owner"}
+    site.partners.down |= spare  # every site new to the bundle refuses
+
+    report = await repairer(site, holders, threshold=N).repair_once()
+
+    assert (report.repaired, report.shares_placed) == (1, 1), report
+    after = {p.share: p for p in await placements(site)}
+    assert after[rotten.share].holder_site == rotten.holder_site
+    assert path.read_bytes() == original  # the bad copy deleted, the share put again
+    assert await state(site) == "stored"

@@ -109,6 +109,7 @@ __all__ = [
     "read_notes",
     "recover_argv",
     "run_drill",
+    "wait_protected",
 ]
 
 DRILL_MIX: tuple[StudySpec, ...] = (
@@ -574,9 +575,11 @@ def _records_held(peer: TestbedSite, owner: TestbedSite) -> int:
     return sum(1 for p in folder.iterdir() if _HEX64.fullmatch(p.name))
 
 
-def _wait_protected(
+def wait_protected(
     plan: TestbedPlan, owner: TestbedSite, studies: int, instances: int, timeout: float
 ) -> tuple[bool, str]:
+    """Wait until the owner has received ``instances``, protected ``studies`` and every
+    trusted peer holds a catalog record of each; (done, what the wait saw)."""
     config = load_config(Path(owner.config))
     peers = [plan.site(peer) for peer in owner.trusted]
     deadline = time.monotonic() + timeout
@@ -785,7 +788,7 @@ def _step_push(
 def _step_protect(drill: _Drill) -> bool:
     report = drill.report
     started = time.monotonic()
-    ok, detail = _wait_protected(
+    ok, detail = wait_protected(
         drill.plan, drill.owner, report.studies, report.instances, drill.timeout
     )
     report.seconds_to_protect = round(time.monotonic() - started, 2)

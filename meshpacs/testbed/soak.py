@@ -70,9 +70,9 @@ from meshpacs.store.names import fragment_path
 from meshpacs.testbed.drill import (
     SMALL_MIX,
     HeldInstance,
-    _wait_protected,
     compare,
     held_instance,
+    wait_protected,
 )
 from meshpacs.testbed.layout import FAST_MAINTENANCE, TestbedPlan, TestbedSite, create_testbed
 from meshpacs.testbed.processes import is_our_process, start_nodes, stop_testbed
@@ -419,7 +419,7 @@ class _Soak:
 
     def protect(self, round_no: int) -> bool:
         studies = len({i.study_uid for i in self.manifest.values()})
-        ok, detail = _wait_protected(
+        ok, detail = wait_protected(
             self.plan, self.owner, studies, len(self.manifest), self.heal_timeout
         )
         if not ok:

@@ -46,6 +46,9 @@ second).
   lists are checked for type and size before use, node lists must name IP addresses (a host
   name would make ``sendto`` resolve it, blocking), so a malformed message cannot crash a
   lookup.
+* rpcudp sets the result of a request's future when its reply or its timeout comes, even
+  if the caller was cancelled meanwhile (InvalidStateError, logged as an unretrieved task
+  exception); :class:`MeshProtocol` drops such a request instead.
 * ``save_state``/``load_state`` use pickle and are never called; restarts rely on the
   SQLite record store and the configured bootstrap peers.
 * The package's hourly refresh (``Server.refresh_table``) still runs: it refreshes lonely
@@ -114,6 +117,27 @@ class MeshProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no
         self._missed: dict[bytes, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.own_node_record: bytes | None = None
+
+    # --- rpcudp's bookkeeping of outstanding requests ---------------------------------------
+
+    def _accept_response(self, msg_id: bytes, data: object, address: Address) -> None:
+        # rpcudp sets the result of the request's future unconditionally; when the caller
+        # was cancelled (a lookup abandoned, a node stopping) the late reply raised
+        # InvalidStateError in a task nobody awaits.
+        entry = self._outstanding.get(msg_id)
+        if entry is not None and entry[0].done():
+            entry[1].cancel()
+            del self._outstanding[msg_id]
+            return
+        super()._accept_response(msg_id, data, address)
+
+    def _timeout(self, msg_id: bytes) -> None:
+        # The same for the timer of a request whose caller is gone.
+        entry = self._outstanding.get(msg_id)
+        if entry is not None and entry[0].done():
+            del self._outstanding[msg_id]
+            return
+        super()._timeout(msg_id)
 
     # --- RPCs served ----------------------------------------------------------------------
 

@@ -23,7 +23,6 @@ from meshpacs.metadata.replica import open_record
 from meshpacs.recovery.command import RecoverRequest, run_recovery
 from meshpacs.recovery.report import RecoveryReport
 from meshpacs.recovery.session import RecoveryCredentials
-from meshpacs.store.records import owner_directory
 from meshpacs.testbed.layout import TestbedSite
 from meshpacs.testbed.processes import is_our_process, start_nodes
 from meshpacs.testing.synth import SynthInstance, write_study
@@ -112,7 +111,7 @@ def held_records(fed: Federation, owner: RunningSite) -> dict[Path, bytes]:
     """The owner's sealed catalog records on its trusted peers: path -> bytes."""
     found = {}
     for peer in trusted_sites(fed, owner):
-        for path in held_catalog_records(peer):
+        for path in held_catalog_records(peer, owner.site_id):
             with contextlib.suppress(FileNotFoundError):  # replaced while we look
                 found[path] = path.read_bytes()
     return found
@@ -128,12 +127,8 @@ def unrecorded(fed: Federation, owner: RunningSite, sop_instance_uids: Iterable[
     wanted = set(sop_instance_uids)
     missing: set[str] = set()
     for peer in trusted_sites(fed, owner):
-        # Kind 1: catalog records (2 are escrow shares); only the owner's are opened.
-        directory = owner_directory(peer.data_dir / "records", 1, owner.site_id)
         covered: set[str] = set()
-        for path in held_catalog_records(peer):
-            if path.parent != directory:
-                continue
+        for path in held_catalog_records(peer, owner.site_id):
             try:
                 record = open_record(key, owner.site_id, path.name, path.read_bytes())
             except FileNotFoundError:  # replaced while we look
@@ -161,16 +156,24 @@ async def wait_backed_up(
     await wait_protected(owner, study_uids, timeout)
     before = changed_since or {}
 
-    def replicated() -> bool:
+    def counts() -> dict[str, tuple[int, int]]:
+        """Per trusted peer: (records held, of which changed since ``changed_since``)."""
         held = held_records(fed, owner)
-        per_peer = [
-            [p for p in held if p.is_relative_to(peer.data_dir)]
+        return {
+            peer.site_id: (
+                len(mine := [p for p in held if p.is_relative_to(peer.data_dir)]),
+                sum(before.get(p) != held[p] for p in mine),
+            )
             for peer in trusted_sites(fed, owner)
-        ]
-        fresh = all(before.get(p) != data for p, data in held.items())
-        return fresh and all(len(paths) == records for paths in per_peer)
+        }
 
-    await eventually(replicated, timeout, f"{records} fresh catalog records on trusted peers")
+    def replicated() -> bool:
+        return all(held == fresh == records for held, fresh in counts().values())
+
+    try:
+        await eventually(replicated, timeout, f"{records} fresh catalog records on trusted peers")
+    except AssertionError as error:
+        raise AssertionError(f"{error}; (held, fresh) per peer: {counts()}") from None
 
 
 def placements(site: RunningSite) -> dict[str, set[str]]:

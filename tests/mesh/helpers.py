@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from meshpacs.dicom.scu import Outgoing, Target, send_instances
+from meshpacs.store.records import owner_directory
 from meshpacs.testing.synth import SeriesSpec, StudySpec, SynthInstance, generate_study, write_study
 
 from .conftest import RunningSite
@@ -69,9 +70,12 @@ def held_fragments(site: RunningSite) -> list[Path]:
     )
 
 
-def held_catalog_records(site: RunningSite) -> list[Path]:
-    root = site.data_dir / "records" / "catalog"
-    return sorted(p for p in root.glob("*/*") if p.is_file() and _HEX64.fullmatch(p.name))
+def held_catalog_records(site: RunningSite, owner: str | None = None) -> list[Path]:
+    """The sealed catalog records ``site`` keeps: every owner's, or only ``owner``'s."""
+    records = site.data_dir / "records"
+    root = records / "catalog" if owner is None else owner_directory(records, 1, owner)
+    pattern = "*/*" if owner is None else "*"
+    return sorted(p for p in root.glob(pattern) if p.is_file() and _HEX64.fullmatch(p.name))
 
 
 def phi_strings(instances: Iterable[SynthInstance]) -> set[bytes]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -129,11 +129,14 @@ def create_testbed(
     segment_kib: int = 256,
     maintenance: Mapping[str, Setting] | None = None,
     port: Callable[[], int] = free_port,
+    hosts: Sequence[str] | None = None,
 ) -> TestbedPlan:
     """Lay out a federation of ``sites`` sites under ``root`` (new or empty).
 
     ``maintenance`` sets keys of every site's ``[maintenance]`` table (audit and scrub
-    rates), e.g. :data:`FAST_MAINTENANCE`.
+    rates), e.g. :data:`FAST_MAINTENANCE`. ``hosts`` gives each site the IP address it
+    binds and is reached at (default 127.0.0.1 for all; a partition test puts one site in
+    a network namespace of its own).
     """
     if sites < n + 1:
         raise ConfigError(
@@ -145,6 +148,9 @@ def create_testbed(
     if root.exists() and any(root.iterdir()):
         raise ConfigError(f"{root} is not empty; give a new directory for the testbed")
     happy = happy if happy is not None else min(n, k + 1)
+    hosts = list(hosts) if hosts is not None else [HOST] * sites
+    if len(hosts) != sites:
+        raise ConfigError(f"{len(hosts)} hosts given for {sites} sites")
     ca = create_federation_ca(root / "ca", "meshpacs testbed")
     (root / "phrases").mkdir(mode=0o700)
     (root / "logs").mkdir(mode=0o700)
@@ -153,18 +159,19 @@ def create_testbed(
     plan = TestbedPlan(str(root), k, n, happy, str(root / "ca"))
     for index, site_id in enumerate(ids):
         dicom_port, dht_port, transport_port = ports[index]
+        host = hosts[index]
         # Two bootstrap peers (never itself), so one of them down does not isolate it.
         seeds = [i for i in (0, 1, 2) if i != index][:2]
         trusted = [ids[(index + step) % sites] for step in range(1, trust + 1)]
         settings: dict[tuple[str, str], Setting] = {
-            ("dicom", "bind"): HOST,
+            ("dicom", "bind"): host,
             ("catalog", "stable_after_seconds"): float(stable_seconds),
             ("mesh", "enabled"): True,
-            ("mesh", "bind"): HOST,
-            ("mesh", "advertise_host"): HOST,
+            ("mesh", "bind"): host,
+            ("mesh", "advertise_host"): host,
             ("mesh", "dht_port"): dht_port,
             ("mesh", "transport_port"): transport_port,
-            ("mesh", "bootstrap"): [f"{HOST}:{ports[seed][1]}" for seed in seeds],
+            ("mesh", "bootstrap"): [f"{hosts[seed]}:{ports[seed][1]}" for seed in seeds],
             ("mesh", "trusted_peers"): trusted,
             # Loopback answers in microseconds: a short wait finds stopped sites quickly.
             ("mesh", "dht_timeout_seconds"): 1.0,
@@ -192,7 +199,7 @@ def create_testbed(
             TestbedSite(
                 site_id=site_id,
                 ae_title=ae_title,
-                host=HOST,
+                host=host,
                 dicom_port=dicom_port,
                 dht_port=dht_port,
                 transport_port=transport_port,
@@ -205,7 +212,7 @@ def create_testbed(
                     "ca": str(root / "ca" / "ca.pem"),
                     "cert": str(kept_cert),
                     "crl": str(root / "ca" / "crl.pem"),
-                    "bootstrap": [f"{HOST}:{ports[i][1]}" for i in range(sites) if i != index],
+                    "bootstrap": [f"{hosts[i]}:{ports[i][1]}" for i in range(sites) if i != index],
                     "workdir": str(root / "recovery" / site_id),
                 },
             )

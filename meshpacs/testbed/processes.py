@@ -62,16 +62,21 @@ def start_nodes(
     sites: Sequence[TestbedSite] | None = None,
     timeout: float = 60.0,
     extra_env: Mapping[str, str] | None = None,
+    command_prefix: Sequence[str] = (),
 ) -> None:
     """Start the nodes of ``sites`` (default: every site) and wait until all answer
     C-ECHO; their PIDs go in the plan. ``extra_env`` is added to their environment (a
-    fault test runs a node under libfaketime, say)."""
+    fault test runs a node under libfaketime, say); ``command_prefix`` goes before the
+    command (``ip netns exec NAME``, which execs it in the same process)."""
     chosen = list(plan.sites if sites is None else sites)
     env = {**os.environ, "TCP_NODELAY": "1", "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     for site in chosen:
         with open(_log_path(plan, site), "ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "meshpacs", "node", "run", "--config", site.config],
+                [
+                    *command_prefix,
+                    *(sys.executable, "-m", "meshpacs", "node", "run", "--config", site.config),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -14,7 +14,7 @@ import os
 import signal
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from meshpacs.dicom.scu import Delivery, Outgoing, Target, send_instances
@@ -35,7 +35,7 @@ SEED_VARIABLE = "MESHPACS_FAULT_SEED"
 
 def target(site: RunningSite) -> Target:
     port = site.started.dicom_port if site.started is not None else site.plan.dicom_port
-    return Target(site.plan.ae_title, "127.0.0.1", port, "TESTPACS")
+    return Target(site.plan.ae_title, site.plan.host, port, "TESTPACS")
 
 
 def outgoing(instances: list[SynthInstance], workdir: Path) -> list[Outgoing]:
@@ -59,17 +59,25 @@ class NodeProcesses:
 
     def __init__(self) -> None:
         self.sites: list[TestbedSite] = []
+        self._prefix: dict[str, tuple[str, ...]] = {}
 
     async def take_over(
-        self, fed: Federation, site_id: str, env: Mapping[str, str] | None = None
+        self,
+        fed: Federation,
+        site_id: str,
+        env: Mapping[str, str] | None = None,
+        prefix: Sequence[str] = (),
     ) -> TestbedSite:
         """Stop the site's in-process node and run it as ``meshpacs node run`` instead (same
-        config, ports and data, ``env`` added to its environment); returns once it answers
-        C-ECHO."""
+        config, ports and data, ``env`` added to its environment, the command after
+        ``prefix``, e.g. ``ip netns exec NAME``); returns once it answers C-ECHO."""
         site = fed.site(site_id)
         await site.halt()
         self.sites.append(site.plan)
-        await asyncio.to_thread(start_nodes, fed.plan, sites=[site.plan], extra_env=env)
+        self._prefix[site_id] = tuple(prefix)
+        await asyncio.to_thread(
+            start_nodes, fed.plan, sites=[site.plan], extra_env=env, command_prefix=prefix
+        )
         return site.plan
 
     @staticmethod
@@ -91,7 +99,8 @@ class NodeProcesses:
         operator or systemd would; returns once it answers C-ECHO."""
         assert site in self.sites, f"{site.site_id} was never taken over"
         assert not is_our_process(site), f"{site.site_id} is still running"
-        await asyncio.to_thread(start_nodes, fed.plan, sites=[site])
+        prefix = self._prefix[site.site_id]
+        await asyncio.to_thread(start_nodes, fed.plan, sites=[site], command_prefix=prefix)
 
     def stop_all(self) -> None:
         for site in self.sites:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,7 +73,10 @@ async def federation(tmp_path: Path) -> AsyncIterator[FederationFactory]:
     """``await federation(5, k=2, n=3)``: a started federation, stopped after the test."""
     made: list[Federation] = []
 
-    async def make(count: int, **options: object) -> Federation:
+    async def make(
+        count: int, *, not_started: Collection[str] = (), **options: object
+    ) -> Federation:
+        """``not_started``: sites the test runs itself (as processes, say)."""
         options.setdefault("stable_seconds", 0.5)
         options.setdefault("pass_interval", 0.2)
         options.setdefault("segment_kib", 64)
@@ -82,7 +85,8 @@ async def federation(tmp_path: Path) -> AsyncIterator[FederationFactory]:
         fed = Federation(plan, sites)
         made.append(fed)
         for site in sites:
-            await site.start()
+            if site.site_id not in not_started:
+                await site.start()
         return fed
 
     yield make

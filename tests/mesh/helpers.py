@@ -32,7 +32,7 @@ async def push(site: RunningSite, instances: list[SynthInstance], workdir: Path)
         for path, i in zip(paths, instances, strict=True)
     ]
     assert site.started is not None
-    target = Target(site.plan.ae_title, "127.0.0.1", site.started.dicom_port, "TESTPACS")
+    target = Target(site.plan.ae_title, site.plan.host, site.started.dicom_port, "TESTPACS")
     deliveries = await asyncio.to_thread(send_instances, items, target)
     assert all(d.ok for d in deliveries), [d.detail for d in deliveries if not d.ok]
 

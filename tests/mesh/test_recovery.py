@@ -31,7 +31,7 @@ def lose_site(fed: Federation, site_id: str, safe: Path) -> tuple[SiteSecret, Re
         ca_pem=(Path(fed.plan.ca_dir) / "ca.pem").read_bytes(),
         cert_pem=(federation_dir / "node.pem").read_bytes(),
         crl_pem=(Path(fed.plan.ca_dir) / "crl.pem").read_bytes(),
-        bootstrap=tuple(("127.0.0.1", s.plan.dht_port) for s in fed.sites if s.site_id != site_id),
+        bootstrap=tuple((s.plan.host, s.plan.dht_port) for s in fed.sites if s.site_id != site_id),
     )
     shutil.rmtree(site.data_dir)
     return SiteSecret.from_phrase(phrase), credentials

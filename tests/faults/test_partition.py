@@ -1,0 +1,110 @@
+"""A partitioned holder: alive, but cut off from the federation by the network, then back.
+
+The isolated site (an untrusted partner of the owner, picked by the seed) runs as a node
+process in a network namespace of the test's own (:mod:`tests.faults.netns`), linked to
+the others by a veth pair. Once it holds shares of the owner's studies the link goes down:
+it keeps running, but nothing it sends arrives and nothing reaches it. The owner goes on
+receiving studies, which must become protected on the remaining sites; its audits must
+find the isolated site unreachable and, past the lost-after grace, repair every bundle
+back to n shares on the others. When the link comes back, the owner must garbage-collect
+the replaced copies the isolated site still holds and stop counting it lost. A recovery of
+the owner from its phrase then gives back exactly what it acknowledged, before and during
+the partition.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from meshpacs.node.status import site_status
+from meshpacs.testbed.layout import FAST_MAINTENANCE
+from meshpacs.testbed.processes import is_our_process
+from meshpacs.testing.synth import SynthInstance
+from tests.mesh.conftest import FederationFactory, RunningSite
+from tests.mesh.helpers import eventually, held_fragments, phi_strings, push, study, wait_protected
+
+from .helpers import NodeProcesses, lose_owner, placements, recover, wait_backed_up
+from .netns import isolated_network
+from .oracle import Manifest, assert_no_phi_on_untrusted, assert_restored
+
+K, N = 2, 3
+SITES = 5  # owner + 4 partners: with one cut off, exactly n remain
+DURING = 2  # studies received while the partition lasts
+MAX_BEFORE = 8
+
+
+def repairs(owner: RunningSite) -> dict[str, object]:
+    return site_status(owner.config)["audits"]["repairs"] or {}
+
+
+async def test_a_partitioned_holder_is_repaired_around_and_cleaned_up_after(
+    federation: FederationFactory,
+    node_processes: NodeProcesses,
+    fault_rng: random.Random,
+    tmp_path: Path,
+) -> None:
+    with isolated_network() as net:
+        isolated_id = fault_rng.choice(["site-d", "site-e"])
+        hosts = [net.there if f"site-{c}" == isolated_id else net.here for c in "abcde"]
+        fed = await federation(
+            SITES,
+            k=K,
+            n=N,
+            maintenance=FAST_MAINTENANCE,
+            hosts=hosts,
+            not_started={isolated_id},
+        )
+        isolated = await node_processes.take_over(fed, isolated_id, prefix=net.prefix)
+        print(f"isolated: {isolated_id} at {net.there} in {net.namespace}")
+        owner = fed.site("site-a")
+        sent: list[SynthInstance] = []
+
+        async def receive() -> str:
+            number = len({i.study_instance_uid for i in sent})
+            instances = study(seed=fault_rng.randrange(10**6), patient=number)
+            await push(owner, instances, tmp_path / f"pacs-{number}")
+            sent.extend(instances)
+            return instances[0].study_instance_uid
+
+        # Only the owner has studies, so every fragment at the isolated site is the owner's.
+        while not held_fragments(fed.site(isolated_id)):
+            assert len(sent) < MAX_BEFORE * 4, f"{isolated_id} never took a share"
+            await wait_protected(owner, {await receive()})
+        held_before = held_fragments(fed.site(isolated_id))
+
+        net.cut()
+        during = {await receive() for _ in range(DURING)}
+        await wait_protected(owner, during, timeout=90)
+
+        def repaired_around() -> bool:
+            held = placements(owner)
+            return all(len(h) == N and isolated_id not in h for h in held.values()) and (
+                isolated_id in repairs(owner).get("lost_sites", [])  # type: ignore[operator]
+            )
+
+        await eventually(repaired_around, 90, f"every bundle on {N} sites other than the cut one")
+        assert is_our_process(isolated), f"{isolated_id}'s node stopped while cut off"
+        assert held_fragments(fed.site(isolated_id)) == held_before  # nothing reached it
+
+        net.heal()
+
+        def cleaned_up() -> bool:
+            state = repairs(owner)
+            return (
+                held_fragments(fed.site(isolated_id)) == []
+                and state.get("replaced_copies_to_delete") == 0
+                and isolated_id not in state.get("lost_sites", [])  # type: ignore[operator]
+            )
+
+        await eventually(cleaned_up, 90, f"{isolated_id}'s replaced copies deleted, not lost")
+        assert is_our_process(isolated), f"{isolated_id}'s node stopped after the partition"
+
+        studies = {i.study_instance_uid for i in sent}
+        await wait_backed_up(fed, owner, studies, records=len(studies))
+        kept = await lose_owner(fed, owner, tmp_path)
+        report, restored = await recover(kept, tmp_path)
+        assert report.exit_code == 0 and not report.unrecoverable, report.summary()
+        assert_restored(Manifest.of_instances(sent), restored)
+        assert_no_phi_on_untrusted(fed, "site-a", phi_strings(sent))
+        node_processes.stop_all()  # before the namespace goes

@@ -18,7 +18,7 @@ from meshpacs.testbed.soak import FAULT_KINDS, run_soak
 
 from ..faults.helpers import SEED_VARIABLE
 
-MINUTES = 1.25
+MINUTES = 0.75
 SCHEDULE = ("kill", "corrupt", "pause", "truncate")
 
 

@@ -1,7 +1,7 @@
 """Leases over the real transport: an owner that runs keeps its shares at the holders;
 one that stops renewing has them removed after lease plus grace; status shows both sides.
 
-Leases are shortened to seconds (9 s, renewed every 2 s, 4 s of grace) so one test sees
+Leases are shortened to seconds (4.3 s, renewed every 0.9 s, 2.2 s of grace) so one test sees
 a share outlive several of its leases and then expire.
 """
 
@@ -18,9 +18,9 @@ from .conftest import FederationFactory, RunningSite
 from .helpers import eventually, push, study, wait_protected
 from .test_audits import fragment_ids
 
-LEASE_DAYS = 0.0001  # 8.6 s
-RENEW_HOURS = 0.0005  # 1.8 s
-GRACE_DAYS = 0.00005  # 4.3 s
+LEASE_DAYS = 0.00005  # 4.3 s
+RENEW_HOURS = 0.00025  # 0.9 s
+GRACE_DAYS = 0.000025  # 2.2 s
 SHORT_LEASES = {
     "lease_days": LEASE_DAYS,
     "lease_renew_hours": RENEW_HOURS,

@@ -41,6 +41,11 @@ async def test_rot_found_by_the_holders_scrub_is_reported_and_repaired(
         30,
         "the share rebuilt on another site",
     )
+    # The repair records its attempt just after the new placement: wait for that too.
+    await eventually(
+        lambda: site_status(owner.config)["audits"]["repairs"]["repaired"] >= 1,
+        30,
+        "status counts the repair",
+    )
     audits = site_status(owner.config)["audits"]
     assert audits["passed"] + audits["failed"] == 0  # no audit had a part in it
-    assert audits["repairs"]["repaired"] >= 1

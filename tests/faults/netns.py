@@ -39,6 +39,10 @@ class IsolatedNetwork:
         """Put before a command to run it in the isolated namespace."""
         return ("ip", "netns", "exec", self.namespace)
 
+    def hosts(self, sites: int, isolated: int) -> list[str]:
+        """Each site's address for ``create_testbed``: site ``isolated`` (0-based) there."""
+        return [self.there if index == isolated else self.here for index in range(sites)]
+
     def cut(self) -> None:
         _ip("link", "set", self.link, "down")
 

@@ -29,11 +29,11 @@ from pathlib import Path
 import pytest
 
 from meshpacs.node.status import site_status
-from meshpacs.testbed.layout import FAST_MAINTENANCE
+from meshpacs.testbed.layout import FAST_MAINTENANCE, TestbedSite
 from meshpacs.testbed.processes import is_our_process
 from meshpacs.testing.dcmtk import dcmtk_env, dcmtk_tool
 from meshpacs.testing.synth import SynthInstance, write_study
-from tests.mesh.conftest import FederationFactory, RunningSite
+from tests.mesh.conftest import Federation, FederationFactory, RunningSite
 from tests.mesh.helpers import (
     eventually,
     held_fragments,
@@ -45,7 +45,7 @@ from tests.mesh.helpers import (
 )
 
 from .helpers import NodeProcesses, lose_owner, placements, recover, wait_backed_up
-from .netns import isolated_network
+from .netns import IsolatedNetwork, isolated_network
 from .oracle import Manifest, assert_no_phi_on_untrusted, assert_restored
 
 K, N = 2, 3
@@ -58,6 +58,25 @@ def repairs(owner: RunningSite) -> dict[str, object]:
     return site_status(owner.config)["audits"]["repairs"] or {}
 
 
+async def partitioned(
+    federation: FederationFactory,
+    node_processes: NodeProcesses,
+    net: IsolatedNetwork,
+    isolated_id: str,
+) -> tuple[Federation, TestbedSite]:
+    """The federation with ``isolated_id`` as a node process in the isolated namespace."""
+    index = ord(isolated_id.removeprefix("site-")) - ord("a")
+    fed = await federation(
+        SITES,
+        k=K,
+        n=N,
+        maintenance=FAST_MAINTENANCE,
+        hosts=net.hosts(SITES, isolated=index),
+        not_started={isolated_id},
+    )
+    return fed, await node_processes.take_over(fed, isolated_id, prefix=net.prefix)
+
+
 async def test_a_partitioned_holder_is_repaired_around_and_cleaned_up_after(
     federation: FederationFactory,
     node_processes: NodeProcesses,
@@ -66,16 +85,7 @@ async def test_a_partitioned_holder_is_repaired_around_and_cleaned_up_after(
 ) -> None:
     with isolated_network() as net:
         isolated_id = fault_rng.choice(["site-d", "site-e"])
-        hosts = [net.there if f"site-{c}" == isolated_id else net.here for c in "abcde"]
-        fed = await federation(
-            SITES,
-            k=K,
-            n=N,
-            maintenance=FAST_MAINTENANCE,
-            hosts=hosts,
-            not_started={isolated_id},
-        )
-        isolated = await node_processes.take_over(fed, isolated_id, prefix=net.prefix)
+        fed, isolated = await partitioned(federation, node_processes, net, isolated_id)
         print(f"isolated: {isolated_id} at {net.there} in {net.namespace}")
         owner = fed.site("site-a")
         sent: list[SynthInstance] = []
@@ -141,11 +151,7 @@ async def test_a_partitioned_owner_keeps_acknowledging_and_catches_up_when_back(
     tmp_path: Path,
 ) -> None:
     with isolated_network() as net:
-        hosts = [net.there, *[net.here] * (SITES - 1)]
-        fed = await federation(
-            SITES, k=K, n=N, maintenance=FAST_MAINTENANCE, hosts=hosts, not_started={"site-a"}
-        )
-        plan = await node_processes.take_over(fed, "site-a", prefix=net.prefix)
+        fed, plan = await partitioned(federation, node_processes, net, "site-a")
         owner = fed.site("site-a")
         sent: list[SynthInstance] = []
 

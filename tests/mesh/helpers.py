@@ -12,6 +12,7 @@ from pathlib import Path
 from meshpacs.dicom.scu import Outgoing, Target, send_instances
 from meshpacs.store.records import owner_directory
 from meshpacs.testing.synth import SeriesSpec, StudySpec, SynthInstance, generate_study, write_study
+from meshpacs.transport.frames import RecordKind
 
 from .conftest import RunningSite
 
@@ -73,8 +74,10 @@ def held_fragments(site: RunningSite) -> list[Path]:
 def held_catalog_records(site: RunningSite, owner: str | None = None) -> list[Path]:
     """The sealed catalog records ``site`` keeps: every owner's, or only ``owner``'s."""
     records = site.data_dir / "records"
-    root = records / "catalog" if owner is None else owner_directory(records, 1, owner)
-    pattern = "*/*" if owner is None else "*"
+    if owner is None:
+        root, pattern = records / "catalog", "*/*"
+    else:
+        root, pattern = owner_directory(records, RecordKind.CATALOG, owner), "*"
     return sorted(p for p in root.glob(pattern) if p.is_file() and _HEX64.fullmatch(p.name))
 
 

@@ -28,6 +28,9 @@ _log = logging.getLogger("meshpacs.backup")
 
 # put_record(site_id, record_id, sealed bytes): returns once the peer kept it.
 PutRecord = Callable[[str, str, bytes], Awaitable[None]]
+# after_record(site_id, bundle rows of the record): what else the peer gets with it (the
+# bundles' repair manifests, backup.delegation); an error keeps the record waiting.
+AfterRecord = Callable[[str, list[int]], Awaitable[object]]
 
 
 class TrustedReplicator:
@@ -41,12 +44,14 @@ class TrustedReplicator:
         catalog: Catalog,
         trusted: Sequence[str],
         put_record: PutRecord,
+        after_record: AfterRecord | None = None,
     ) -> None:
         self._site_id = site_id
         self._key = catalog_key
         self._catalog = catalog
         self._trusted = tuple(trusted)
         self._put = put_record
+        self._after = after_record
         # (kind, row id): ("study", study row) or ("unplaced", bundle row)
         self._waiting: dict[str, set[tuple[str, int]]] = {peer: set() for peer in self._trusted}
         self._sending = asyncio.Lock()
@@ -110,13 +115,18 @@ class TrustedReplicator:
         exporter = export_study if kind == "study" else export_unplaced
         table = "studies" if kind == "study" else "bundles"
 
-        def export(db: sqlite3.Connection) -> StudyRecord | None:
+        def export(db: sqlite3.Connection) -> tuple[StudyRecord, list[int]] | None:
             if db.execute(f"SELECT 1 FROM {table} WHERE id = ?", (ref,)).fetchone() is None:
                 return None  # forgotten since it was queued: nothing to send
-            return exporter(db, ref)
+            rows = db.execute("SELECT id FROM bundles WHERE study_ref = ?", (ref,))
+            bundles = [int(r[0]) for r in rows] if kind == "study" else [ref]
+            return exporter(db, ref), bundles
 
-        record = await self._catalog.read(export)
-        if record is None:
+        found = await self._catalog.read(export)
+        if found is None:
             return
+        record, bundles = found
         record_id, sealed = seal_record(self._key, self._site_id, record)
         await self._put(peer, record_id, sealed)
+        if self._after is not None:
+            await self._after(peer, bundles)

@@ -75,12 +75,15 @@ __all__ = [
     "MAX_SEALED_SHARE_BYTES",
     "RELEASE_VERSION",
     "REQUEST_ID_SIZE",
+    "SEAL_OVERHEAD",
     "EscrowRelease",
+    "open_for_identity",
     "open_release",
     "open_share",
     "read_release",
     "seal_release",
     "seal_share",
+    "seal_to_identity",
     "x25519_private_from_bytes",
     "x25519_public_bytes",
 ]
@@ -98,6 +101,7 @@ _KEY_SIZE = 32
 _NONCE_SIZE = 12
 _TAG_SIZE = 16
 _SEAL_HEAD = _KEY_SIZE + _NONCE_SIZE
+SEAL_OVERHEAD = _SEAL_HEAD + _TAG_SIZE  # what sealing adds to the plaintext
 # The federation's site-ID rule (meshpacs.federation.names), repeated here because keys
 # sit below federation: it keeps a release header printable and its lengths bounded.
 _SITE_ID = re.compile(rb"[a-z0-9-]{1,64}")
@@ -153,6 +157,20 @@ def _open(private: X25519PrivateKey, body: bytes, context: bytes, what: str) -> 
         return AESGCM(key).decrypt(nonce, sealed, context)
     except InvalidTag:
         raise WrongKey(f"{what} does not open with this key") from None
+
+
+def seal_to_identity(plain: bytes, recipient_ed25519: bytes, context: bytes) -> bytes:
+    """``plain`` sealed (as a deposit is) for the site whose certificate holds
+    ``recipient_ed25519``; ``context`` names what it is and binds it (labels, site IDs)."""
+    return _seal(plain, x25519_public_for(recipient_ed25519), context)
+
+
+def open_for_identity(identity: NodeIdentity, body: bytes, context: bytes, what: str) -> bytes:
+    """The plaintext of :func:`seal_to_identity`'s ``body``; ``WrongKey`` if it was meant
+    for another key, another context, or any byte changed."""
+    if len(body) < SEAL_OVERHEAD:
+        raise FormatError(f"{what} is too short")
+    return _open(identity.x25519_private, body, context, what)
 
 
 # --- deposit: owner to trusted peer ---------------------------------------------------------

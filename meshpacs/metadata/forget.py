@@ -9,8 +9,9 @@ Forgetting goes in three steps, each a transaction of its own::
                                   bundles, placements, audits, repairs; the patient when
                                   no other study is theirs), and what partners hold for
                                   it becomes forget_deletions rows: each placed or
-                                  replaced fragment at its holder, the catalog record at
-                                  each trusted peer; state deleting
+                                  replaced fragment at its holder, the catalog record and
+                                  each bundle's repair manifest at each trusted peer;
+                                  state deleting
     delete    (the node)          each deletion sent; a confirmed one (or one the partner
                                   no longer had) leaves the table; once none is left,
                                   state done
@@ -18,8 +19,8 @@ Forgetting goes in three steps, each a transaction of its own::
 The request row stays, as the record of who asked when and what went (counts only: once
 the study is gone the row names it by nothing but its old row number). A fragment whose
 holder cannot be reached is given up after :data:`FRAGMENT_ATTEMPTS` tries: it is no
-longer leased, so the holder removes it when its lease runs out. A catalog record has no
-lease and is tried until its trusted peer answers.
+longer leased, so the holder removes it when its lease runs out. A catalog record or a
+manifest has no lease and is tried until its trusted peer answers.
 
 Plain functions over a ``sqlite3`` connection; rows are named by row id, never by UID.
 """
@@ -31,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from meshpacs.errors import CatalogError
+from meshpacs.metadata.manifest import manifest_record_id
 
 __all__ = [
     "FRAGMENT_ATTEMPTS",
@@ -78,7 +80,7 @@ class Deletion:
     """One deletion to send: a fragment at its holder or a record at a trusted peer."""
 
     request_ref: int
-    kind: str  # "fragment" | "record"
+    kind: str  # "fragment" | "record" | "manifest"
     site: str
     name: str  # fragment ID or record ID (keyed HMACs in hex)
     attempts: int
@@ -152,13 +154,16 @@ def forget_study(
     ref, request_ref = pending.study_ref, pending.request_ref
     if study_busy(db, ref):
         raise CatalogError(f"study row {ref} is being backed up; forget it after")
-    bundles = [int(r[0]) for r in db.execute("SELECT id FROM bundles WHERE study_ref = ?", (ref,))]
+    rows = db.execute("SELECT id, bundle_id FROM bundles WHERE study_ref = ?", (ref,)).fetchall()
+    bundles = [int(r[0]) for r in rows]
+    manifests = [manifest_record_id(bytes(r[1])) for r in rows]
     fragments = _held_fragments(db, bundles)
     db.executemany(
         "INSERT OR IGNORE INTO forget_deletions (request_ref, kind, site, name)"
         " VALUES (?, ?, ?, ?)",
         [(request_ref, "fragment", site, name) for site, name in fragments]
-        + [(request_ref, "record", peer, record_id) for peer in trusted_peers],
+        + [(request_ref, "record", peer, record_id) for peer in trusted_peers]
+        + [(request_ref, "manifest", peer, name) for peer in trusted_peers for name in manifests],
     )
     instances = _instances_of(db, ref)
     unlink = _remove_rows(db, ref, bundles, instances)

@@ -65,6 +65,10 @@ Version 6 (forgetting a study, :mod:`meshpacs.metadata.forget`)::
 Version 7: ``peer_reputation.leaving_at`` (when the peer answered that it is leaving the
 federation; see ``meshpacs node leave``).
 
+Version 8: ``forget_deletions.kind`` may also be ``manifest`` (a bundle's repair manifest
+at a trusted peer, :mod:`meshpacs.metadata.manifest`); SQLite cannot change a CHECK, so
+the table is rebuilt.
+
 ``*_fold`` columns hold the case-folded person names that PN matching compares against.
 Foreign-key columns are named ``*_ref`` so they are not mistaken for DICOM's Patient ID
 and Study ID. Only features of SQLite 3.30 are used (no STRICT tables, no RETURNING).
@@ -307,6 +311,22 @@ _V7 = """
 ALTER TABLE peer_reputation ADD COLUMN leaving_at REAL;
 """
 
+# Forgetting a study also deletes its bundles' repair manifests at the trusted peers.
+_V8 = """
+CREATE TABLE forget_deletions_v8 (
+    request_ref  INTEGER NOT NULL REFERENCES forget_requests (id),
+    kind         TEXT NOT NULL CHECK (kind IN ('fragment', 'record', 'manifest')),
+    site         TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (request_ref, kind, site, name)
+);
+INSERT INTO forget_deletions_v8 SELECT request_ref, kind, site, name, attempts
+    FROM forget_deletions;
+DROP TABLE forget_deletions;
+ALTER TABLE forget_deletions_v8 RENAME TO forget_deletions;
+"""
+
 # (version, script) in ascending order. Append only: a released entry is never edited.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (1, _V1),
@@ -316,6 +336,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (5, _V5),
     (6, _V6),
     (7, _V7),
+    (8, _V8),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

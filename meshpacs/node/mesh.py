@@ -16,6 +16,9 @@ Started by the daemon when ``[mesh] enabled`` is set and the site is enrolled::
                             Repairer (rebuilds shares lost with a site or to rot)
                             LeaseRenewer (asks holders to keep our shares longer)
                             Forgetter (deletes a forgotten study everywhere)
+                            Delegator (delegations and repair manifests for the
+                            trusted peers)
+    DelegateRepairer (rebuilds the shares of a down site that named this one trusted)
     Scrubber (re-reads what partners store here, on a schedule)
     expiry (removes partners' shares whose lease ran out long ago)
 
@@ -42,6 +45,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from meshpacs.audit.challenge import Challenge
+from meshpacs.backup.delegation import Delegator
 from meshpacs.backup.escrow import EscrowDepositor
 from meshpacs.backup.placement import Candidate
 from meshpacs.backup.replicate import TrustedReplicator
@@ -59,6 +63,7 @@ from meshpacs.dht import RecordStore as DhtRecordStore
 from meshpacs.dicom.storage import InstanceStore
 from meshpacs.errors import ConfigError, MeshError
 from meshpacs.federation import MutualTls, SiteFederationFiles
+from meshpacs.federation.delegation import verify_delegation
 from meshpacs.keys import NodeIdentity, SiteKeys, SiteSecret
 from meshpacs.metadata import Catalog, health
 from meshpacs.metadata.ledger import BundlePlan
@@ -75,6 +80,8 @@ from meshpacs.transport.server import FragmentServer
 from meshpacs.upkeep import (
     Auditor,
     AuditSettings,
+    DelegateRepairer,
+    DelegateSettings,
     Forgetter,
     LeaseRenewer,
     LeaseSettings,
@@ -203,16 +210,29 @@ class MeshNode:
             self.tls.peer_member,
             on_stored=self._provide,
             on_corrupt_report=self._corrupt_reported,
+            verify_delegation=self._check_delegation,
         )
         self.pool = PartnerPool(self.dht, self.tls)
+        b, m = config.backup, config.maintenance
+        self.delegator = Delegator(
+            site_id=config.site.id,
+            identity=self.identity,
+            certificate_der=self._cert_der,
+            fragment_id_key=keys.fragment_id,
+            catalog=catalog,
+            trusted=mesh.trusted_peers,
+            connect=self.pool.connect,
+            threshold=m.repair_threshold,
+            clock=clock,
+        )
         self.replicator = TrustedReplicator(
             site_id=config.site.id,
             catalog_key=keys.catalog,
             catalog=catalog,
             trusted=mesh.trusted_peers,
             put_record=self._put_catalog_record,
+            after_record=self.delegator.send_manifests,
         )
-        b, m = config.backup, config.maintenance
         partners = _MeshPartners(self.dht, self.pool)
         settings = BackupSettings(
             plan=BundlePlan(b.k, b.n, b.segment_bytes, b.max_bundle_bytes),
@@ -286,6 +306,22 @@ class MeshNode:
                 half_life=m.reputation_half_life_seconds,
             ),
             publisher=self.replicator,
+            has_fragment=self.pool.has_fragment,
+            clock=clock,
+        )
+        self.delegate = DelegateRepairer(
+            site_id=config.site.id,
+            identity=self.identity,
+            records=self.records,
+            ping=self.pool.ping,
+            connect_for=self.pool.connect_for,
+            candidates=partners.candidates,
+            find_holders=dht_holders(self.dht),
+            work_dir=config.tmp_dir / "delegate",
+            settings=DelegateSettings(
+                lost_after_seconds=m.lost_after_seconds,
+                interval_seconds=m.repair_interval_seconds,
+            ),
             clock=clock,
         )
         self.escrow = EscrowDepositor(
@@ -325,6 +361,7 @@ class MeshNode:
             asyncio.create_task(self._upkeep(stop)),
             asyncio.create_task(self.auditor.run(stop)),
             asyncio.create_task(self.repairer.run(stop)),
+            asyncio.create_task(self.delegate.run(stop)),
             asyncio.create_task(self.leases.run(stop)),
             asyncio.create_task(self.forgetter.run(stop)),
             asyncio.create_task(
@@ -385,6 +422,16 @@ class MeshNode:
             expires_at=int(self._clock()) + RECORD_LIFETIME,
         )
         return await self.dht.publish(sign_record(record, self._signer))
+
+    def _check_delegation(self, token: bytes, presenter: str) -> str:
+        """The owner a trusted peer may act for with ``token`` (the server's check)."""
+        found = verify_delegation(
+            token,
+            presenter=presenter,
+            verify_certificate=self.tls.federation.verify,
+            now=self._clock(),
+        )
+        return found.owner_site
 
     async def _corrupt_reported(self, holder_site: str, fragment_id: str) -> bool:
         """A holder's scrub found our fragment bad: fail the placement now, for repair."""
@@ -465,6 +512,7 @@ class MeshNode:
                     await self.reannounce_held()
                     snapshot = self._clock()
                 await self.replicator.flush()
+                await self.delegator.ensure_tokens()
                 await self.escrow.ensure_deposited()
                 self.write_peer_state(await self.peer_states())
             except MeshError as error:

@@ -1,8 +1,12 @@
-"""Small sealed records this node keeps for other sites: catalog records and escrow shares.
+"""Small sealed records this node keeps for other sites: catalog records, escrow shares,
+repair manifests and delegations.
 
 A site sends its trusted peers a sealed catalog record per protected study and, later,
-its escrow shares. This node cannot read them (they are encrypted for the owner or for
-its own identity key) and keeps them only for their owner: put, get, list, each keyed by
+its escrow shares; with them a repair manifest per bundle (sealed to this node) and a
+signed delegation, so this node can repair the site's shares while it is down
+(:mod:`meshpacs.upkeep.delegate`). Catalog records and escrow shares this node cannot
+read (they are encrypted for the owner or for its own identity key); it keeps every
+record only for its owner: put, get, list, each keyed by
 the owner's site ID from its certificate, a record kind and a 64-hex record ID.
 
 Layout under ``records/``::
@@ -18,6 +22,8 @@ one site can make this node keep.
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import hashlib
 import os
 import threading
@@ -31,7 +37,7 @@ __all__ = ["DEFAULT_RECORD_QUOTA", "MAX_RECORD_BYTES", "HeldRecords", "owner_dir
 
 MAX_RECORD_BYTES = 80 * 1024 * 1024  # a sealed catalog record of a very large study
 DEFAULT_RECORD_QUOTA = 4 * 1024**3
-_KINDS = {1: "catalog", 2: "escrow"}
+_KINDS = {1: "catalog", 2: "escrow", 3: "repair", 4: "delegation"}
 _MAX_LIST = 100_000
 
 
@@ -110,6 +116,25 @@ class HeldRecords:
             return []
         names = sorted(p.name for p in directory.iterdir() if len(p.name) == 64)
         return names[:_MAX_LIST]
+
+    def from_every_owner(self, kind: int, record_id: str) -> builtins.list[bytes]:
+        """Record ``record_id`` of ``kind`` from every owner that keeps one here.
+
+        Owner directories are named by hash, so the records themselves must say whose
+        they are (a delegation names its owner, and is checked against it).
+        """
+        validate_fragment_id(record_id)
+        name = _KINDS.get(kind)
+        if name is None:
+            raise FormatError(f"record kind {kind} is unknown")
+        found: builtins.list[bytes] = []  # ``list`` here is the method above
+        for owner in sorted((self._root / name).iterdir())[:_MAX_LIST]:
+            with (
+                contextlib.suppress(FileNotFoundError, NotADirectoryError),
+                open(owner / record_id, "rb") as f,
+            ):
+                found.append(f.read(MAX_RECORD_BYTES + 1))
+        return found
 
     def delete(self, kind: int, owner_site: str, record_id: str) -> bool:
         path = self._path(kind, owner_site, record_id)

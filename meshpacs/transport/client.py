@@ -40,6 +40,7 @@ from meshpacs.transport.frames import (
     Request,
     Response,
     Status,
+    check_delegation_length,
     decode_renewed,
     decode_response,
     decode_response_head,
@@ -236,6 +237,15 @@ class PartnerConnection:
             if response.length != AUDIT_RESPONSE_SIZE:
                 raise ProtocolViolation("audit answer of the wrong size")
             return parse_response(await self._read(AUDIT_RESPONSE_SIZE))
+
+    async def act_for(self, delegation: bytes) -> None:
+        """Present the owner's delegation: this connection's later fragment reads, checks
+        and puts are the owner's. A holder that refuses it raises :class:`PeerRefused`."""
+        check_delegation_length(len(delegation))
+        async with self._exchange():
+            await self._send(Request(Op.ACT_FOR, length=len(delegation)))
+            await self._write(delegation)
+            self._accept(await self._response(), Status.OK)
 
     async def delete_fragment(self, fragment_id: str) -> bool:
         return await self._done_or_not_found(Request(Op.DELETE_FRAGMENT, fragment_id))

@@ -14,7 +14,8 @@ Request head, version 1 (big-endian)::
     offset  size  field
     0       1     version      = 1
     1       1     op           see :class:`Op`
-    2       1     kind         record kind for *_RECORD ops (1 catalog, 2 escrow), else 0
+    2       1     kind         record kind for *_RECORD ops (1 catalog, 2 escrow,
+                               3 repair manifest, 4 delegation), else 0
     3       1     name_length  0..64
     4       8     offset       GET_FRAGMENT: first byte wanted
     12      8     length       PUT_*: body bytes that follow CONTINUE; GET_FRAGMENT: bytes
@@ -22,7 +23,9 @@ Request head, version 1 (big-endian)::
                                audit request that follows at once (exactly 45 bytes,
                                :mod:`meshpacs.audit.challenge`), no CONTINUE;
                                RENEW_LEASES: the size of the renewal that follows at
-                               once (7 + 64 * count bytes), no CONTINUE
+                               once (7 + 64 * count bytes), no CONTINUE; ACT_FOR: the
+                               size of the delegation that follows at once (at most
+                               MAX_DELEGATION_BYTES), no CONTINUE
     20      N     name         ASCII: a fragment ID or record ID (64 lower-case hex)
 
 Response head, version 1::
@@ -47,7 +50,10 @@ Its answer is ``OK`` with a 4-byte body, a u32: how many of the IDs the holder r
 Only the requester's own fragments count; another site's ID is skipped as if not held.
 
 Who may do what is not in the frames: the server reads the requester's site ID from its
-TLS certificate, and the owner of a fragment or record is always that site.
+TLS certificate, and the owner of a fragment or record is always that site, except on a
+connection where the requester presented, with ``ACT_FOR``, the owner's delegation
+(:mod:`meshpacs.federation.delegation`): its later fragment reads, checks and puts are
+the owner's, and nothing else is allowed on that connection.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from meshpacs.errors import ProtocolViolation, UnknownVersion
+from meshpacs.federation.delegation import MAX_DELEGATION_BYTES
 from meshpacs.store.store import MAX_RENEW
 
 __all__ = [
@@ -77,6 +84,7 @@ __all__ = [
     "Response",
     "ResponseHead",
     "Status",
+    "check_delegation_length",
     "check_renewal_length",
     "decode_renewal",
     "decode_renewed",
@@ -118,12 +126,15 @@ class Op(enum.IntEnum):
     RENEW_LEASES = 10
     DELETE_RECORD = 11
     REPORT_CORRUPT = 12  # holder to owner: your fragment (the name) failed my scrub
+    ACT_FOR = 13  # a trusted peer presents the owner's delegation (the body)
 
 
 class RecordKind(enum.IntEnum):
     NONE = 0
     CATALOG = 1
     ESCROW = 2
+    REPAIR = 3  # a repair manifest, sealed to the peer that keeps it
+    DELEGATION = 4  # the owner's signed delegation for the peer that keeps it
 
 
 class Status(enum.IntEnum):
@@ -283,6 +294,12 @@ def check_renewal_length(length: int) -> None:
     ids = length - _RENEWAL.size
     if not 0 <= ids <= MAX_RENEW * MAX_NAME or ids % MAX_NAME:
         raise ProtocolViolation(f"a renewal of {length} bytes is not 7 + 64 * (0..{MAX_RENEW})")
+
+
+def check_delegation_length(length: int) -> None:
+    """Refuse an ``ACT_FOR`` body's announced size before reading it."""
+    if not 1 <= length <= MAX_DELEGATION_BYTES:
+        raise ProtocolViolation(f"a delegation of {length} bytes is not 1..{MAX_DELEGATION_BYTES}")
 
 
 def decode_renewal(data: bytes) -> Renewal:

@@ -17,7 +17,7 @@ from pathlib import Path
 from meshpacs.dht import DhtNode, NodeRecord
 from meshpacs.errors import PeerUnreachable
 from meshpacs.federation import MutualTls
-from meshpacs.transport.client import PartnerConnection, Sink
+from meshpacs.transport.client import FragmentInfo, PartnerConnection, Sink
 from meshpacs.transport.frames import RecordKind
 
 __all__ = ["PartnerPool"]
@@ -80,6 +80,20 @@ class PartnerPool:
             self._tls.peer_member,
             timeout=self._timeout,
         )
+
+    async def connect_for(self, site_id: str, delegation: bytes) -> PartnerConnection:
+        """A connection to ``site_id`` acting for the owner that signed ``delegation``."""
+        conn = await self.connect(site_id)
+        try:
+            await conn.act_for(delegation)
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def has_fragment(self, site_id: str, fragment_id: str) -> FragmentInfo | None:
+        async with await self.connect(site_id) as conn:
+            return await conn.has_fragment(fragment_id)
 
     async def ping(self, site_id: str) -> None:
         async with await self.connect(site_id) as conn:

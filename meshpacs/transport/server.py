@@ -12,6 +12,11 @@ and records. Asking for another site's data gets ``NOT_FOUND``, the same answer 
 data that does not exist, so nobody can probe what this node holds for others; a renewal
 naming another site's fragments counts them as it counts fragments not held, not at all.
 
+A trusted peer of an owner that is down may present the owner's signed delegation
+(``ACT_FOR``, checked by ``verify_delegation``): the rest of that connection is the
+owner's for reading, checking and placing fragments (so the peer can rebuild shares a
+dead holder lost), and for nothing else: no deletion, no renewal, no records.
+
 A node leaving the federation (:attr:`FragmentServer.leaving`) takes no new fragment and
 answers audits with ``LEAVING``, so each owner rebuilds its shares elsewhere, while it
 still serves reads (a repair may gather from it) and deletions until it holds nothing.
@@ -49,6 +54,7 @@ from meshpacs.transport.frames import (
     Request,
     Response,
     Status,
+    check_delegation_length,
     check_renewal_length,
     decode_renewal,
     decode_request,
@@ -69,6 +75,10 @@ Identify = Callable[[ssl.SSLObject], Member]  # the peer, from its certificate
 OnStored = Callable[[str, str], Awaitable[None]]  # (fragment_id, owner site)
 # (holder site, fragment_id) -> whether it is a placement of ours: a holder reports rot.
 OnCorruptReport = Callable[[str, str], Awaitable[bool]]
+# (delegation bytes, presenting site) -> the owner it may act for; MeshError if none.
+VerifyDelegation = Callable[[bytes, str], str]
+# What a connection acting for an owner may do (see the module docstring).
+_DELEGATED_OPS = frozenset({Op.PING, Op.PUT_FRAGMENT, Op.GET_FRAGMENT, Op.HAS_FRAGMENT, Op.ACT_FOR})
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,7 @@ class FragmentServer:
         limits: ServerLimits | None = None,
         on_stored: OnStored | None = None,
         on_corrupt_report: OnCorruptReport | None = None,
+        verify_delegation: VerifyDelegation | None = None,
     ) -> None:
         self._fragments = fragments
         self._records = records
@@ -99,6 +110,7 @@ class FragmentServer:
         self._limits = limits or ServerLimits()
         self._on_stored = on_stored
         self._on_corrupt_report = on_corrupt_report
+        self._verify_delegation = verify_delegation
         self._server: asyncio.Server | None = None
         self._slots = asyncio.Semaphore(self._limits.max_connections)
         self._connections: set[asyncio.Task[None]] = set()
@@ -156,6 +168,9 @@ class FragmentServer:
             _log.info("transport: connection from site %s ended mid-request", site)
 
     async def _handle(self, peer: _Peer, request: Request) -> None:
+        if peer.acting_for is not None and request.op not in _DELEGATED_OPS:
+            await self._refuse_delegated(peer, request)
+            return
         handlers = {
             Op.PING: self._ping,
             Op.PUT_FRAGMENT: self._put_fragment,
@@ -169,8 +184,39 @@ class FragmentServer:
             Op.AUDIT_FRAGMENT: self._audit_fragment,
             Op.RENEW_LEASES: self._renew_leases,
             Op.REPORT_CORRUPT: self._report_corrupt,
+            Op.ACT_FOR: self._act_for,
         }
         await handlers[request.op](peer, request)
+
+    async def _refuse_delegated(self, peer: _Peer, request: Request) -> None:
+        # A body that follows the head at once is read first, to keep the connection in step.
+        if request.op is Op.AUDIT_FRAGMENT:
+            if request.length != AUDIT_REQUEST_SIZE:
+                raise ProtocolViolation(f"an audit request is {AUDIT_REQUEST_SIZE} bytes")
+            await peer.read(AUDIT_REQUEST_SIZE)
+        elif request.op is Op.RENEW_LEASES:
+            check_renewal_length(request.length)
+            await peer.read(request.length)
+        await peer.respond(
+            Response(Status.FORBIDDEN, "a delegate may only read, check and place fragments")
+        )
+
+    async def _act_for(self, peer: _Peer, request: Request) -> None:
+        check_delegation_length(request.length)
+        token = await peer.read(request.length)
+        if self._verify_delegation is None:
+            await peer.respond(Response(Status.FORBIDDEN, "this node takes no delegations"))
+            return
+        try:
+            owner = self._verify_delegation(token, peer.presenter)
+        except MeshError as error:
+            _log.warning("transport: site %s presented an unusable delegation: %s",
+                         peer.presenter, error)  # fmt: skip
+            await peer.respond(Response(Status.FORBIDDEN, str(error)))
+            return
+        _log.info("transport: site %s acts for site %s on this connection", peer.presenter, owner)
+        peer.act_for(owner)
+        await peer.respond(Response(Status.OK))
 
     async def _ping(self, peer: _Peer, request: Request) -> None:
         await peer.respond(Response(Status.OK))
@@ -386,10 +432,16 @@ class _Peer:
         writer: asyncio.StreamWriter,
         limits: ServerLimits,
     ) -> None:
-        self.site = site
+        self.site = site  # whose data this connection may use
+        self.presenter = site  # who is connected, as its certificate says
+        self.acting_for: str | None = None
         self._reader = reader
         self._writer = writer
         self._limits = limits
+
+    def act_for(self, owner: str) -> None:
+        self.site = owner
+        self.acting_for = owner
 
     async def next_request(self) -> Request | None:
         try:

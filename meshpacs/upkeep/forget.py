@@ -160,4 +160,5 @@ class Forgetter:
         if deletion.kind == "fragment":
             await self._partners.delete_fragment(deletion.site, deletion.name)
         else:
-            await self._partners.delete_record(deletion.site, RecordKind.CATALOG, deletion.name)
+            kind = RecordKind.REPAIR if deletion.kind == "manifest" else RecordKind.CATALOG
+            await self._partners.delete_record(deletion.site, kind, deletion.name)

@@ -5,6 +5,9 @@ One pass (:meth:`Repairer.repair_once`)::
     lost sites      audits found them unreachable for longer than the grace period
     reassess        each settled bundle stored (n good shares) or degraded (fewer)
     repair          for each bundle below its threshold, neediest first:
+                      adopt what a delegate placed      (a missing share the DHT says a
+                                                        new site holds, that the site
+                                                        confirms: size and set hash)
                       gather k verified fragments      (recovery's gatherer: recorded
                                                         holders, then the DHT)
                       regenerate the missing shares    (erasure, keyless, in a thread)
@@ -20,6 +23,10 @@ The holder of a new share publishes its own provider record on receipt, so the D
 learns of the repair without the owner. A bundle with fewer than k good shares anywhere is
 left for a later pass (its shares may come back) and logged as unrecoverable for now.
 
+A trusted peer may have repaired while this site was down (:mod:`meshpacs.upkeep.
+delegate`): its shares have the same IDs and bytes as the ones this site would make, so
+adopting them is only recording where they are.
+
 Logs name bundles by catalog row, shares by number and holders by site ID: no UID, no
 patient data.
 """
@@ -31,7 +38,7 @@ import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import partial
@@ -48,11 +55,15 @@ from meshpacs.metadata import Catalog, health
 from meshpacs.metadata import repair as ledger
 from meshpacs.recovery.gather import Fetch, FindHolders, gather_bundle
 from meshpacs.recovery.model import PlannedBundle, ShareHolder
+from meshpacs.transport.client import FragmentInfo
 from meshpacs.upkeep.pacing import Pause, wait_or_stop
 
-__all__ = ["RepairPass", "RepairSettings", "Repairer"]
+__all__ = ["RepairPass", "RepairSettings", "Repairer", "regenerate_files"]
 
 _log = logging.getLogger("meshpacs.repair")
+
+# has_fragment(site, fragment_id): what the site holds of ours under that ID, if anything.
+HasFragment = Callable[[str, str], Awaitable[FragmentInfo | None]]
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,7 @@ class RepairPass:
     failed: int = 0
     unrecoverable: int = 0
     shares_placed: int = 0
+    shares_adopted: int = 0  # placed by a delegate while this site was down
     collected: int = 0
 
 
@@ -110,10 +122,13 @@ class Repairer:
         work_dir: Path,
         settings: RepairSettings | None = None,
         publisher: StudyPublisher | None = None,
+        has_fragment: HasFragment | None = None,
         clock: Callable[[], float] = time.time,
         pause: Pause = wait_or_stop,
     ) -> None:
         self.site_id = site_id
+        self._has = has_fragment
+        self._adopted = 0  # this pass's adopted shares
         self._fid_key = fragment_id_key
         self._catalog = catalog
         self._partners = partners
@@ -136,6 +151,7 @@ class Repairer:
 
     async def repair_once(self) -> RepairPass:
         report = RepairPass()
+        self._adopted = 0
         s = self.settings
         now = self._clock()
         lost = await self._catalog.read(lambda db: ledger.lost_sites(db, now, s.lost_after_seconds))
@@ -148,6 +164,7 @@ class Repairer:
         for bundle in due:
             await self._repair(bundle, lost, report, sources=leaving)
         report.collected = await self._collect()
+        report.shares_adopted = self._adopted
         if report.attempted or report.collected or lost:
             _log.info(
                 "repair pass: %d lost site(s) %s, %d bundle(s) below n, %d repaired, %d partly,"
@@ -224,6 +241,10 @@ class Repairer:
         still serve reads) may be gathered from, after the good ones.
         """
         planned = self._planned(bundle, sources)
+        adopted = await self._adopt(bundle, planned, missing, lost)
+        missing = [share for share in missing if share not in adopted]
+        if not missing:
+            return len(adopted)
         s = self.settings
         gathered = await gather_bundle(
             planned,
@@ -234,7 +255,8 @@ class Repairer:
             timeout=s.fetch_timeout_seconds,
         )
         outputs = {share: workdir / f"share-{share}" for share in missing}
-        await asyncio.to_thread(_regenerate, planned.ref, list(gathered.paths.values()), outputs)
+        fragments = list(gathered.paths.values())
+        await asyncio.to_thread(regenerate_files, planned.ref, fragments, outputs)
         sites = await self._sites(bundle, lost, planned.ref.header.fragment_size)
 
         spoilt = {p.holder_site: p.fragment_id for p in bundle.bad}
@@ -266,7 +288,44 @@ class Repairer:
                 "repair: site %s did not take a share of bundle row %d: %s",
                 site, bundle.bundle_ref, why,
             )  # fmt: skip
-        return sum(1 for share in missing if share in outcome.placed)
+        return len(adopted) + sum(1 for share in missing if share in outcome.placed)
+
+    async def _adopt(
+        self, bundle: ledger.BundleShares, planned: PlannedBundle, missing: list[int],
+        lost: set[str],
+    ) -> dict[int, str]:  # fmt: skip
+        """Missing shares a delegate already placed: share -> site, recorded as placed."""
+        if self._has is None:
+            return {}
+        taken = {p.holder_site for p in bundle.good.values()} | lost | {self.site_id}
+        expected = planned.ref.header.fragment_size
+        adopted: dict[int, str] = {}
+        for share in missing:
+            fid = planned.fragment_ids[share]
+            spoilt = {p.holder_site for p in bundle.bad if p.share == share}
+            with contextlib.suppress(MeshError, OSError, TimeoutError):
+                for site in await self._find_holders(fid):
+                    if site in taken or site in spoilt:
+                        continue
+                    info = await self._has(site, fid)
+                    if info is None or (info.size, info.set_hash) != (expected, bundle.set_hash):
+                        continue
+                    await self._catalog.write(
+                        partial(ledger.record_repaired_share, bundle_ref=bundle.bundle_ref,
+                                share=share, site=site, fragment=fid, lost=lost,
+                                now=self._clock())
+                    )  # fmt: skip
+                    adopted[share] = site
+                    taken.add(site)
+                    break
+        if adopted:
+            self._adopted += len(adopted)
+            _log.info(
+                "repair: bundle row %d: %d share(s) a trusted peer placed while this site was"
+                " down are recorded (%s)", bundle.bundle_ref, len(adopted),
+                ",".join(f"{share}@{site}" for share, site in sorted(adopted.items())),
+            )  # fmt: skip
+        return adopted
 
     def _planned(self, bundle: ledger.BundleShares, sources: AbstractSet[str]) -> PlannedBundle:
         ref = BundleRef(
@@ -349,7 +408,8 @@ class Repairer:
         return collected
 
 
-def _regenerate(ref: BundleRef, sources: list[Path], outputs: dict[int, Path]) -> None:
+def regenerate_files(ref: BundleRef, sources: list[Path], outputs: dict[int, Path]) -> None:
+    """Write the shares ``outputs`` names from the verified fragment files ``sources``."""
     with contextlib.ExitStack() as stack:
         opened = [stack.enter_context(path.open("rb")) for path in sources]
         written: list[BinaryIO] = [stack.enter_context(p.open("wb")) for p in outputs.values()]

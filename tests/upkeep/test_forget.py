@@ -13,6 +13,7 @@ import pytest
 
 from meshpacs.backup.replicate import TrustedReplicator
 from meshpacs.metadata import forget, ledger
+from meshpacs.metadata.manifest import manifest_record_id
 from meshpacs.metadata.replica import study_record_id
 from meshpacs.upkeep import Forgetter
 
@@ -103,9 +104,21 @@ async def test_a_forgotten_study_goes_here_and_at_every_partner_and_the_other_st
 ) -> None:
     holders = DirHolders(site.partners.root)
     record_id = study_record_id(site.keys.catalog, FORGET)
+    bundle_ids = await site.catalog.read(
+        lambda db: [
+            bytes(r[0])
+            for r in db.execute(
+                "SELECT b.bundle_id FROM bundles b JOIN studies s ON s.id = b.study_ref"
+                " WHERE s.study_uid = ?",
+                (FORGET,),
+            )
+        ]
+    )
     for peer in TRUSTED:
         holders.records[(peer, record_id)] = b"sealed record"
         holders.records[(peer, study_record_id(site.keys.catalog, KEEP))] = b"other record"
+        for bundle_id in bundle_ids:  # its bundles' repair manifests go too
+            holders.records[(peer, manifest_record_id(bundle_id))] = b"sealed manifest"
     doomed, kept = await fragments_of(site, FORGET), await fragments_of(site, KEEP)
     assert len(doomed) == 4 and len(kept) == 4
     files = {
@@ -117,7 +130,9 @@ async def test_a_forgotten_study_goes_here_and_at_every_partner_and_the_other_st
     ref = await ask(site, FORGET)
     result = await forgetter(site, holders).forget_once()
 
-    assert (result.forgotten, result.deleted, result.failed, result.done) == (1, 6, 0, 1)
+    # 4 fragments, and at each of the 2 peers the catalog record and 1 manifest
+    assert len(bundle_ids) == 1
+    assert (result.forgotten, result.deleted, result.failed, result.done) == (1, 8, 0, 1)
     assert await study_rows(site) == {KEEP: 2}
     assert not any(path.exists() for path in files.values())
     assert not any((site.partners.root / s / f).exists() for s, f in doomed)
@@ -150,12 +165,16 @@ async def test_unreachable_partners_are_asked_again_and_fragments_given_up_in_th
     for _ in range(forget.FRAGMENT_ATTEMPTS):
         await leave.forget_once()
     waiting = await site.catalog.read(forget.deletions_due)
-    assert [(d.kind, d.site) for d in waiting] == [("record", TRUSTED[0])]  # no lease: kept
+    # No lease on the peer's record and manifest: they are kept until it answers.
+    assert sorted((d.kind, d.site) for d in waiting) == [
+        ("manifest", TRUSTED[0]),
+        ("record", TRUSTED[0]),
+    ]
     assert (site.partners.root / holder / fragment).exists()  # its lease will run out
 
     holders.down.clear()
     last = await leave.forget_once()
-    assert last.deleted == 1 and last.done == 1
+    assert last.deleted == 2 and last.done == 1
     assert (await state(site, ref))["state"] == "done"
 
 

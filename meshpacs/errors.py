@@ -16,7 +16,8 @@ their position.
     ├── FormatError                 bytes that do not parse as the format they claim
     │   ├── UnknownVersion          a version byte this reader does not know
     │   ├── CorruptFragment         one fragment failed a check (``reason``, ``share``)
-    │   └── CorruptBundle           a decrypted bundle whose index or contents do not add up
+    │   ├── CorruptBundle           a decrypted bundle whose index or contents do not add up
+    │   └── TrailBroken             an audit trail changed, cut or forged (``entry``, ``reason``)
     ├── LimitExceeded               a length or count over a named bound, refused before allocating
     │   └── QuotaExceeded           a partner's fragments would exceed the room given to it
     ├── InputChanged                an instance did not match the size or digest declared for it
@@ -65,6 +66,7 @@ __all__ = [
     "QuotaExceeded",
     "SchemaTooNew",
     "ShamirError",
+    "TrailBroken",
     "TransportError",
     "UnknownVersion",
     "Unrecoverable",
@@ -127,6 +129,21 @@ class CorruptFragment(FormatError):
 
 class CorruptBundle(FormatError):
     """A bundle that decrypted but whose index or contents do not add up."""
+
+
+class TrailBroken(FormatError):
+    """The ATNA audit trail does not verify: an entry was changed, removed, inserted,
+    reordered or forged, or the log was cut short of what its signed head records.
+
+    ``entry`` is the 1-based position of the first entry that fails (None when the
+    problem is the head file or the log as a whole); ``reason`` says what failed.
+    """
+
+    def __init__(self, reason: str, entry: int | None = None) -> None:
+        where = f"audit trail entry {entry}" if entry is not None else "audit trail"
+        super().__init__(f"{where}: {reason}")
+        self.reason = reason
+        self.entry = entry
 
 
 class LimitExceeded(MeshError):

@@ -17,6 +17,7 @@ RANK = {
     "keys": 1,
     "testing": 1,  # generates DICOM with pydicom; imports nothing of meshpacs
     "federation": 2,  # CA, node certificates, CRL, TLS contexts
+    "trail": 2,  # the ATNA audit trail: messages, the hash-chained log; errors, durable, keys only
     "erasure": 3,
     "audit": 3,  # proof-of-storage challenges: sans-I/O, beside the fragment format
     "dht": 3,

@@ -14,6 +14,7 @@
         ├── node_identity_seed   seed of the node's key pairs (identity.py: NodeIdentity)
         │   ├── Ed25519          signs certificate requests and DHT records; names the node
         │   └── X25519           other sites encrypt escrow shares to it
+        ├── audit trail          seals the ATNA audit trail (secret.py: audit_trail_key)
         └── fingerprint          non-secret ID to confirm a typed phrase belongs to the site
 
 Why this shape: a site that loses everything but its phrase (or ``threshold`` escrow

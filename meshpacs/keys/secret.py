@@ -32,6 +32,7 @@ __all__ = [
     "SUBKEY_SIZE",
     "SiteKeys",
     "SiteSecret",
+    "audit_trail_key",
 ]
 
 SITE_SECRET_SIZE = 32
@@ -44,6 +45,7 @@ _INFO_KEY_WRAP = b"meshpacs/v1/key-wrap"
 _INFO_CATALOG = b"meshpacs/v1/catalog"
 _INFO_NODE_IDENTITY = b"meshpacs/v1/node-identity"
 _INFO_FINGERPRINT = b"meshpacs/v1/fingerprint"
+_INFO_AUDIT_TRAIL = b"meshpacs/v1/audit-trail"
 
 
 def _require_key(value: object, size: int, what: str) -> bytes:
@@ -176,6 +178,16 @@ class SiteKeys:
 
     def __repr__(self) -> str:
         return f"SiteKeys(fingerprint={self.fingerprint!r}, <redacted>)"
+
+
+def audit_trail_key(secret: SiteSecret) -> bytes:
+    """The HMAC key that seals the site's ATNA audit trail (``meshpacs.trail.log``).
+
+    A purpose of its own, outside :class:`SiteKeys`: only the trail's writers and
+    ``meshpacs audit verify`` need it, and a rebuilt site derives the same key again, so a
+    trail kept from before a disaster still verifies.
+    """
+    return _hkdf(secret.value, _INFO_AUDIT_TRAIL, SUBKEY_SIZE)
 
 
 def _is_fingerprint(value: object) -> bool:

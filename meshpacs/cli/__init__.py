@@ -22,6 +22,7 @@ from meshpacs.cli.forget import forget
 from meshpacs.cli.leave import node_leave
 from meshpacs.cli.recover import recover
 from meshpacs.cli.testbed import testbed_app
+from meshpacs.cli.trail import trail_app
 from meshpacs.errors import MeshError
 from meshpacs.node.config import load_config
 from meshpacs.node.daemon import configure_logging, run_node
@@ -262,6 +263,7 @@ node_app.command("leave")(node_leave)
 app.add_typer(federation_app, name="federation")
 app.add_typer(escrow_app, name="escrow")
 app.add_typer(testbed_app, name="testbed")
+app.add_typer(trail_app, name="audit")
 app.command()(recover)
 app.command()(forget)
 

@@ -14,6 +14,7 @@ import typer
 from meshpacs.dicom.scu import Target
 from meshpacs.errors import MeshError
 from meshpacs.keys import SiteSecret
+from meshpacs.keys.secret import audit_trail_key
 from meshpacs.recovery.command import RecoverRequest, dry_run, run_recovery
 from meshpacs.recovery.escrow import (
     ESCROW_KEY_FILE,
@@ -22,7 +23,10 @@ from meshpacs.recovery.escrow import (
     regain_secret,
 )
 from meshpacs.recovery.plan import PlanFilter
+from meshpacs.recovery.report import RecoveryReport
 from meshpacs.recovery.session import RecoveryCredentials
+from meshpacs.trail import TrailLog, TrailWriter, local_user, trail_dir
+from meshpacs.trail.messages import AuditSource, Outcome, Participant, StudyCount, import_
 
 __all__ = ["recover"]
 
@@ -108,6 +112,44 @@ def _from_escrow(
     else:
         _note(f"The recovery phrase was written by an earlier run to {phrase_path}.")
     return regained.secret
+
+
+def _record_import(request: RecoverRequest, report: RecoveryReport | None, error: str) -> None:
+    """The run as an ATNA Import event, in WORKDIR/trail (the site has no data directory
+    yet); ``meshpacs audit verify --trail WORKDIR/trail`` checks it."""
+    site_id = request.credentials.site_id
+    trail = TrailWriter(
+        TrailLog(trail_dir(request.workdir), audit_trail_key(request.secret)),
+        AuditSource("meshpacs recover", site_id),
+    )
+    ae = request.to_ae
+    target = f"{ae.ae_title}@{ae.host}:{ae.port}" if ae is not None else str(request.to_dir)
+    if report is None:
+        outcome, counted, description = Outcome.SERIOUS_FAILURE, StudyCount(), error
+    else:
+        counted = StudyCount(report.studies_delivered, report.instances_this_run)
+        outcome = (
+            Outcome.SUCCESS
+            if report.complete
+            else Outcome.MINOR_FAILURE
+            if report.instances_this_run
+            else Outcome.SERIOUS_FAILURE
+        )
+        description = (
+            f"{report.studies_delivered} of {report.studies_planned} studies delivered;"
+            f" {len(report.unrecoverable)} bundles unrecoverable, {report.failed_count}"
+            " instances failed"
+        )
+    trail.record_quietly(
+        import_(
+            local_user(),
+            Participant(user_id=f"federation of {site_id}", alternative_id="meshpacs mesh"),
+            [counted],
+            destination=Participant(user_id=target),
+            outcome=outcome,
+            description=description,
+        )
+    )
 
 
 def recover(
@@ -240,7 +282,9 @@ def recover(
             return
         report = asyncio.run(run_recovery(request, say, progress=sys.stderr))
     except MeshError as exc:
+        _record_import(request, None, str(exc))
         raise _fail(str(exc)) from None
+    _record_import(request, report, "")
     if json_file is not None:
         report.write_json(json_file)
     typer.echo(report.summary())

@@ -41,10 +41,12 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from meshpacs.dicom import pdu
+from meshpacs.dicom.auditing import record_received
 from meshpacs.dicom.ingest import IngestService
 from meshpacs.dicom.pdulimit import MAX_CONTROL_PDU
 from meshpacs.dicom.receiver import AcceptedContext, StorageAssociation
 from meshpacs.dicom.settings import AeSettings
+from meshpacs.trail import TrailWriter
 
 __all__ = ["MeshAssociationServer", "MeshRequestHandler", "ReceiverHub"]
 
@@ -67,9 +69,12 @@ _LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)
 class ReceiverHub:
     """The storage associations in flight: for the association limit and for shutdown."""
 
-    def __init__(self, settings: AeSettings, ingest: IngestService) -> None:
+    def __init__(
+        self, settings: AeSettings, ingest: IngestService, trail: TrailWriter | None = None
+    ) -> None:
         self.settings = settings
         self.ingest = ingest
+        self.trail = trail
         self._active: set[StorageAssociation] = set()
         self._lock = threading.Lock()
 
@@ -196,6 +201,7 @@ def _serve_storage(
 ) -> None:
     settings = hub.settings
     calling = str(request.calling_ae_title).strip()
+    peer = _peer_address(sock)
     rejection = _ae_rejection(request, settings)
     if rejection is not None:
         _reject(sock, request_length, rejection, f"association from {calling} rejected")
@@ -233,6 +239,15 @@ def _serve_storage(
         LOG.warning("association from %s failed: %s", calling, exc.strerror or exc)
         _close(sock)
     finally:
+        # Recorded before the release, so that a stopping AE waits for the record too.
+        record_received(
+            hub.trail,
+            calling_ae=calling,
+            address=peer,
+            called_ae=settings.ae_title,
+            stored=association.instances,
+            failed=association.refused,
+        )
         hub.release(association)
 
 
@@ -300,6 +315,13 @@ def _recv_exactly(sock: socket.socket, length: int) -> None:
         if n == 0:
             raise ConnectionResetError("closed during the association request")
         got += n
+
+
+def _peer_address(sock: socket.socket) -> str:
+    try:
+        return str(sock.getpeername()[0])
+    except (OSError, IndexError):
+        return ""
 
 
 def _close(sock: Any) -> None:

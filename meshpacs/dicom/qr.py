@@ -43,12 +43,15 @@ from pynetdicom import _config, build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
+from meshpacs.dicom.auditing import record_find
 from meshpacs.dicom.reactor import install_counting_checkpoint
 from meshpacs.dicom.sender import install_send_lock, send_stored
 from meshpacs.dicom.storage import InstanceStore
 from meshpacs.errors import InvalidQuery, LimitExceeded, MeshError
 from meshpacs.metadata.catalog import Catalog
 from meshpacs.metadata.records import FindQuery, InstanceLocation
+from meshpacs.trail import TrailWriter
+from meshpacs.trail.messages import Outcome
 
 __all__ = [
     "FIND_MODELS",
@@ -185,6 +188,7 @@ class QueryRetrieveService:
         timeout: float = 60.0,
         missing: MissingInstances | None = None,
         recall_timeout: float = 1800.0,
+        trail: TrailWriter | None = None,
     ) -> None:
         self._catalog = catalog
         self._store = store
@@ -195,6 +199,8 @@ class QueryRetrieveService:
         self.missing = missing
         # How long one batch from the hook may take; the hook bounds its own work tighter.
         self._recall_timeout = recall_timeout
+        # Each C-FIND is recorded there as an ATNA Query event (see dicom.auditing).
+        self.trail = trail
 
     def _call(self, coroutine_factory: Callable[[], Any], timeout: float | None = None) -> Any:
         future = asyncio.run_coroutine_threadsafe(coroutine_factory(), self._loop)
@@ -208,28 +214,51 @@ class QueryRetrieveService:
 
     def handle_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
         root = FIND_MODELS.get(str(event.request.AffectedSOPClassUID))
+        asked: dict[str, Any] = {}
         try:
             identifier = event.identifier
-            query = FindQuery(root or "", _level(identifier), _keys(identifier))  # type: ignore[arg-type]
+            asked.update(level=_level(identifier), keywords=_keys(identifier))
+            query = FindQuery(root or "", asked["level"], asked["keywords"])  # type: ignore[arg-type]
             answers: list[dict[str, str]] = self._call(lambda: self._catalog.find(query))
         except LimitExceeded as exc:
             LOG.warning("C-FIND refused: %s", exc)
+            self._audit_find(event, asked, Outcome.MINOR_FAILURE, f"refused: {exc}")
             yield OUT_OF_RESOURCES, None
             return
         except (InvalidQuery, ValueError) as exc:
             LOG.warning("C-FIND refused: %s", exc)
+            self._audit_find(event, asked, Outcome.MINOR_FAILURE, f"refused: {_safe(exc)}")
             yield IDENTIFIER_MISMATCH, None
             return
         except Exception as exc:
             LOG.error("C-FIND failed: %s", _safe(exc))
+            self._audit_find(event, asked, Outcome.SERIOUS_FAILURE, f"failed: {_safe(exc)}")
             yield UNABLE_TO_PROCESS, None
             return
         LOG.info("C-FIND from %s: %d matches", _calling(event), len(answers))
+        self._audit_find(event, asked, Outcome.SUCCESS, "")
         for answer in answers:
             if event.is_cancelled:
                 yield CANCEL, None
                 return
             yield PENDING, _answer_dataset(answer, identifier)
+
+    def _audit_find(
+        self, event: Any, asked: Mapping[str, Any], outcome: Outcome, description: str
+    ) -> None:
+        if self.trail is None:
+            return
+        record_find(
+            self.trail,
+            calling_ae=_calling(event),
+            address=str(event.assoc.requestor.address),
+            called_ae=str(event.assoc.acceptor.ae_title).strip(),
+            sop_class_uid=str(event.request.AffectedSOPClassUID),
+            level=str(asked.get("level", "")),
+            keywords=asked.get("keywords", {}).keys(),
+            outcome=outcome,
+            description=description,
+        )
 
     # -- C-MOVE ----------------------------------------------------------------------
 

@@ -113,6 +113,7 @@ class StorageAssociation:
         self._send_lock = threading.Lock()
         self._aborted = False
         self.instances = 0
+        self.refused = 0  # instances answered with a failure status
 
     @property
     def socket(self) -> socket.socket:
@@ -312,6 +313,8 @@ class StorageAssociation:
         status = incoming.status
         if status == STATUS.SUCCESS:
             status = self._commit(incoming)
+        if status != STATUS.SUCCESS:
+            self.refused += 1
         self._respond(incoming.context, C_STORE_RSP, incoming.message_id, status,
                       *_echoable_uids(incoming.command))  # fmt: skip
 

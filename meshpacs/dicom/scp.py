@@ -23,6 +23,7 @@ from meshpacs.dicom.acceptor import (
     MeshRequestHandler,
     ReceiverHub,
 )
+from meshpacs.dicom.auditing import record_received
 from meshpacs.dicom.ingest import IngestService
 from meshpacs.dicom.negotiation import install_storage_negotiation
 from meshpacs.dicom.nodelay import install_tcp_nodelay
@@ -35,6 +36,7 @@ from meshpacs.dicom.qr import (
     install_raw_retrieve,
 )
 from meshpacs.dicom.settings import AeSettings
+from meshpacs.trail import TrailWriter
 
 __all__ = ["AeSettings", "DicomAE", "configure_pynetdicom", "storage_transfer_syntaxes"]
 
@@ -87,12 +89,15 @@ class DicomAE:
         settings: AeSettings,
         ingest: IngestService,
         qr: QueryRetrieveService | None = None,
+        trail: TrailWriter | None = None,
     ) -> None:
         self.settings = settings
         self._ingest = ingest
         self._qr = qr
+        self._trail = trail  # each storage association is recorded there (dicom.auditing)
         self._server: MeshAssociationServer | None = None
         self._lock = threading.Lock()
+        self._received: dict[Any, list[int]] = {}  # pynetdicom's associations: stored, failed
 
     @property
     def port(self) -> int:
@@ -122,9 +127,11 @@ class DicomAE:
                 )
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, _echo),
-            (evt.EVT_C_STORE, self._ingest.handle_store),
+            (evt.EVT_C_STORE, self._ingest.handle_store if self._trail is None else self._store),
             (evt.EVT_CONN_CLOSE, self._ingest.discard_partial),
         ]
+        if self._trail is not None:
+            handlers.append((evt.EVT_CONN_CLOSE, self._record_received))
         if self._qr is not None:
             for model in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS):
                 ae.add_supported_context(model, QUERY_TRANSFER_SYNTAXES)
@@ -152,12 +159,35 @@ class DicomAE:
             ),
         )
         if s.direct_storage:
-            server.hub = ReceiverHub(s, self._ingest)
+            server.hub = ReceiverHub(s, self._ingest, self._trail)
         thread = threading.Thread(target=server.serve_forever, name="meshpacs-dicom-accept")
         thread.daemon = True
         thread.start()
         ae._servers.append(server)
         return server
+
+    def _store(self, event: Any) -> int:
+        """EVT_C_STORE when auditing: the ingest's answer, counted for the association."""
+        status = self._ingest.handle_store(event)
+        with self._lock:
+            counts = self._received.setdefault(event.assoc, [0, 0])
+            counts[0 if status == 0 else 1] += 1
+        return status
+
+    def _record_received(self, event: Any) -> None:
+        """EVT_CONN_CLOSE: one Instances Transferred event for the association's stores."""
+        with self._lock:
+            counts = self._received.pop(event.assoc, None)
+        if counts is None:
+            return
+        record_received(
+            self._trail,
+            calling_ae=str(event.assoc.requestor.ae_title).strip(),
+            address=str(event.assoc.requestor.address),
+            called_ae=self.settings.ae_title,
+            stored=counts[0],
+            failed=counts[1],
+        )
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop accepting, let associations in flight finish for ``grace`` s, then abort them."""

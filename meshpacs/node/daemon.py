@@ -5,6 +5,9 @@ stop it cleanly. On stop the AE refuses new associations, lets those in flight f
 grace period and aborts the rest; an instance is acknowledged only once durable, so an
 aborted one is simply sent again by the PACS.
 
+The node's start and stop, each storage association and each C-FIND are recorded as ATNA
+audit events in the site's trail (``<data_dir>/trail``, :mod:`meshpacs.trail`).
+
 pynetdicom runs associations in its own threads; the catalog and its group-commit writer
 run on this module's event loop, and the C-STORE handler hands records across.
 """
@@ -24,13 +27,16 @@ from meshpacs.dicom.ingest import CatalogWriter, IngestService, reconcile_recent
 from meshpacs.dicom.qr import QueryRetrieveService
 from meshpacs.dicom.scp import AeSettings, DicomAE, configure_pynetdicom
 from meshpacs.dicom.storage import InstanceStore
+from meshpacs.errors import MeshError
 from meshpacs.metadata.catalog import Catalog
 from meshpacs.node.config import NodeConfig
 from meshpacs.node.mesh import MeshNode
 from meshpacs.node.mesh_retrieve import retriever_for
 from meshpacs.node.site import load_site_secret
+from meshpacs.trail import TrailWriter, local_user
+from meshpacs.trail.messages import AuditSource, Outcome, application_activity
 
-__all__ = ["NodeStarted", "configure_logging", "run_node"]
+__all__ = ["NodeStarted", "configure_logging", "open_trail", "run_node"]
 
 LOG = logging.getLogger("meshpacs.node")
 # How long associations in flight may finish after a stop request before they are aborted.
@@ -104,12 +110,20 @@ async def run_node(
     writer.start()
     ingest = IngestService(store, writer, max_instance_bytes=config.dicom.max_instance_bytes)
     destinations = {aet: (d.host, d.port) for aet, d in config.dicom.destinations.items()}
-    qr = QueryRetrieveService(catalog, store, loop, destinations)
-    ae = DicomAE(_ae_settings(config), ingest, qr)
+    trail = await asyncio.to_thread(open_trail, config)
+    qr = QueryRetrieveService(catalog, store, loop, destinations, trail=trail)
+    ae = DicomAE(_ae_settings(config), ingest, qr, trail)
     background: asyncio.Task[None] | None = None
     mesh: MeshNode | None = None
+    running = False
     try:
-        port = await asyncio.to_thread(ae.start)
+        try:
+            port = await asyncio.to_thread(ae.start)
+        except Exception as exc:
+            await _record_activity(trail, True, Outcome.SERIOUS_FAILURE, f"cannot start: {exc}")
+            raise
+        running = True
+        await _record_activity(trail, True)
         LOG.info("site %s: node running, DICOM AE %s on port %d",
                  config.site.id, config.dicom.ae_title, port)  # fmt: skip
         if config.mesh.enabled:
@@ -148,7 +162,40 @@ async def run_node(
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+        if running:
+            await _record_activity(trail, False)
         LOG.info("node stopped")
+
+
+def open_trail(config: NodeConfig) -> TrailWriter | None:
+    """The site's audit trail writer; None (logged) when the site key cannot be read."""
+    try:
+        secret = load_site_secret(config.key_file)
+    except MeshError as exc:
+        LOG.error("audit trail off: %s", exc)
+        return None
+    return TrailWriter.for_site(
+        config.data_dir, secret, AuditSource(config.dicom.ae_title, config.site.id)
+    )
+
+
+async def _record_activity(
+    trail: TrailWriter | None,
+    started: bool,
+    outcome: Outcome = Outcome.SUCCESS,
+    description: str = "",
+) -> None:
+    """Application Activity: the node started (or failed to) or stopped."""
+    if trail is None:
+        return
+    event = application_activity(
+        trail.application,
+        started=started,
+        launcher=local_user(),
+        outcome=outcome,
+        description=description,
+    )
+    await trail.arecord_quietly(event)
 
 
 async def _watch_stability(catalog: Catalog, quiet_seconds: float) -> None:

@@ -10,18 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import logging
 import time
 from typing import Any
 
 from meshpacs.dicom.storage import InstanceStore
-from meshpacs.errors import ConfigError
+from meshpacs.errors import ConfigError, MeshError
+from meshpacs.keys import SiteKeys
 from meshpacs.metadata import Catalog
 from meshpacs.metadata import forget as ledger
+from meshpacs.metadata.replica import study_record_id
 from meshpacs.node.config import NodeConfig
+from meshpacs.node.site import load_site_secret
+from meshpacs.trail import TrailWriter
+from meshpacs.trail.messages import AuditSource, Outcome, Participant, StudyRef, study_deleted
 from meshpacs.transport.frames import RecordKind
 from meshpacs.upkeep import Forgetter
 
 __all__ = ["file_request", "forget_here", "request_report", "wait_for"]
+
+LOG = logging.getLogger("meshpacs.forget")
 
 
 class _NoPartners:
@@ -42,12 +50,51 @@ def _who() -> str:
 
 
 async def file_request(config: NodeConfig, study_uid: str) -> int | None:
-    """The request's row id; None when the site's catalog holds no such study."""
-    if not config.catalog_path.exists():
-        return None
-    async with await Catalog.open(config.catalog_path) as catalog:
-        now = time.time()
-        return await catalog.write(lambda db: ledger.request(db, study_uid, _who(), now))
+    """The request's row id; None when the site's catalog holds no such study.
+
+    Either way the request is recorded in the site's audit trail as a DICOM Study Deleted
+    event, the study named by its keyed catalog record ID (never its UID).
+    """
+    ref: int | None = None
+    if config.catalog_path.exists():
+        async with await Catalog.open(config.catalog_path) as catalog:
+            now = time.time()
+            ref = await catalog.write(lambda db: ledger.request(db, study_uid, _who(), now))
+    await asyncio.to_thread(_record_request, config, study_uid, ref)
+    return ref
+
+
+def _record_request(config: NodeConfig, study_uid: str, ref: int | None) -> None:
+    try:
+        secret = load_site_secret(config.key_file)
+    except MeshError as exc:
+        LOG.error("forget request not recorded in the audit trail: %s", exc)
+        return
+    trail = TrailWriter.for_site(
+        config.data_dir, secret, AuditSource(config.dicom.ae_title, config.site.id)
+    )
+    try:
+        record_id = study_record_id(SiteKeys.derive(secret).catalog, study_uid)
+    except UnicodeEncodeError:  # not a UID at all; the catalog matched nothing
+        record_id = "not-a-uid"
+    if ref is None:
+        outcome = Outcome.MINOR_FAILURE
+        description = "no study with that Study Instance UID in this site's catalog; nothing done"
+    else:
+        outcome = Outcome.SUCCESS
+        description = (
+            f"forget request {ref} filed: the study is deleted here, at every partner"
+            " holding its fragments and at every trusted peer holding its record"
+        )
+    trail.record_quietly(
+        study_deleted(
+            Participant(user_id=_who(), requestor=True),
+            trail.application,
+            [StudyRef(record_id=record_id, uid=study_uid)],
+            outcome=outcome,
+            description=description,
+        )
+    )
 
 
 async def request_report(config: NodeConfig, request_ref: int) -> dict[str, Any]:

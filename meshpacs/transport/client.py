@@ -60,11 +60,12 @@ _MAX_SMALL_BODY = 100 * 1024 * 1024  # records and lists are read into memory
 class FragmentInfo:
     """What a partner says it holds for us under one fragment ID."""
 
-    __slots__ = ("set_hash", "size")
+    __slots__ = ("set_hash", "share", "size")
 
-    def __init__(self, size: int, set_hash: bytes) -> None:
+    def __init__(self, size: int, set_hash: bytes, share: int) -> None:
         self.size = size
         self.set_hash = set_hash
+        self.share = share
 
 
 class PartnerConnection:
@@ -218,8 +219,8 @@ class PartnerConnection:
             self._accept(response, Status.OK)
             if response.length != HAS_BODY.size:
                 raise ProtocolViolation("HAS answer of the wrong size")
-            size, set_hash = HAS_BODY.unpack(await self._read(HAS_BODY.size))
-            return FragmentInfo(size, set_hash)
+            size, set_hash, share = HAS_BODY.unpack(await self._read(HAS_BODY.size))
+            return FragmentInfo(size, set_hash, share)
 
     async def audit_fragment(self, fragment_id: str, challenge: Challenge) -> bytes | None:
         """The holder's answer to one audit challenge; None if it says it holds nothing.

@@ -68,8 +68,10 @@ __all__ = ["HAS_BODY", "FragmentServer", "ServerLimits"]
 _log = logging.getLogger("meshpacs.transport")
 
 CHUNK = 1024 * 1024
-# HAS_FRAGMENT's body: fragment size and the set hash it verified against.
-HAS_BODY = struct.Struct(">Q32s")
+# HAS_FRAGMENT's body: fragment size, the set hash it verified against and its share
+# number (from its verified header: a holder cannot tell which ID belongs to which share,
+# so whoever asks checks the share is the one the ID stands for).
+HAS_BODY = struct.Struct(">Q32sH")
 
 Identify = Callable[[ssl.SSLObject], Member]  # the peer, from its certificate
 OnStored = Callable[[str, str], Awaitable[None]]  # (fragment_id, owner site)
@@ -306,7 +308,7 @@ class FragmentServer:
             await peer.respond(Response(Status.NOT_FOUND, "no such fragment"))
             return
         await peer.respond(Response(Status.OK, length=HAS_BODY.size))
-        await peer.write(HAS_BODY.pack(stored.size, stored.set_hash))
+        await peer.write(HAS_BODY.pack(stored.size, stored.set_hash, stored.share))
 
     async def _delete_fragment(self, peer: _Peer, request: Request) -> None:
         # Not ``_owned``: that hides quarantined fragments, and deleting one is how the

@@ -11,7 +11,7 @@ delegation`): a signed delegation and a sealed repair manifest per bundle. One p
       whose turn?      the manifest's delegates in order: the first one up acts
       for each of the owner's manifests (a few per pass):
         check          ACT_FOR the owner at each recorded holder (and each the DHT names):
-                       HAS the share, with the right size and set hash?
+                       HAS the share, with the right size, set hash and share number?
         wait           a holder that stopped answering is lost only after the grace
         repair         fewer good shares than the owner's threshold, and at least k:
                          gather k verified fragments (acting for the owner)
@@ -308,7 +308,8 @@ class DelegateRepairer:
                     _log.info("delegate repair: site %s refused a check: %s", site, error)
                     continue
                 self._down_since.pop(site, None)
-                if info and info.size == expected and info.set_hash == manifest.ref.set_hash:
+                found = None if info is None else (info.size, info.set_hash, info.share)
+                if found == (expected, manifest.ref.set_hash, share):
                     check.good[share] = site
                     check.waiting.discard(share)
                     break

@@ -7,7 +7,7 @@ One pass (:meth:`Repairer.repair_once`)::
     repair          for each bundle below its threshold, neediest first:
                       adopt what a delegate placed      (a missing share the DHT says a
                                                         new site holds, that the site
-                                                        confirms: size and set hash)
+                                                        confirms: size, set hash, share)
                       gather k verified fragments      (recovery's gatherer: recorded
                                                         holders, then the DHT)
                       regenerate the missing shares    (erasure, keyless, in a thread)
@@ -308,7 +308,8 @@ class Repairer:
                     if site in taken or site in spoilt:
                         continue
                     info = await self._has(site, fid)
-                    if info is None or (info.size, info.set_hash) != (expected, bundle.set_hash):
+                    found = None if info is None else (info.size, info.set_hash, info.share)
+                    if found != (expected, bundle.set_hash, share):
                         continue
                     await self._catalog.write(
                         partial(ledger.record_repaired_share, bundle_ref=bundle.bundle_ref,

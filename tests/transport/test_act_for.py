@@ -112,6 +112,7 @@ async def test_a_delegate_reads_checks_and_places_the_owners_fragments(
         await conn.act_for(token(owner, "delegate"))
         info = await conn.has_fragment(first.fid)
         assert info is not None and info.set_hash == first.bundle.ref.set_hash
+        assert (info.size, info.share) == (first.size, first.share)
         parts: list[bytes] = []
         await conn.get_fragment(first.fid, parts.append)
         assert b"".join(parts) == first.data

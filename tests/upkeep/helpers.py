@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshpacs.audit.challenge import Challenge, answer
+from meshpacs.erasure import verify_fragment
 from meshpacs.errors import PeerRefused, PeerUnreachable
+from meshpacs.transport.client import FragmentInfo
 from meshpacs.transport.frames import RecordKind
 
 
@@ -67,6 +69,17 @@ class DirHolders:
         if site_id in self.down:
             raise PeerUnreachable(f"site {site_id} is down")
         return self.records.pop((site_id, record_id), None) is not None
+
+    async def has_fragment(self, site_id: str, fragment_id: str) -> FragmentInfo | None:
+        """As a holder's store answers HAS: the size and the set hash it verified."""
+        if site_id in self.down:
+            raise PeerUnreachable(f"site {site_id} is down")
+        path = self.root / site_id / fragment_id
+        if not path.exists():
+            return None
+        with open(path, "rb") as source:
+            verified = verify_fragment(source)
+        return FragmentInfo(path.stat().st_size, verified.set_hash, verified.header.share)
 
     async def find_holders(self, fragment_id: str) -> list[str]:
         """What the DHT would say: every site whose directory has the fragment."""

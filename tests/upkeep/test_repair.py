@@ -35,7 +35,9 @@ def holders_of(site: Site) -> DirHolders:
     return DirHolders(site.partners.root)
 
 
-def repairer(site: Site, holders: DirHolders, **settings: object) -> Repairer:
+def repairer(
+    site: Site, holders: DirHolders, *, adopt: bool = False, **settings: object
+) -> Repairer:
     return Repairer(
         site_id="owner",
         fragment_id_key=site.keys.fragment_id,
@@ -45,6 +47,7 @@ def repairer(site: Site, holders: DirHolders, **settings: object) -> Repairer:
         find_holders=holders.find_holders,
         work_dir=site.work / "repair",
         settings=RepairSettings(lost_after_seconds=GRACE, **settings),  # type: ignore[arg-type]
+        has_fragment=holders.has_fragment if adopt else None,
         clock=site.clock,
     )
 
@@ -104,6 +107,42 @@ async def test_a_bundle_below_its_threshold_is_regenerated_exactly_on_new_sites(
     summary = await site.catalog.read(lambda db: repair_ledger.repair_summary(db, set(gone)))
     assert (summary.repairs, summary.shares_placed, summary.last_outcome) == (1, 2, "repaired")
     assert summary.below_n == 0 and summary.superseded == 2
+
+
+async def test_shares_a_delegate_placed_while_the_owner_was_down_are_adopted_not_rebuilt(
+    site: Site,
+) -> None:
+    holders = holders_of(site)
+    before = {p.share: p for p in await placements(site)}
+    gone = sorted({before[0].holder_site, before[1].holder_site})
+    originals = await lose(site, holders, *gone)
+    # A delegate rebuilt share 0 on a free site (same ID, same bytes); share 1 it did not.
+    free = sorted(set(site.partners.sites) - {p.holder_site for p in before.values()} - {"owner"})
+    (site.partners.root / free[0]).mkdir(exist_ok=True)
+    (site.partners.root / free[0] / before[0].fragment_id).write_bytes(
+        originals[before[0].fragment_id]
+    )
+    # A copy whose bytes do not belong to the bundle is not taken for the share.
+    (site.partners.root / free[1]).mkdir(exist_ok=True)
+    (site.partners.root / free[1] / before[1].fragment_id).write_bytes(
+        # another share's bytes (all shares are one size) under share 1's ID
+        (site.partners.root / before[2].holder_site / before[2].fragment_id).read_bytes()
+    )
+    held_before = {p.name for p in (site.partners.root / free[0]).iterdir()}
+
+    report = await repairer(site, holders, adopt=True).repair_once()
+
+    assert (report.shares_adopted, report.shares_placed, report.repaired) == (1, 2, 1)
+    after = {p.share: p for p in await placements(site)}
+    assert after[0].holder_site == free[0]  # adopted where the delegate put it
+    assert after[1].holder_site not in {*gone, "owner"}
+    # Share 1 was rebuilt, not taken from the copy of another share filed under its ID.
+    placed = site.partners.root / after[1].holder_site / after[1].fragment_id
+    assert placed.read_bytes() == originals[before[1].fragment_id]
+    # Adopting wrote nothing: share 0 was not put again at its site.
+    assert {p.name for p in (site.partners.root / free[0]).iterdir()} >= held_before
+    assert await state(site) == "stored"
+    assert await decode_all(site, K) == site.sent  # type: ignore[attr-defined]
 
 
 async def test_one_lost_share_marks_the_bundle_degraded_and_waits_for_a_second(

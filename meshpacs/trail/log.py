@@ -370,6 +370,11 @@ class TrailLog:
     def head_path(self) -> Path:
         return self.directory / HEAD_FILE
 
+    @property
+    def exists(self) -> bool:
+        """Whether the trail was started (either of its files is there)."""
+        return self.log_path.exists() or self.head_path.exists()
+
     def append(self, message: bytes) -> Entry:
         """Append ``message``; returns once it (and then the head) is on stable storage.
 

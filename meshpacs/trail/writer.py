@@ -25,7 +25,14 @@ from pathlib import Path
 from meshpacs.errors import MeshError, brief
 from meshpacs.keys.secret import SiteSecret, audit_trail_key
 from meshpacs.trail.log import Entry, TrailLog
-from meshpacs.trail.messages import AuditEvent, AuditSource, Participant, render
+from meshpacs.trail.messages import (
+    AUDIT_RECORDING_STARTED,
+    AuditEvent,
+    AuditSource,
+    Participant,
+    render,
+    security_alert,
+)
 from meshpacs.trail.syslog import SyslogSender, syslog_record
 
 __all__ = ["TRAIL_DIR", "TrailWriter", "local_user", "trail_dir"]
@@ -89,7 +96,19 @@ class TrailWriter:
         )
 
     def record(self, event: AuditEvent) -> Entry:
-        """Append ``event``; returns once durable. Raises ``MeshError`` or ``OSError``."""
+        """Append ``event``; returns once durable. Raises ``MeshError`` or ``OSError``.
+
+        A trail begun here starts with a Security Alert (Audit Recording Started), so a
+        trail deleted and begun again shows it, here and at the collector.
+        """
+        if not self.log.exists:
+            started = f"new audit trail in {self.log.directory}"
+            self._append(
+                security_alert(self.application, AUDIT_RECORDING_STARTED, description=started)
+            )
+        return self._append(event)
+
+    def _append(self, event: AuditEvent) -> Entry:
         message = render(event, self.source, include_uids=self.include_uids)
         entry = self.log.append(message)
         if self.forward is not None:

@@ -72,14 +72,16 @@ async def test_the_node_records_what_it_does(tmp_path: Path) -> None:
     key = audit_trail_key(load_site_secret(config.key_file))
     directory = trail_dir(config.data_dir)
     report = verify(directory, key)
-    assert report.ok and report.entries == 5, report
+    assert report.ok and report.entries == 6, report
     events = [ET.fromstring(e.message) for e in read_entries(directory, key)]
     codes = [_code(e, "EventIdentification/EventID") for e in events]
     # Start first and stop last; between them, each association's store is recorded when
     # that association ends, the C-FIND when it is answered.
-    assert (codes[0], codes[-1]) == ("110100", "110100")
-    assert sorted(codes[1:-1]) == ["110104", "110104", "110112"]
-    assert _code(events[0], "EventIdentification/EventTypeCode") == "110120"
+    # A new trail begins with a Security Alert: Audit Recording Started.
+    assert (codes[0], _code(events[0], "EventIdentification/EventTypeCode")) == ("110113", "110134")
+    assert (codes[1], codes[-1]) == ("110100", "110100")
+    assert sorted(codes[2:-1]) == ["110104", "110104", "110112"]
+    assert _code(events[1], "EventIdentification/EventTypeCode") == "110120"
     assert _code(events[-1], "EventIdentification/EventTypeCode") == "110121"
     stored = [e for e in events if _code(e, "EventIdentification/EventID") == "110104"]
     assert sorted(_instances(e) for e in stored) == ["1", "2"]

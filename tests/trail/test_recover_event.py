@@ -46,7 +46,9 @@ def test_each_run_is_an_import_event_verifiable_by_the_rebuilt_site(tmp_path: Pa
 
     key = audit_trail_key(secret)
     events = [ET.fromstring(e.message) for e in read_entries(trail_dir(request.workdir), key)]
-    assert len(events) == 3
+    assert len(events) == 4
+    start = events.pop(0).find("EventIdentification/EventTypeCode")
+    assert start is not None and start.get("csd-code") == "110134"  # audit recording started
     outcomes = []
     for event in events:
         ident = event.find("EventIdentification")
@@ -70,7 +72,7 @@ def test_each_run_is_an_import_event_verifiable_by_the_rebuilt_site(tmp_path: Pa
     runner = CliRunner()
     args = ["audit", "verify", "--config", str(rebuilt.config_path)]
     result = runner.invoke(app, [*args, "--trail", str(trail_dir(request.workdir))])
-    assert result.exit_code == 0 and "3 entries" in result.stdout, result.output
+    assert result.exit_code == 0 and "4 entries" in result.stdout, result.output
     other = create_site(tmp_path / "other", "general", "MESH_GEN", 11112, {})
     result = runner.invoke(
         app,

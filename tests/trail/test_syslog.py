@@ -151,7 +151,7 @@ def test_records_reach_a_tls_collector_framed(collector: Collector) -> None:
 
 
 def test_the_writer_forwards_exactly_what_it_appended(tmp_path: Path, collector: Collector) -> None:
-    collector.expected = 2
+    collector.expected = 3  # the trail's start (a Security Alert), then the two events
     sender = SyslogSender("127.0.0.1", collector.port, collector.context)
     writer = TrailWriter(
         TrailLog(tmp_path / "trail", KEY), AuditSource("MESH_A", "site-a"), forward=sender
@@ -187,5 +187,5 @@ def test_an_unreachable_collector_does_not_stop_the_trail(tmp_path: Path) -> Non
         TrailLog(tmp_path / "trail", KEY), AuditSource("MESH_A", "site-a"), forward=sender
     )
     entry = writer.record(application_activity(Participant("MESH_A"), started=True))
-    assert entry.sequence == 1
-    assert [e.sequence for e in read_entries(tmp_path / "trail", KEY)] == [1]
+    assert entry.sequence == 2  # after the trail's own start
+    assert [e.sequence for e in read_entries(tmp_path / "trail", KEY)] == [1, 2]

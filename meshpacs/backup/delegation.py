@@ -22,7 +22,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from meshpacs.errors import MeshError
+from meshpacs.errors import FormatError, LimitExceeded, MeshError
 from meshpacs.federation.delegation import Delegation, sign_delegation
 from meshpacs.keys import NodeIdentity
 from meshpacs.metadata import Catalog
@@ -108,10 +108,15 @@ class Delegator:
     def _export(self, db: sqlite3.Connection, refs: Sequence[int]) -> list[RepairManifest]:
         found = []
         for ref in refs:
-            manifest = export_manifest(
-                db, ref, fragment_id_key=self._fid_key, delegates=self._delegates,
-                threshold=self._threshold,
-            )  # fmt: skip
+            try:
+                manifest = export_manifest(
+                    db, ref, fragment_id_key=self._fid_key, delegates=self._delegates,
+                    threshold=self._threshold,
+                )  # fmt: skip
+            except (FormatError, LimitExceeded) as error:
+                # A manifest that cannot be made must not hold up the catalog record.
+                _log.error("repair manifest of bundle row %d not made: %s", ref, error)
+                continue
             if manifest is not None:
                 found.append(manifest)
         return found

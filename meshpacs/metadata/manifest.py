@@ -256,7 +256,7 @@ def export_manifest(
     ids = tuple(fragment_id(fragment_id_key, ref.bundle_id, share) for share in range(n))
     return RepairManifest(
         ref,
-        threshold or 0,
+        min(threshold or 0, n),  # repair_threshold keeps any configured value within n
         tuple(delegates),
         ids,
         tuple(tuple(sites) for sites in holders),

@@ -213,6 +213,7 @@ class MeshNode:
             verify_delegation=self._check_delegation,
         )
         self.pool = PartnerPool(self.dht, self.tls)
+        self._partners = _MeshPartners(self.dht, self.pool)
         b, m = config.backup, config.maintenance
         self.delegator = Delegator(
             site_id=config.site.id,
@@ -233,7 +234,7 @@ class MeshNode:
             put_record=self._put_catalog_record,
             after_record=self.delegator.send_manifests,
         )
-        partners = _MeshPartners(self.dht, self.pool)
+        partners = self._partners
         settings = BackupSettings(
             plan=BundlePlan(b.k, b.n, b.segment_bytes, b.max_bundle_bytes),
             happy=b.happy,
@@ -315,7 +316,7 @@ class MeshNode:
             records=self.records,
             ping=self.pool.ping,
             connect_for=self.pool.connect_for,
-            candidates=partners.candidates,
+            candidates=self._delegate_candidates,
             find_holders=dht_holders(self.dht),
             work_dir=config.tmp_dir / "delegate",
             settings=DelegateSettings(
@@ -405,10 +406,24 @@ class MeshNode:
         self._seq = max(self._seq + 1, int(self._clock() * 1000))
         return self._seq
 
-    async def publish_node_record(self) -> int:
-        mesh, dicom = self.config.mesh, self.config.dicom
+    async def _capacity(self) -> int:
+        """What this node offers partners now: its node record's ``capacity_bytes``."""
+        mesh = self.config.mesh
         held = await asyncio.to_thread(self.fragments.total_usage)
         offered = max(0, mesh.offer_bytes - held)
+        return 0 if self.server.leaving else min(offered, mesh.partner_quota_bytes)
+
+    async def _delegate_candidates(self, key: bytes, count: int) -> list[Candidate]:
+        """Sites for a delegate's repair: this node too (it is not the owner), which the
+        DHT's closest sites never list; with few sites up it may be the only one left."""
+        found = await self._partners.candidates(key, count)
+        me = self.config.site.id
+        if all(candidate.site_id != me for candidate in found):
+            found.append(Candidate(me, self.identity.node_id, await self._capacity()))
+        return found
+
+    async def publish_node_record(self) -> int:
+        mesh, dicom = self.config.mesh, self.config.dicom
         record = NodeRecord(
             site_id=self.config.site.id,
             cert_fingerprint=cert_fingerprint(self._cert_der),
@@ -417,7 +432,7 @@ class MeshNode:
             dicom_host=mesh.advertise_host,
             dicom_port=self._dicom_port,
             dicom_ae_title=dicom.ae_title,
-            capacity_bytes=0 if self.server.leaving else min(offered, mesh.partner_quota_bytes),
+            capacity_bytes=await self._capacity(),
             seq=self._next_seq(),
             expires_at=int(self._clock()) + RECORD_LIFETIME,
         )

@@ -4,8 +4,11 @@ byte for byte, from shares only the delegate made."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
+
+import pytest
 
 from meshpacs.recovery.command import RecoverRequest, run_recovery
 from meshpacs.store.names import fragment_path
@@ -107,3 +110,40 @@ async def test_a_trusted_peer_rebuilds_a_burnt_sites_shares_and_the_site_comes_b
     report = await run_recovery(request)
     assert report.exit_code == 0, report.summary()
     assert restored(tmp_path / "restored") == originals(instances)
+
+
+async def test_an_owner_back_from_an_outage_adopts_what_its_delegate_rebuilt(
+    federation: FederationFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fed = await federation(6, k=2, n=4, maintenance=FAST_MAINTENANCE)
+    owner, delegate = fed.site("site-a"), fed.site("site-b")
+    instances = study(seed=82)
+    await push(owner, instances, tmp_path / "pacs")
+    await wait_protected(owner, {instances[0].study_instance_uid})
+    await eventually(
+        lambda: (
+            bool(kept_for(delegate, "site-a", RecordKind.REPAIR))
+            and bool(kept_for(delegate, "site-a", RecordKind.DELEGATION))
+        ),
+        30,
+        "the delegate holds the owner's manifest and delegation",
+    )
+    placed = shares(owner)
+    await owner.halt()  # an outage, not a fire: its disk stays
+    victim = sorted({holder for holder, _ in placed.values()} - {delegate.site_id})[0]
+    [(share, fid)] = [(s, f) for s, (h, f) in placed.items() if h == victim]
+    await fed.site(victim).halt()
+    await eventually(lambda: bool(holders_now(fed, fid)), 90, "the delegate rebuilt the share")
+    [rebuilt_at] = holders_now(fed, fid)
+
+    with caplog.at_level(logging.INFO, logger="meshpacs.repair"):
+        await owner.start()
+        await eventually(
+            lambda: shares(owner)[share][0] == rebuilt_at, 90, "the owner records the new holder"
+        )
+    assert "a trusted peer placed while this site was down" in caplog.text
+    # Adopted, not rebuilt a second time elsewhere: one copy of the share, where it was put.
+    assert holders_now(fed, fid) == {rebuilt_at}
+    assert {h for h, _ in shares(owner).values()} == (
+        {h for h, _ in placed.values()} - {victim} | {rebuilt_at}
+    )

@@ -302,6 +302,7 @@ def status(
         typer.echo("  mesh: off ([mesh] enabled = false): studies are kept here only")
     _echo_audits(report["audits"], report["scrub"])
     _echo_leases(report["leases"])
+    _echo_delegate(report.get("delegate"))
     _echo_forgets(report["forgets"])
     if report["leaving"] is not None:
         leaving = report["leaving"]
@@ -339,6 +340,18 @@ def _echo_audits(audits: dict[str, Any], scrub: dict[str, Any] | None) -> None:
             f" (finished {_ago(scrub.get('finished_at'))});"
             f" {scrub.get('quarantined_held', 0)} quarantined shares kept as evidence"
         )
+
+
+def _echo_delegate(delegate: dict[str, Any] | None) -> None:
+    if not delegate or not delegate.get("delegations"):
+        return
+    acting = ", ".join(delegate.get("acting_for") or []) or "none"
+    total = delegate.get("since_start") or {}
+    typer.echo(
+        f"  delegate for {delegate['delegations']} site(s) that trust this one: acting for"
+        f" {acting} (down); {total.get('shares_placed', 0)} of their shares rebuilt since"
+        f" this node started (last {_ago(total.get('last_repair_at'))})"
+    )
 
 
 def _echo_leases(leases: dict[str, Any]) -> None:

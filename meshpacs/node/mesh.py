@@ -89,13 +89,14 @@ from meshpacs.upkeep import (
     RepairSettings,
 )
 
-__all__ = ["PEERS_FILE", "SCRUB_FILE", "MeshNode", "PeerState"]
+__all__ = ["DELEGATE_FILE", "PEERS_FILE", "SCRUB_FILE", "MeshNode", "PeerState"]
 
 LOG = logging.getLogger("meshpacs.mesh")
 PEERS_FILE = "peers.json"
 SCRUB_FILE = "scrub.json"
 LEASES_FILE = "leases.json"  # the owner's last lease renewal (upkeep.leases)
 EXPIRY_FILE = "expiry.json"  # what the holder removed out of lease (node.expiry)
+DELEGATE_FILE = "delegate.json"  # what this node did as a down site's delegate
 RECORD_LIFETIME = 2 * 86400  # node records; republished hourly
 PROVIDER_LIFETIME = 3 * 86400  # provider records; every one re-announced daily
 REPUBLISH_SECONDS = 3600.0
@@ -323,6 +324,7 @@ class MeshNode:
                 lost_after_seconds=m.lost_after_seconds,
                 interval_seconds=m.repair_interval_seconds,
             ),
+            state_file=config.state_dir / DELEGATE_FILE,
             clock=clock,
         )
         self.escrow = EscrowDepositor(

@@ -11,7 +11,8 @@ site's audits found (reputation score, passed and failed audits, latency); peers
 audits score below ``[maintenance] reputation_floor`` are marked ``shunned``: they get no
 new shares. The last scrub of what partners store here is read from ``state/scrub.json``;
 the last renewal of this site's leases at its partners from ``state/leases.json``, and
-what lease expiry removed of partners' shares here from ``state/expiry.json``. Forget
+what lease expiry removed of partners' shares here from ``state/expiry.json``; what this
+node did as the delegate of trusted sites that are down from ``state/delegate.json``. Forget
 requests (``meshpacs forget``) are counted from the catalog: pending, deleting at
 partners, done.
 """
@@ -28,7 +29,7 @@ from meshpacs.metadata import forget, health, ledger, repair
 from meshpacs.node.config import NodeConfig
 from meshpacs.node.expiry import expiry_report
 from meshpacs.node.leave import held_now, leave_requested
-from meshpacs.node.mesh import EXPIRY_FILE, LEASES_FILE, PEERS_FILE, SCRUB_FILE
+from meshpacs.node.mesh import DELEGATE_FILE, EXPIRY_FILE, LEASES_FILE, PEERS_FILE, SCRUB_FILE
 from meshpacs.upkeep.leases import last_renewal
 
 __all__ = ["STALE_AFTER_SECONDS", "site_status"]
@@ -144,12 +145,16 @@ def _catalog_report(
     return studies, audits, by_peer, forgets
 
 
-def _scrub_report(config: NodeConfig) -> dict[str, Any] | None:
+def _state_document(config: NodeConfig, name: str) -> dict[str, Any] | None:
     with contextlib.suppress(OSError, ValueError):
-        document = json.loads((config.state_dir / SCRUB_FILE).read_text(encoding="utf-8"))
+        document = json.loads((config.state_dir / name).read_text(encoding="utf-8"))
         if isinstance(document, dict):
             return document
     return None
+
+
+def _scrub_report(config: NodeConfig) -> dict[str, Any] | None:
+    return _state_document(config, SCRUB_FILE)
 
 
 def _leave_report(config: NodeConfig) -> dict[str, Any] | None:
@@ -193,6 +198,7 @@ def site_status(config: NodeConfig, now: float | None = None) -> dict[str, Any]:
         "studies": studies,
         "audits": audits,
         "scrub": _scrub_report(config),
+        "delegate": _state_document(config, DELEGATE_FILE),
         "forgets": forgets,
         "leaving": _leave_report(config),
         "leases": {

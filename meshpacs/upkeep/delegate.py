@@ -24,6 +24,10 @@ delegation), and publish a provider record for it, so the owner, back, finds and
 it (:meth:`Repairer` looks shares up in the DHT before regenerating them). A delegate
 cannot delete or renew anything: it places no hedged spare that would need deleting.
 
+After each pass the node writes what it did to ``state_file`` (``state/delegate.json``,
+read by ``meshpacs status``): the delegations it keeps, the owners it acts for, and the
+shares it has rebuilt since it started.
+
 Down times are counted from when this node first saw the owner (or a holder) not answer;
 a restart of this node counts again from zero, which only delays a repair.
 
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import shutil
 import time
@@ -45,6 +50,7 @@ from pathlib import Path
 from meshpacs.backup.delegation import DELEGATION_RECORD_ID
 from meshpacs.backup.placement import Candidate, placement_key, rank_candidates
 from meshpacs.backup.upload import UploadPolicy, place_shares
+from meshpacs.durable import write_atomic
 from meshpacs.errors import MeshError, PeerUnreachable, Unrecoverable, brief
 from meshpacs.federation.delegation import Delegation, read_delegation
 from meshpacs.keys import NodeIdentity
@@ -117,10 +123,14 @@ class DelegateRepairer:
         find_holders: FindHolders,
         work_dir: Path,
         settings: DelegateSettings | None = None,
+        state_file: Path | None = None,
         clock: Callable[[], float] = time.time,
         pause: Pause = wait_or_stop,
     ) -> None:
         self.site_id = site_id
+        self._state_file = state_file
+        self._totals = {"repaired": 0, "shares_placed": 0}
+        self._last_repair_at: float | None = None
         self._identity = identity
         self._records = records
         self._ping = ping
@@ -158,6 +168,7 @@ class DelegateRepairer:
             for record_id, manifest in manifests[: self.settings.bundles_per_pass]:
                 await self._look_after(owner, raw, record_id, manifest, report)
         report.acting_for = tuple(acting)
+        self._note(report)
         if acting:
             _log.info(
                 "delegate repair: acting for %s (down); %d bundle(s) checked, %d repaired,"
@@ -166,6 +177,26 @@ class DelegateRepairer:
                 report.unrecoverable, report.shares_placed,
             )  # fmt: skip
         return report
+
+    def _note(self, report: DelegatePass) -> None:
+        self._totals["repaired"] += report.repaired
+        self._totals["shares_placed"] += report.shares_placed
+        if report.shares_placed:
+            self._last_repair_at = self._clock()
+        if self._state_file is None:
+            return
+        document = {
+            "updated_at": self._clock(),
+            "delegations": report.owners,
+            "owners_down": report.owners_down,
+            "acting_for": list(report.acting_for),
+            "last_pass": {"checked": report.checked, "repaired": report.repaired,
+                          "failed": report.failed, "unrecoverable": report.unrecoverable,
+                          "shares_placed": report.shares_placed},
+            "since_start": {**self._totals, "last_repair_at": self._last_repair_at},
+        }  # fmt: skip
+        self._state_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomic(self._state_file, json.dumps(document, indent=2).encode(), 0o600)
 
     # -- who, and whether ---------------------------------------------------------------
 

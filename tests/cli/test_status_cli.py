@@ -112,3 +112,26 @@ async def test_audit_results_and_the_last_scrub_are_reported_per_peer(tmp_path: 
     assert "peer county: OFFLINE, trusted, reputation 0.67 (1 audits passed, 0 failed" in text
     assert "far-away" in text and "SHUNNED" in text
     assert "12 checked, 1 quarantined" in text
+
+
+def test_what_the_node_did_as_a_down_sites_delegate_is_reported(tmp_path: Path) -> None:
+    created = create_site(tmp_path / "site", "county", "MESH_CTY", 11112, {})
+    code, text = run("status", "--config", created.config_path)
+    assert code == 0 and "delegate for" not in text  # no delegation kept: nothing to say
+    state = tmp_path / "site" / "state"
+    state.mkdir()
+    document = {
+        "updated_at": time.time(),
+        "delegations": 2,
+        "owners_down": 1,
+        "acting_for": ["st-marys"],
+        "last_pass": {"checked": 3, "repaired": 1, "failed": 0, "unrecoverable": 0,
+                      "shares_placed": 2},
+        "since_start": {"repaired": 1, "shares_placed": 2, "last_repair_at": time.time()},
+    }  # fmt: skip
+    (state / "delegate.json").write_text(json.dumps(document))
+    _, out = run("status", "--config", created.config_path, "--json")
+    assert json.loads(out)["delegate"] == document
+    _, text = run("status", "--config", created.config_path)
+    assert "delegate for 2 site(s) that trust this one: acting for st-marys (down);" in text
+    assert "2 of their shares rebuilt" in text

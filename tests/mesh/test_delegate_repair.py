@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from meshpacs.node.status import site_status
 from meshpacs.recovery.command import RecoverRequest, run_recovery
 from meshpacs.store.names import fragment_path
 from meshpacs.store.records import owner_directory
@@ -92,6 +93,14 @@ async def test_a_trusted_peer_rebuilds_a_burnt_sites_shares_and_the_site_comes_b
         raise
     rebuilt_at = {share: holders_now(fed, fid) for share, fid in lost.items()}
     assert not {s for sites in rebuilt_at.values() for s in sites} & set(first)
+    await eventually(
+        lambda: (
+            (site_status(delegate.config)["delegate"] or {}).get("acting_for") == ["site-a"]
+            and site_status(delegate.config)["delegate"]["since_start"]["shares_placed"] >= 2
+        ),
+        10,
+        "status says whom the delegate acts for and what it rebuilt",
+    )
 
     # The other original holders go too (the delegate keeps its own, if it had one): what
     # is left of the bundle is what the delegate made, and at most one original share.

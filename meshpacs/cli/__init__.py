@@ -110,7 +110,8 @@ def selftest(
 
 _PHRASE_WARNING = (
     "Write this recovery phrase down on paper and keep it in a safe. It is the only way to"
-    " rebuild this site's keys if this machine is lost. It is not stored anywhere."
+    " rebuild this site's keys if this machine is lost. This machine keeps the same secret"
+    " in site.key: protect its disk as you protect the paper."
 )
 
 
@@ -276,7 +277,8 @@ def status(
     """How well this site's studies are protected, and which partner sites are online.
 
     Studies: protected (every bundle stored at n partner sites), degraded (protected,
-    but some bundle on fewer than n sites: repair will top it up) and unprotected (not
+    but some bundle on fewer than n sites; repair rebuilds it once it falls below the
+    repair threshold) and unprotected (not
     yet backed up). Audits: how the partners holding this site's shares answered when
     asked to prove they still keep them (ok, failed: the bytes changed, missing: gone).
     Peers: the member sites the running node sees and the trusted peers from the config,

@@ -42,7 +42,7 @@ def test_init_creates_the_site_and_prints_the_phrase_once(tmp_path: Path) -> Non
     assert SiteSecret.from_phrase(phrase) == secret
     out = flat(done.stdout)
     assert "Write this recovery phrase down on paper and keep it in a safe." in out
-    assert "It is not stored anywhere." in out
+    assert "protect its disk as you protect the paper" in out
     assert secret.fingerprint in out
     assert str(site / "config.toml") in out
     config = load_config(site / "config.toml")

@@ -257,7 +257,10 @@ class Repairer:
         outputs = {share: workdir / f"share-{share}" for share in missing}
         fragments = list(gathered.paths.values())
         await asyncio.to_thread(regenerate_files, planned.ref, fragments, outputs)
-        sites = await self._sites(bundle, lost, planned.ref.header.fragment_size)
+        # A site that just took an adopted share must not take a second share of it.
+        sites = await self._sites(
+            bundle, lost, planned.ref.header.fragment_size, taken=set(adopted.values())
+        )
 
         spoilt = {p.holder_site: p.fragment_id for p in bundle.bad}
 
@@ -342,7 +345,11 @@ class Repairer:
                              instances=())  # fmt: skip
 
     async def _sites(
-        self, bundle: ledger.BundleShares, lost: set[str], fragment_size: int
+        self,
+        bundle: ledger.BundleShares,
+        lost: set[str],
+        fragment_size: int,
+        taken: AbstractSet[str] = frozenset(),
     ) -> list[str]:
         """Sites for the missing shares: those new to the bundle, closest to its key first;
         then those whose copy went bad (not lost, not shunned), their bad copy deleted
@@ -353,7 +360,7 @@ class Repairer:
         shunned = await self._catalog.read(
             lambda db: health.shunned_sites(db, s.reputation_floor, now, s.half_life)
         )
-        good = {p.holder_site for p in bundle.good.values()}
+        good = {p.holder_site for p in bundle.good.values()} | taken
         spoilt = {p.holder_site for p in bundle.bad} - good - lost - shunned
         exclude = good | lost | shunned
         key = placement_key(bundle.bundle_id)

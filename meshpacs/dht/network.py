@@ -48,7 +48,8 @@ second).
   lookup.
 * rpcudp sets the result of a request's future when its reply or its timeout comes, even
   if the caller was cancelled meanwhile (InvalidStateError, logged as an unretrieved task
-  exception); :class:`MeshProtocol` drops such a request instead.
+  exception); :class:`MeshProtocol` drops such a request instead, and a reply whose
+  transport closed while it was being made (the node stopping).
 * ``save_state``/``load_state`` use pickle and are never called; restarts rely on the
   SQLite record store and the configured bootstrap peers.
 * The package's hourly refresh (``Server.refresh_table``) still runs: it refreshes lonely
@@ -130,6 +131,17 @@ class MeshProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia ships no
             del self._outstanding[msg_id]
             return
         super()._accept_response(msg_id, data, address)
+
+    async def _accept_request(self, msg_id: bytes, data: object, address: Address) -> None:
+        # A request still being answered when the node stops: asyncio's closed transport
+        # fails the reply with AttributeError (its socket and loop are gone), in a task
+        # nobody awaits. The asker gets no reply, as from any node that went away.
+        try:
+            await super()._accept_request(msg_id, data, address)
+        except (AttributeError, OSError):
+            if self.transport is None or self.transport.is_closing():
+                return
+            raise
 
     def _timeout(self, msg_id: bytes) -> None:
         # The same for the timer of a request whose caller is gone.

@@ -28,11 +28,12 @@ RANK = {
     "backup": 8,
     "recovery": 8,
     "upkeep": 9,  # audits and repair: uses both backup and recovery
-    "node": 10,
-    "selftest": 10,
-    "testbed": 11,  # lays out and runs whole federations of nodes
-    "cli": 12,
-    "__main__": 13,  # python -m meshpacs
+    "web": 10,  # dashboard, metrics: given the status document, imports nothing of node
+    "node": 11,
+    "selftest": 11,
+    "testbed": 12,  # lays out and runs whole federations of nodes
+    "cli": 13,
+    "__main__": 14,  # python -m meshpacs
 }
 
 

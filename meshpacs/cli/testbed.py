@@ -87,8 +87,10 @@ def testbed_up(
     Returns once every node (and every Orthanc) answers C-ECHO. Push studies with any
     DICOM tool to a site's AE title and port, or to its Orthanc's (see ROOT/testbed.json;
     an Orthanc's REST password is in its password_file): they are backed up across the
-    other sites with no further step. Stop everything with `meshpacs testbed down`. If
-    starting fails half-way, what did start is stopped again.
+    other sites with no further step. Each site's dashboard URL (token included; metrics
+    at /metrics with the same token) is printed and kept in testbed.json. Stop everything
+    with `meshpacs testbed down`. If starting fails half-way, what did start is stopped
+    again.
     """
     try:
         plan = create_testbed(
@@ -119,6 +121,8 @@ def testbed_up(
             f"  {site.site_id}: AE {site.ae_title} at {site.host}:{site.dicom_port}"
             f"  (pid {site.pid}, trusts {', '.join(site.trusted) or 'nobody'})"
         )
+        if site.dashboard_url:
+            typer.echo(f"    dashboard {site.dashboard_url}")
         if site.orthanc is not None:
             typer.echo(
                 f"    Orthanc {site.orthanc['ae_title']} at {site.host}:"

@@ -47,6 +47,7 @@ __all__ = [
     "NodeConfig",
     "Setting",
     "SiteConfig",
+    "WebConfig",
     "load_config",
     "parse_config",
     "render_config",
@@ -75,6 +76,7 @@ _MAX_SHARES = 256  # zfec's limit on n
 _SEGMENT_KIB_RANGE = (MIN_SEGMENT_SIZE // _KIB, MAX_SEGMENT_SIZE // _KIB)
 _MAX_BUNDLE_MB_RANGE = (1, 1024 * 1024)
 _MAX_PASS_INTERVAL = 3600.0
+_MAX_HISTORY_INTERVAL = 86400.0
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,252})")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -217,6 +219,19 @@ class MaintenanceConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """``[web]``: the read-only dashboard, ``/metrics`` and ``/status.json``.
+
+    ``port = 0`` lets the system pick a free port (tests; the node logs the one bound).
+    """
+
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = 8480
+    history_interval_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     """``[logging]``. ``log_phi`` is a debug switch the node warns about at start."""
 
@@ -235,6 +250,7 @@ class NodeConfig:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     backup: BackupConfig = field(default_factory=BackupConfig)
     maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -485,6 +501,7 @@ _SECTION_KEYS: dict[str, frozenset[str]] = {
         lease_renew_seconds="lease_renew_hours",
         expired_grace_seconds="expired_grace_days",
     ),
+    "web": _names(WebConfig),
 }
 
 
@@ -515,16 +532,18 @@ def parse_config(text: str, base_dir: Path, source: str) -> NodeConfig:
     root = _Section(source, "", document, _SECTION_KEYS)
     site = _site(root.table("site", _SECTION_KEYS["site"], required=True), base_dir)
     dicom = _dicom(root.table("dicom", _SECTION_KEYS["dicom"], required=True))
+    mesh = _mesh(root.table("mesh", _SECTION_KEYS["mesh"], required=False), site, dicom)
     return NodeConfig(
         site=site,
         dicom=dicom,
         catalog=_catalog(root.table("catalog", _SECTION_KEYS["catalog"], required=False)),
         logging=_logging(root.table("logging", _SECTION_KEYS["logging"], required=False)),
-        mesh=_mesh(root.table("mesh", _SECTION_KEYS["mesh"], required=False), site, dicom),
+        mesh=mesh,
         backup=_backup(root.table("backup", _SECTION_KEYS["backup"], required=False)),
         maintenance=_maintenance(
             root.table("maintenance", _SECTION_KEYS["maintenance"], required=False)
         ),
+        web=_web(root.table("web", _SECTION_KEYS["web"], required=False), dicom, mesh),
     )
 
 
@@ -870,6 +889,32 @@ def _maintenance(section: _Section) -> MaintenanceConfig:
         lease_renew_seconds=renew_hours * 3600,
         expired_grace_seconds=86400
         * section.seconds("expired_grace_days", 3650, defaults.expired_grace_seconds / 86400),
+    )
+
+
+def _web(section: _Section, dicom: DicomConfig, mesh: MeshConfig) -> WebConfig:
+    defaults = WebConfig()
+    bind = section.string("bind", defaults.bind)
+    problem = _host_problem(bind)
+    if problem is not None:
+        raise section.error("bind", f'{problem}; use an address of this machine, e.g. "127.0.0.1"')
+    # 0: any free port, which the node logs; for tests and throwaway testbeds.
+    port = section.integer("port", (0, _PORT_RANGE[1]), defaults.port)
+    others = {dicom.port: "dicom.port", mesh.dht_port: "mesh.dht_port"}
+    others[mesh.transport_port] = "mesh.transport_port"
+    if port in others:
+        raise section.error(
+            "port",
+            f"{port} is also {others[port]}; give each of the node's ports a number of its own",
+        )
+    interval = section.seconds(
+        "history_interval_seconds", _MAX_HISTORY_INTERVAL, defaults.history_interval_seconds
+    )
+    return WebConfig(
+        enabled=section.boolean("enabled", defaults.enabled),
+        bind=bind,
+        port=port,
+        history_interval_seconds=interval,
     )
 
 

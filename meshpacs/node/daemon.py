@@ -8,6 +8,12 @@ aborted one is simply sent again by the PACS.
 The node's start and stop, each storage association and each C-FIND are recorded as ATNA
 audit events in the site's trail (``<data_dir>/trail``, :mod:`meshpacs.trail`).
 
+With ``[web] enabled`` the node also serves its read-only dashboard and ``/metrics``
+(:mod:`meshpacs.web`), drawn from the same status document as ``meshpacs status``, and
+appends a snapshot of its study counts to ``state/history.jsonl`` for the dashboard's
+chart. The log gives the dashboard's address, never its token (``state/dashboard.token``).
+A dashboard that cannot start is logged as an error and the node runs on without it.
+
 pynetdicom runs associations in its own threads; the catalog and its group-commit writer
 run on this module's event loop, and the C-STORE handler hands records across.
 """
@@ -16,12 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from meshpacs.dicom.ingest import CatalogWriter, IngestService, reconcile_recent
 from meshpacs.dicom.qr import QueryRetrieveService
@@ -33,10 +41,21 @@ from meshpacs.node.config import NodeConfig
 from meshpacs.node.mesh import MeshNode
 from meshpacs.node.mesh_retrieve import retriever_for
 from meshpacs.node.site import load_site_secret
+from meshpacs.node.status import site_status
+from meshpacs.store.store import INDEX_NAME
 from meshpacs.trail import TrailWriter, local_user
 from meshpacs.trail.messages import AuditSource, Outcome, application_activity
+from meshpacs.web import (
+    HISTORY_FILE,
+    TOKEN_FILE,
+    DashboardServer,
+    catalog_figures,
+    ensure_token,
+    keep_history,
+    read_history,
+)
 
-__all__ = ["NodeStarted", "configure_logging", "open_trail", "run_node"]
+__all__ = ["NodeStarted", "configure_logging", "node_figures", "open_trail", "run_node"]
 
 LOG = logging.getLogger("meshpacs.node")
 # How long associations in flight may finish after a stop request before they are aborted.
@@ -50,6 +69,7 @@ class NodeStarted:
     dicom_port: int
     dht_port: int = 0  # 0: the mesh is off
     transport_port: int = 0
+    web_port: int = 0  # 0: no dashboard ([web] enabled = false, or it could not start)
 
 
 def configure_logging(level: str) -> None:
@@ -115,6 +135,8 @@ async def run_node(
     ae = DicomAE(_ae_settings(config), ingest, qr, trail)
     background: asyncio.Task[None] | None = None
     mesh: MeshNode | None = None
+    web: DashboardServer | None = None
+    history: asyncio.Task[None] | None = None
     running = False
     try:
         try:
@@ -138,11 +160,22 @@ async def run_node(
             background = loop.create_task(
                 _watch_stability(catalog, config.catalog.stable_after_seconds)
             )
+        if config.web.enabled:
+            web = await _start_web(config)
+            history = loop.create_task(
+                keep_history(
+                    functools.partial(site_status, config),
+                    config.state_dir / HISTORY_FILE,
+                    config.web.history_interval_seconds,
+                    stop,
+                )
+            )
         started(
             NodeStarted(
                 dicom_port=port,
                 dht_port=mesh.dht_port if mesh else 0,
                 transport_port=mesh.transport_port if mesh else 0,
+                web_port=web.port if web else 0,
             )
         )
         await stop.wait()
@@ -151,6 +184,12 @@ async def run_node(
         )
     finally:
         await asyncio.to_thread(ae.stop, SHUTDOWN_GRACE_SECONDS)
+        if web is not None:
+            await web.close()
+        if history is not None:
+            history.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await history
         if background is not None:
             background.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -165,6 +204,34 @@ async def run_node(
         if running:
             await _record_activity(trail, False)
         LOG.info("node stopped")
+
+
+def node_figures(config: NodeConfig) -> dict[str, Any]:
+    """What the dashboard and ``/metrics`` show beyond the status document (all counts)."""
+    figures = catalog_figures(config.catalog_path, config.fragments_dir / INDEX_NAME)
+    figures["backup"] = {"k": config.backup.k, "n": config.backup.n, "happy": config.backup.happy}
+    return figures
+
+
+async def _start_web(config: NodeConfig) -> DashboardServer | None:
+    """The dashboard, listening; None (logged as an error) if it cannot start."""
+    try:
+        token = await asyncio.to_thread(ensure_token, config.state_dir / TOKEN_FILE)
+        server = DashboardServer(
+            token=token,
+            status=functools.partial(site_status, config),
+            figures=functools.partial(node_figures, config),
+            history=functools.partial(read_history, config.state_dir / HISTORY_FILE),
+            bind=config.web.bind,
+            port=config.web.port,
+        )
+        await server.start()
+    except (OSError, MeshError) as exc:
+        # Backups must not wait for a web page: the node runs on, and says so loudly.
+        LOG.error("dashboard not started on %s port %d: %s", config.web.bind, config.web.port, exc)
+        return None
+    LOG.info("dashboard at %s (token in %s)", server.url, config.state_dir / TOKEN_FILE)
+    return server
 
 
 def open_trail(config: NodeConfig) -> TrailWriter | None:

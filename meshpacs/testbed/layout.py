@@ -11,11 +11,15 @@
       recovery/<site id>/       where `meshpacs recover` keeps its journal for that site
       logs/                     node logs, when the testbed runs nodes as processes
       testbed.json              what scripts read: sites, ports, paths (see ``TestbedPlan``)
+                                and each site's ``dashboard_url``, token included
 
 Every site gets the mesh turned on, bound to 127.0.0.1 with its own ports, bootstrapping
 from two of the first three sites' DHTs (never its own), and trusting the next two
 sites in a ring unless told otherwise. Timings can be made short for tests
-(``stable_seconds``, ``pass_interval``).
+(``stable_seconds``, ``pass_interval``). Each site's dashboard gets a port of its own on
+the site's address and its token is made with the site, so ``testbed.json`` can give a
+URL a browser or a script opens directly; its history is sampled every ``history_seconds``
+so a trial sees the chart move.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from meshpacs.keys import NodeIdentity
 from meshpacs.node.config import Setting
 from meshpacs.node.site import create_site, load_site_secret
 from meshpacs.testing.loopback import free_port
+from meshpacs.web import TOKEN_FILE, ensure_token
 
 __all__ = [
     "FAST_MAINTENANCE",
@@ -79,6 +84,10 @@ class TestbedSite:
     # What `meshpacs recover` needs besides --phrase-file, --to-ae and --json, all outside
     # data_dir (option name without dashes -> value; lists repeat the option).
     recover_args: dict[str, object] = field(default_factory=dict)
+    # The read-only dashboard (and /metrics, /status.json) with its token: a secret of this
+    # testbed, like the phrases. Empty in a testbed.json written before dashboards existed.
+    web_port: int = 0
+    dashboard_url: str = ""
 
 
 @dataclass
@@ -130,6 +139,7 @@ def create_testbed(
     maintenance: Mapping[str, Setting] | None = None,
     port: Callable[[], int] = free_port,
     hosts: Sequence[str] | None = None,
+    history_seconds: float = 5.0,
 ) -> TestbedPlan:
     """Lay out a federation of ``sites`` sites under ``root`` (new or empty).
 
@@ -155,10 +165,10 @@ def create_testbed(
     (root / "phrases").mkdir(mode=0o700)
     (root / "logs").mkdir(mode=0o700)
     ids = [f"site-{chr(ord('a') + i)}" if i < 26 else f"site-{i + 1}" for i in range(sites)]
-    ports = [(port(), port(), port()) for _ in ids]
+    ports = [(port(), port(), port(), port()) for _ in ids]
     plan = TestbedPlan(str(root), k, n, happy, str(root / "ca"))
     for index, site_id in enumerate(ids):
-        dicom_port, dht_port, transport_port = ports[index]
+        dicom_port, dht_port, transport_port, web_port = ports[index]
         host = hosts[index]
         # Two bootstrap peers (never itself), so one of them down does not isolate it.
         seeds = [i for i in (0, 1, 2) if i != index][:2]
@@ -180,11 +190,17 @@ def create_testbed(
             ("backup", "happy"): happy,
             ("backup", "segment_kib"): segment_kib,
             ("backup", "pass_interval_seconds"): float(pass_interval),
+            ("web", "bind"): host,
+            ("web", "port"): web_port,
+            ("web", "history_interval_seconds"): float(history_seconds),
         }
         settings.update({("maintenance", key): value for key, value in (maintenance or {}).items()})
         directory = root / "sites" / site_id
         ae_title = f"MESH_{site_id.upper().replace('-', '_')}"[:16]
         created = create_site(directory, site_id, ae_title, dicom_port, settings)
+        # Made now, not at the node's first start, so testbed.json can hold the URL.
+        token = ensure_token(directory / "state" / TOKEN_FILE)
+        web_host = f"[{host}]" if ":" in host else host
         phrase_file = root / "phrases" / f"{site_id}.phrase"
         fd = os.open(phrase_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="ascii") as out:
@@ -215,6 +231,8 @@ def create_testbed(
                     "bootstrap": [f"{hosts[i]}:{ports[i][1]}" for i in range(sites) if i != index],
                     "workdir": str(root / "recovery" / site_id),
                 },
+                web_port=web_port,
+                dashboard_url=f"http://{web_host}:{web_port}/?token={token}",
             )
         )
     plan.save()

@@ -19,6 +19,7 @@ from meshpacs.node.config import (
     MeshConfig,
     NodeConfig,
     SiteConfig,
+    WebConfig,
     parse_config,
     render_config,
     sample_config,
@@ -32,6 +33,7 @@ SECTIONS: dict[str, type] = {
     "mesh": MeshConfig,
     "backup": BackupConfig,
     "maintenance": MaintenanceConfig,
+    "web": WebConfig,
 }
 TABLES = {("dicom", "destinations")}  # options written as a [table] rather than key = value
 # Sizes the file gives in the unit its key names (GiB, MiB, KiB), held in bytes by a field

@@ -178,9 +178,10 @@ def _studies(status: Mapping[str, Any], figures: Mapping[str, Any]) -> str:
     studies = _dict(status.get("studies"))
     age = figures.get("backlog_oldest_age_seconds")
     waiting = _int(studies.get("unprotected"))
-    age_text = "none waiting" if not waiting else "unknown"
-    if waiting and isinstance(age, int | float):
-        age_text = _duration(float(age))
+    age_text, age_label = "—", "oldest in the backlog (none waiting)"
+    if waiting:
+        age_label = "oldest in the backlog"
+        age_text = _duration(float(age)) if isinstance(age, int | float) else "unknown"
     by_state = _dict(figures.get("studies_by_state"))
     detail = ""
     if by_state:
@@ -192,7 +193,7 @@ def _studies(status: Mapping[str, Any], figures: Mapping[str, Any]) -> str:
         + _card("protected", str(_int(studies.get("protected"))), "protected")
         + _card("degraded", str(_int(studies.get("degraded"))), "degraded (a bundle below n)")
         + _card("unprotected", str(waiting), "not yet protected (backlog)")
-        + _card("age", age_text, "oldest in the backlog")
+        + _card("age", age_text, age_label)
         + f"</div>{detail}</section>"
     )
 

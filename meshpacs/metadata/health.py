@@ -91,11 +91,15 @@ def record_challenges(db: sqlite3.Connection, bundle_ref: int, sets: Mapping[int
     )
 
 
-def next_audit(db: sqlite3.Connection, *, unreachable_since: float) -> AuditTarget | None:
+def next_audit(
+    db: sqlite3.Connection, *, unreachable_since: float, audited_before: float | None = None
+) -> AuditTarget | None:
     """The placement audited longest ago with a challenge left; spends that challenge.
 
     Holders found unreachable after ``unreachable_since`` are left out: asking again so
-    soon would only spend a challenge on a timeout.
+    soon would only spend a challenge on a timeout. With ``audited_before``, so is every
+    placement audited since then (never audited ones always qualify): a share's
+    challenges are spread over time instead of spent as fast as the budget allows.
     """
     row = db.execute(
         "SELECT p.bundle_ref, p.share, p.holder_site, p.fragment_id, a.challenges, a.spent,"
@@ -106,8 +110,9 @@ def next_audit(db: sqlite3.Connection, *, unreachable_since: float) -> AuditTarg
         " AND b.state IN ('encoded', 'stored', 'degraded')"
         " AND p.holder_site NOT IN (SELECT site_id FROM peer_reputation"
         "   WHERE unreachable_at > ? OR leaving_at IS NOT NULL)"
+        " AND (p.audited_at IS NULL OR p.audited_at < ?)"
         " ORDER BY p.audited_at, p.bundle_ref, p.share LIMIT 1",  # NULL (never) sorts first
-        (unreachable_since,),
+        (unreachable_since, float("inf") if audited_before is None else audited_before),
     ).fetchone()
     if row is None:
         return None

@@ -205,6 +205,9 @@ class MaintenanceConfig:
 
     audits_per_hour: float = 120.0
     audit_challenges: int = 16
+    # Each share's challenges are spent at most one per spread/challenges: a small site's
+    # budget would otherwise use them all up in days and then never audit again.
+    audit_spread_seconds: float = 365 * 86400.0
     audit_timeout_seconds: float = 30.0
     reputation_floor: float = 0.3
     reputation_half_life_seconds: float = 7 * 86400.0
@@ -493,6 +496,7 @@ _SECTION_KEYS: dict[str, frozenset[str]] = {
     "maintenance": _names(
         MaintenanceConfig,
         reputation_half_life_seconds="reputation_half_life_days",
+        audit_spread_seconds="audit_spread_days",
         scrub_bytes_per_second="scrub_mb_per_second",
         scrub_interval_seconds="scrub_interval_hours",
         lost_after_seconds="lost_after_hours",
@@ -868,8 +872,14 @@ def _maintenance(section: _Section) -> MaintenanceConfig:
         raise section.error(
             "lease_renew_hours", f"must be shorter than the lease ({lease_days:g} days)"
         )
+    spread_days = float(
+        section.get("audit_spread_days", (int, float), defaults.audit_spread_seconds / 86400)
+    )
+    if not 0 <= spread_days <= 3650:
+        raise section.error("audit_spread_days", "must be from 0 (no spreading) to 3650 days")
     return MaintenanceConfig(
         audits_per_hour=section.seconds("audits_per_hour", 360_000, defaults.audits_per_hour),
+        audit_spread_seconds=spread_days * 86400,
         audit_challenges=section.integer("audit_challenges", (0, 1024), defaults.audit_challenges),
         audit_timeout_seconds=section.seconds(
             "audit_timeout_seconds", 3600, defaults.audit_timeout_seconds

@@ -267,6 +267,7 @@ class MeshNode:
                 # short outage is seen before it counts as lost.
                 retry_seconds=min(600.0, m.lost_after_seconds / 4),
                 half_life=m.reputation_half_life_seconds,
+                min_gap_seconds=m.audit_spread_seconds / max(1, m.audit_challenges),
             ),
             clock=clock,
         )

@@ -54,6 +54,7 @@ __all__ = [
 FAST_MAINTENANCE: dict[str, Setting] = {
     "audits_per_hour": 3600.0,
     "audit_challenges": 1024,
+    "audit_spread_days": 0,  # audit as fast as the budget allows
     "audit_timeout_seconds": 5.0,
     "scrub_interval_hours": 0.005,
     "repair_threshold": 256,  # at most n: any lost share is rebuilt

@@ -60,10 +60,13 @@ class AuditSettings:
     timeout_seconds: float = 30.0
     retry_seconds: float = 600.0  # an unreachable peer is left alone this long
     half_life: float = DEFAULT_HALF_LIFE
+    min_gap_seconds: float = 0.0  # between two audits of one placement (challenges last)
 
     def __post_init__(self) -> None:
         if not 0 < self.audits_per_hour <= 360_000:
             raise ValueError(f"audits_per_hour must be in (0, 360000], not {self.audits_per_hour}")
+        if self.min_gap_seconds < 0:
+            raise ValueError("the gap between audits of a placement must not be negative")
         if self.timeout_seconds <= 0 or self.retry_seconds < 0 or self.half_life <= 0:
             raise ValueError("audit timeout and half-life must be positive, retry not negative")
 
@@ -109,8 +112,16 @@ class Auditor:
 
     async def audit_once(self) -> AuditResult | None:
         """Audit the placement whose turn it is; None when nothing can be audited now."""
-        since = self._clock() - self.settings.retry_seconds
-        target = await self._catalog.write(partial(health.next_audit, unreachable_since=since))
+        now = self._clock()
+        since = now - self.settings.retry_seconds
+        gap = self.settings.min_gap_seconds
+        target = await self._catalog.write(
+            partial(
+                health.next_audit,
+                unreachable_since=since,
+                audited_before=now - gap if gap else None,
+            )
+        )
         if target is None:
             return None
         outcome, latency = await self._ask(target)

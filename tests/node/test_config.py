@@ -636,3 +636,16 @@ def test_leases_are_read_in_days_and_hours() -> None:
 )  # fmt: skip
 def test_lease_values_are_checked(lines: str, key: str, words: tuple[str, ...]) -> None:
     refused(MINIMAL + "[maintenance]\n" + lines + "\n", key, *words)
+
+
+def test_audit_spread_is_read_in_days_and_zero_turns_it_off() -> None:
+    assert parse(MINIMAL).maintenance.audit_spread_seconds == 365 * 86400
+    spread = parse(MINIMAL + "[maintenance]\naudit_spread_days = 30\n").maintenance
+    assert spread.audit_spread_seconds == 30 * 86400
+    assert (
+        parse(MINIMAL + "[maintenance]\naudit_spread_days = 0\n").maintenance.audit_spread_seconds
+        == 0
+    )
+    for bad in ("-1", "3651"):
+        refused(MINIMAL + f"[maintenance]\naudit_spread_days = {bad}\n",
+                "maintenance.audit_spread_days", "0 (no spreading) to 3650")  # fmt: skip

@@ -46,6 +46,7 @@ SAMPLE_KEY_OF_FIELD = {
     ("backup", "max_bundle_bytes"): "max_bundle_mb",
     ("backup", "keep_local_seconds"): "keep_local",
     ("maintenance", "reputation_half_life_seconds"): "reputation_half_life_days",
+    ("maintenance", "audit_spread_seconds"): "audit_spread_days",
     ("maintenance", "scrub_bytes_per_second"): "scrub_mb_per_second",
     ("maintenance", "scrub_interval_seconds"): "scrub_interval_hours",
     ("maintenance", "lost_after_seconds"): "lost_after_hours",

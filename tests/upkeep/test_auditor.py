@@ -87,6 +87,9 @@ async def test_altered_truncated_and_removed_fragments_fail_their_audit(site: Si
     for _ in range(16):
         if (await verdicts(site))[altered] == "failed":
             break
+        # Time moves on between audits: with equal audit times the oldest-first order
+        # falls back to share number, and the intact share could win every turn.
+        site.clock.advance(1)
         await checker.audit_once()
     assert (await verdicts(site))[altered] == "failed"
     counts = await site.catalog.read(health.verdict_counts)
@@ -169,3 +172,20 @@ async def test_audits_are_spread_over_the_hour_within_the_budget(site: Site) -> 
     assert 50 <= sum(gaps) / len(gaps) <= 70
     counts = await site.catalog.read(health.verdict_counts)
     assert counts.ok == 4
+
+
+async def test_a_placement_is_audited_again_only_after_the_minimum_gap(site: Site) -> None:
+    """Challenges last: each placement once, then nothing until its gap has passed."""
+    holders = DirHolders(site.partners.root)
+    checker = auditor(site, holders, min_gap_seconds=100.0)
+    assert await audit_round(site, checker, 4) == [Outcome.PASSED] * 4  # each once
+    site.clock.advance(1)
+    assert await checker.audit_once() is None  # all four were audited within the gap
+    site.clock.advance(100)
+    assert await audit_round(site, checker, 4) == [Outcome.PASSED] * 4
+    asked = [s for s, _ in holders.asked]
+    assert sorted(asked[:4]) == sorted(asked[4:]) and len(set(asked)) == 4
+    left = await site.catalog.read(
+        lambda db: db.execute("SELECT total - spent FROM audit_sets").fetchall()
+    )
+    assert {int(r[0]) for r in left} == {14}  # two spent per share, not the budget's worth

@@ -35,8 +35,10 @@ from meshpacs.federation.names import site_id_problem as _site_id_problem
 
 __all__ = [
     "AE_TITLE_MAX_LENGTH",
+    "LOG_FORMATS",
     "LOG_LEVELS",
     "SITE_ID_MAX_LENGTH",
+    "AuditTrailConfig",
     "BackupConfig",
     "CatalogConfig",
     "Destination",
@@ -59,6 +61,7 @@ __all__ = [
 
 AE_TITLE_MAX_LENGTH = 16
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("kv", "json")
 
 # Bounds that catch typos (a size in KiB where bytes were meant, a timeout in ms) while
 # leaving room for every sane deployment; each is stated in the sample's comments.
@@ -236,10 +239,30 @@ class WebConfig:
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    """``[logging]``. ``log_phi`` is a debug switch the node warns about at start."""
+    """``[logging]``. ``log_phi`` is a debug switch the node warns about at start.
+
+    ``format``: ``"kv"`` writes one ``key=value`` line per event, ``"json"`` one JSON object.
+    """
 
     level: str = "INFO"
     log_phi: bool = False
+    format: str = "kv"
+
+
+@dataclass(frozen=True)
+class AuditTrailConfig:
+    """``[audit_trail]``: what the ATNA trail records and where it forwards a copy.
+
+    ``syslog_host = ""`` forwards nothing. ``syslog_ca`` is a CA bundle for the collector's
+    certificate (None: the system's trusted CAs); ``syslog_server_name`` is the name in that
+    certificate ("" : ``syslog_host``).
+    """
+
+    include_uids: bool = False
+    syslog_host: str = ""
+    syslog_port: int = 6514
+    syslog_ca: Path | None = None
+    syslog_server_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -254,6 +277,7 @@ class NodeConfig:
     backup: BackupConfig = field(default_factory=BackupConfig)
     maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    audit_trail: AuditTrailConfig = field(default_factory=AuditTrailConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -506,6 +530,7 @@ _SECTION_KEYS: dict[str, frozenset[str]] = {
         expired_grace_seconds="expired_grace_days",
     ),
     "web": _names(WebConfig),
+    "audit_trail": _names(AuditTrailConfig),
 }
 
 
@@ -548,6 +573,9 @@ def parse_config(text: str, base_dir: Path, source: str) -> NodeConfig:
             root.table("maintenance", _SECTION_KEYS["maintenance"], required=False)
         ),
         web=_web(root.table("web", _SECTION_KEYS["web"], required=False), dicom, mesh),
+        audit_trail=_audit_trail(
+            root.table("audit_trail", _SECTION_KEYS["audit_trail"], required=False), base_dir
+        ),
     )
 
 
@@ -670,7 +698,12 @@ def _logging(section: _Section) -> LoggingConfig:
     level = section.string("level", defaults.level)
     if level.upper() not in LOG_LEVELS:
         raise section.error("level", f"must be one of {', '.join(LOG_LEVELS)}, not {_shown(level)}")
-    return LoggingConfig(level=level.upper(), log_phi=section.boolean("log_phi", defaults.log_phi))
+    form = section.string("format", defaults.format)
+    if form not in LOG_FORMATS:
+        raise section.error("format", f'must be "kv" or "json", not {_shown(form)}')
+    return LoggingConfig(
+        level=level.upper(), log_phi=section.boolean("log_phi", defaults.log_phi), format=form
+    )
 
 
 def _mesh(section: _Section, site: SiteConfig, dicom: DicomConfig) -> MeshConfig:
@@ -925,6 +958,27 @@ def _web(section: _Section, dicom: DicomConfig, mesh: MeshConfig) -> WebConfig:
         bind=bind,
         port=port,
         history_interval_seconds=interval,
+    )
+
+
+def _audit_trail(section: _Section, base_dir: Path) -> AuditTrailConfig:
+    defaults = AuditTrailConfig()
+    host = section.string("syslog_host", defaults.syslog_host)
+    if host:
+        problem = _host_problem(host)
+        if problem is not None:
+            raise section.error("syslog_host", f"{problem}; give the collector's address or name")
+    name = section.string("syslog_server_name", defaults.syslog_server_name)
+    if name and _host_problem(name) is not None:
+        raise section.error("syslog_server_name", f"{_shown(name)} is not a host name")
+    raw_ca = section.string("syslog_ca", "")
+    ca = Path(os.path.normpath(base_dir.absolute() / raw_ca)) if raw_ca.strip() else None
+    return AuditTrailConfig(
+        include_uids=section.boolean("include_uids", defaults.include_uids),
+        syslog_host=host,
+        syslog_port=section.integer("syslog_port", _PORT_RANGE, defaults.syslog_port),
+        syslog_ca=ca,
+        syslog_server_name=name,
     )
 
 

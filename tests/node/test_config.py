@@ -9,6 +9,7 @@ import pytest
 
 from meshpacs.errors import ConfigError, MeshError
 from meshpacs.node.config import (
+    AuditTrailConfig,
     BackupConfig,
     CatalogConfig,
     Destination,
@@ -649,3 +650,53 @@ def test_audit_spread_is_read_in_days_and_zero_turns_it_off() -> None:
     for bad in ("-1", "3651"):
         refused(MINIMAL + f"[maintenance]\naudit_spread_days = {bad}\n",
                 "maintenance.audit_spread_days", "0 (no spreading) to 3650")  # fmt: skip
+
+
+def test_logging_format_and_audit_trail_defaults() -> None:
+    config = parse(MINIMAL)
+    assert config.logging.format == "kv"
+    assert config.audit_trail == AuditTrailConfig()
+    assert not config.audit_trail.include_uids and config.audit_trail.syslog_host == ""
+
+
+def test_audit_trail_table_is_read_with_the_ca_relative_to_the_file() -> None:
+    config = parse(
+        MINIMAL
+        + """
+[logging]
+format = "json"
+[audit_trail]
+include_uids = true
+syslog_host = "10.1.2.3"
+syslog_port = 6515
+syslog_ca = "certs/arr-ca.pem"
+syslog_server_name = "arr.hospital.example"
+"""
+    )
+    assert config.logging.format == "json"
+    trail = config.audit_trail
+    assert trail.include_uids and trail.syslog_host == "10.1.2.3" and trail.syslog_port == 6515
+    assert trail.syslog_ca is not None and trail.syslog_ca.is_absolute()
+    assert trail.syslog_ca.parts[-2:] == ("certs", "arr-ca.pem")
+    assert trail.syslog_server_name == "arr.hospital.example"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        ('[logging]\nformat = "text"\n', "logging.format", ('"kv" or "json"',)),
+        ('[audit_trail]\nsyslog_host = "not a host"\n', "audit_trail.syslog_host", ("neither",)),
+        ("[audit_trail]\nsyslog_port = 0\n", "audit_trail.syslog_port", ("from 1 to 65535",)),
+        ('[audit_trail]\nsyslog_server_name = "a b"\n', "audit_trail.syslog_server_name", ()),
+        ('[audit_trail]\ninclude_uids = "yes"\n', "audit_trail.include_uids", ("true or false",)),
+    ],
+)
+def test_logging_and_audit_trail_values_are_checked(
+    text: str, key: str, words: tuple[str, ...]
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse(MINIMAL + text)
+    message = str(caught.value)
+    assert key in message
+    for word in words:
+        assert word in message

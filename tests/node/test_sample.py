@@ -11,6 +11,7 @@ import pytest
 
 from meshpacs.errors import ConfigError
 from meshpacs.node.config import (
+    AuditTrailConfig,
     BackupConfig,
     CatalogConfig,
     DicomConfig,
@@ -34,6 +35,7 @@ SECTIONS: dict[str, type] = {
     "backup": BackupConfig,
     "maintenance": MaintenanceConfig,
     "web": WebConfig,
+    "audit_trail": AuditTrailConfig,
 }
 TABLES = {("dicom", "destinations")}  # options written as a [table] rather than key = value
 # Sizes the file gives in the unit its key names (GiB, MiB, KiB), held in bytes by a field

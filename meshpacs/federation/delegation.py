@@ -43,6 +43,7 @@ from meshpacs.errors import FederationError, Forbidden, FormatError, LimitExceed
 from meshpacs.federation.certs import CLOCK_SKEW, Member
 from meshpacs.federation.names import SITE_ID_MAX_LENGTH, site_id_problem
 from meshpacs.keys import NodeIdentity, verify_signature
+from meshpacs.keys.fields import ASCII, site_field, take_site_field
 
 __all__ = [
     "DELEGATION_VERSION",
@@ -95,16 +96,11 @@ class Delegation:
             raise LimitExceeded(f"a delegation's certificate is 1..{_MAX_CERT} bytes")
 
 
-def _site(site: str) -> bytes:
-    raw = site.encode("ascii")
-    return bytes([len(raw)]) + raw
-
-
 def _body(token: Delegation) -> bytes:
     return (
         bytes([DELEGATION_VERSION])
-        + _site(token.owner_site)
-        + _site(token.delegate_site)
+        + site_field(token.owner_site, "delegation owner site", ASCII)
+        + site_field(token.delegate_site, "delegation delegate site", ASCII)
         + _TIMES.pack(token.issued_at, token.expires_at)
         + _CERT_LENGTH.pack(len(token.owner_certificate))
         + token.owner_certificate
@@ -117,19 +113,6 @@ def sign_delegation(token: Delegation, identity: NodeIdentity) -> bytes:
     return body + identity.sign(_LABEL + body)
 
 
-def _take_site(data: bytes, offset: int, what: str) -> tuple[str, int]:
-    if offset >= len(data):
-        raise FormatError(f"delegation is cut short before its {what} site")
-    size = data[offset]
-    raw = data[offset + 1 : offset + 1 + size]
-    if not 1 <= size <= SITE_ID_MAX_LENGTH or len(raw) != size:
-        raise FormatError(f"delegation {what} site has a bad length")
-    try:
-        return raw.decode("ascii"), offset + 1 + size
-    except UnicodeDecodeError:
-        raise FormatError(f"delegation {what} site is not ASCII") from None
-
-
 def read_delegation(data: bytes) -> tuple[Delegation, bytes, bytes]:
     """The token's fields, its signed bytes and its signature; nothing is verified yet."""
     if len(data) > MAX_DELEGATION_BYTES:
@@ -138,8 +121,9 @@ def read_delegation(data: bytes) -> tuple[Delegation, bytes, bytes]:
         raise FormatError("empty delegation")
     if data[0] != DELEGATION_VERSION:
         raise UnknownVersion("delegation", data[0], [DELEGATION_VERSION])
-    owner, offset = _take_site(data, 1, "owner")
-    delegate, offset = _take_site(data, offset, "delegate")
+    # Any ASCII here: the fields' own check (Delegation) says what is wrong with a site ID.
+    owner, offset = take_site_field(data, 1, "delegation owner site", ASCII)
+    delegate, offset = take_site_field(data, offset, "delegation delegate site", ASCII)
     end = offset + _TIMES.size + _CERT_LENGTH.size
     if len(data) < end:
         raise FormatError("delegation is cut short before its times")

@@ -55,7 +55,6 @@ Pure functions over bytes: no files, no sockets. Ephemeral keys come from ``secr
 
 from __future__ import annotations
 
-import re
 import secrets
 from dataclasses import dataclass
 
@@ -66,6 +65,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from meshpacs.errors import FormatError, KeyMaterialError, LimitExceeded, UnknownVersion, WrongKey
+from meshpacs.keys.fields import SITE_ID, site_field, take_site_field
 from meshpacs.keys.identity import NodeIdentity, x25519_public_for
 from meshpacs.keys.shamir import ShamirShare, decode_share, encode_share
 
@@ -102,9 +102,6 @@ _NONCE_SIZE = 12
 _TAG_SIZE = 16
 _SEAL_HEAD = _KEY_SIZE + _NONCE_SIZE
 SEAL_OVERHEAD = _SEAL_HEAD + _TAG_SIZE  # what sealing adds to the plaintext
-# The federation's site-ID rule (meshpacs.federation.names), repeated here because keys
-# sit below federation: it keeps a release header printable and its lengths bounded.
-_SITE_ID = re.compile(rb"[a-z0-9-]{1,64}")
 
 _RAW = serialization.Encoding.Raw
 _RAW_PUBLIC = serialization.PublicFormat.Raw
@@ -224,20 +221,14 @@ class EscrowRelease:
         )
 
 
-def _site_field(site_id: str, what: str) -> bytes:
-    raw = site_id.encode("ascii", "replace")
-    if not _SITE_ID.fullmatch(raw):
-        raise FormatError(f"{what} is not a valid site ID")
-    return bytes([len(raw)]) + raw
-
-
 def _release_header(owner_site: str, releasing_site: str, request_id: bytes) -> bytes:
     if len(request_id) != REQUEST_ID_SIZE:
         raise FormatError(f"a recovery request ID is {REQUEST_ID_SIZE} bytes")
+    # The federation's site-ID rule (not just ASCII) keeps the clear header printable.
     return (
         bytes([RELEASE_VERSION])
-        + _site_field(owner_site, "owner site")
-        + _site_field(releasing_site, "releasing site")
+        + site_field(owner_site, "owner site", SITE_ID)
+        + site_field(releasing_site, "releasing site", SITE_ID)
         + request_id
     )
 
@@ -257,14 +248,6 @@ def seal_release(
     return header + _seal(encode_share(share), requester_x25519, _RELEASE_LABEL + header)
 
 
-def _take_site(data: bytes, offset: int, what: str) -> tuple[str, int]:
-    length = data[offset] if offset < len(data) else 0
-    raw = data[offset + 1 : offset + 1 + length]
-    if len(raw) != length or not _SITE_ID.fullmatch(raw):
-        raise FormatError(f"escrow release: {what} is missing or not a valid site ID")
-    return raw.decode("ascii"), offset + 1 + length
-
-
 def read_release(data: bytes) -> EscrowRelease:
     """Parse a release's header (nothing is opened yet); refuses malformed input."""
     if len(data) > MAX_RELEASE_BYTES:
@@ -273,8 +256,10 @@ def read_release(data: bytes) -> EscrowRelease:
         raise FormatError("escrow release is empty")
     if data[0] != RELEASE_VERSION:
         raise UnknownVersion("escrow release", data[0], [RELEASE_VERSION])
-    owner_site, offset = _take_site(data, 1, "owner site")
-    releasing_site, offset = _take_site(data, offset, "releasing site")
+    owner_site, offset = take_site_field(data, 1, "escrow release: owner site", SITE_ID)
+    releasing_site, offset = take_site_field(
+        data, offset, "escrow release: releasing site", SITE_ID
+    )
     request_id = data[offset : offset + REQUEST_ID_SIZE]
     offset += REQUEST_ID_SIZE
     if len(data) < offset + _SEAL_HEAD + _TAG_SIZE:

@@ -51,6 +51,7 @@ from meshpacs.erasure import BundleRef, CodingParams, fragment_id
 from meshpacs.errors import FormatError, LimitExceeded, UnknownVersion
 from meshpacs.keys import NodeIdentity
 from meshpacs.keys.escrow import open_for_identity, seal_to_identity
+from meshpacs.keys.fields import PRINTABLE_ASCII, SITE_FIELD_MAX, site_field, take_site_field
 
 __all__ = [
     "MANIFEST_VERSION",
@@ -69,7 +70,7 @@ __all__ = [
 MANIFEST_VERSION = 1
 MAX_DELEGATES = 16
 MAX_HOLDERS = 8
-_SITE_MAX = 64
+_SITE_MAX = SITE_FIELD_MAX
 _HEAD = struct.Struct(">16sHHIQ32sHB")
 _FID = 32
 # n = 256 shares with 8 holders of 64-character site IDs each, and 16 delegates: ~140 KB.
@@ -110,10 +111,7 @@ def manifest_record_id(bundle_id: bytes) -> str:
 
 
 def _site(site: str) -> bytes:
-    raw = site.encode("ascii")
-    if not 1 <= len(raw) <= _SITE_MAX:
-        raise FormatError("a site ID in a manifest is 1..64 characters")
-    return bytes([len(raw)]) + raw
+    return site_field(site, "a site ID in a repair manifest", PRINTABLE_ASCII)
 
 
 def encode_manifest(manifest: RepairManifest) -> bytes:
@@ -152,13 +150,10 @@ class _Reader:
         return chunk
 
     def site(self, what: str) -> str:
-        size = self.take(1, what)[0]
-        if not 1 <= size <= _SITE_MAX:
-            raise FormatError(f"repair manifest has a bad {what} length")
-        raw = self.take(size, what)
-        if not raw.isascii() or not raw.decode("ascii").isprintable():
-            raise FormatError(f"repair manifest {what} is not printable ASCII")
-        return raw.decode("ascii")
+        site, self.offset = take_site_field(
+            self._data, self.offset, f"repair manifest {what}", PRINTABLE_ASCII
+        )
+        return site
 
     def sites(self, count: int, what: str) -> tuple[str, ...]:
         return tuple(self.site(what) for _ in range(count))

@@ -139,3 +139,27 @@ def test_bounds_and_malformed_tokens(ca: FederationCA, owner: Site) -> None:
         Delegation("site-a", "site-a", now, now + DAY, cert_der(owner))
     with pytest.raises(LimitExceeded):
         Delegation("site-a", "site-b", now, now + DAY, bytes(5000))
+
+
+def test_bytes_as_the_first_version_wrote_them_still_read() -> None:
+    # Drawn by hand from the docstring's table; read_delegation checks no signature.
+    body = (
+        b"\x01\x06site-a\x08st-marys"
+        + struct.pack(">QQ", 1_700_000_000, 1_700_086_400)
+        + b"\x00\x03DER"
+    )
+    signature = bytes(range(64))
+    token, signed, sig = read_delegation(body + signature)
+    assert token == Delegation("site-a", "st-marys", 1_700_000_000, 1_700_086_400, b"DER")
+    assert (signed, sig) == (body, signature)
+    for bad in (
+        b"\x01",  # cut short before the owner site
+        b"\x01\x00" + body[1:] + signature,  # an empty owner site
+        b"\x01\x41" + body[1:] + signature,  # an owner site over 64
+        b"\x01\x06site-\xe1" + body[8:] + signature,  # not ASCII
+        body[:10],  # cut short inside the delegate site
+    ):
+        with pytest.raises(FormatError, match=r"delegation (owner|delegate) site"):
+            read_delegation(bad)
+    with pytest.raises(FormatError, match="delegation owner site"):  # ASCII, not a site ID
+        read_delegation(b"\x01\x06SITE-A" + body[8:] + signature)

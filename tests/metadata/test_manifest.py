@@ -137,3 +137,16 @@ async def test_export_names_every_share_with_the_owners_fragment_ids(tmp_path: P
             )
             is None
         )
+
+
+def test_site_fields_take_printable_ascii_as_they_always_did() -> None:
+    m = manifest()
+    wide = RepairManifest(m.ref, 3, ("Peer A",), m.fragment_ids, m.holders)
+    assert decode_manifest(encode_manifest(wide)) == wide  # wider than the site-ID rule
+    data = encode_manifest(m)
+    for bad in (b"\x06peer\na", b"\x06peer-\xe1", b"\x00", b"\x41"):
+        with pytest.raises(FormatError, match="repair manifest delegate"):
+            decode_manifest(data[:68] + bad + data[75:])
+    for site in ("peer\na", "péer", "", "p" * 65):
+        with pytest.raises(FormatError, match="site ID in a repair manifest"):
+            encode_manifest(RepairManifest(m.ref, 3, (site,), m.fragment_ids, m.holders))

@@ -28,6 +28,7 @@ from meshpacs.node.config import load_config
 from meshpacs.node.daemon import configure_logging, run_node
 from meshpacs.node.site import create_site, load_site_secret
 from meshpacs.node.status import site_status
+from meshpacs.recovery.report import format_size
 from meshpacs.selftest import run_selftest
 
 app = typer.Typer(
@@ -283,8 +284,10 @@ def status(
     asked to prove they still keep them (ok, failed: the bytes changed, missing: gone).
     Peers: the member sites the running node sees and the trusted peers from the config,
     each with its audit record (reputation 0 to 1; "shunned" peers get no new shares).
-    Scrub: the last check of the shares this site keeps for partners. Works whether or
-    not the node is running.
+    Scrub: the last check of the shares this site keeps for partners. Space, per peer:
+    what this node holds for it and what it holds of this site. Warnings come first,
+    each with a stable code (in --json: "warnings", a list of {code, message}). Works
+    whether or not the node is running.
     """
     try:
         report = site_status(load_config(config))
@@ -296,10 +299,12 @@ def status(
         return
     studies = report["studies"]
     typer.echo(f"Site {report['site_id']}")
+    _echo_warnings(report["warnings"])
     typer.echo(
         f"  studies: {studies['total']} total, {studies['protected']} protected,"
         f" {studies['degraded']} degraded, {studies['unprotected']} not yet protected"
     )
+    _echo_backlog(report["backlog"])
     if not report["mesh_enabled"]:
         typer.echo("  mesh: off ([mesh] enabled = false): studies are kept here only")
     _echo_audits(report["audits"], report["scrub"])
@@ -316,6 +321,31 @@ def status(
         state = "online" if peer["online"] else "OFFLINE"
         trusted = ", trusted" if peer["trusted"] else ""
         typer.echo(f"  peer {peer['site_id']}: {state}{trusted}{_peer_audits(peer['audits'])}")
+        typer.echo(f"    space: {_peer_space(peer['space'])}")
+
+
+def _echo_warnings(warnings: list[dict[str, str]]) -> None:
+    if not warnings:
+        typer.echo("  no warnings")
+        return
+    typer.echo(f"  WARNINGS ({len(warnings)}):")
+    for warning in warnings:
+        typer.echo(f"  ! [{warning['code']}] {warning['message']}")
+
+
+def _echo_backlog(backlog: dict[str, Any]) -> None:
+    if backlog["studies"]:
+        age = backlog["oldest_age_seconds"]
+        waited = "?" if age is None else _ago(time.time() - age).removesuffix(" ago")
+        typer.echo(f"  backlog: {backlog['studies']} studies waiting, the oldest for {waited}")
+
+
+def _peer_space(space: dict[str, Any]) -> str:
+    held_for, held_by = space["held_for_them"], space["held_by_them"]
+    return (
+        f"{held_for['fragments']} of its shares held here ({format_size(held_for['bytes'])}),"
+        f" {held_by['shares']} of ours held there ({format_size(held_by['bytes'])})"
+    )
 
 
 def _echo_audits(audits: dict[str, Any], scrub: dict[str, Any] | None) -> None:

@@ -15,26 +15,37 @@ what lease expiry removed of partners' shares here from ``state/expiry.json``; w
 node did as the delegate of trusted sites that are down from ``state/delegate.json``. Forget
 requests (``meshpacs forget``) are counted from the catalog: pending, deleting at
 partners, done.
+
+Space, per peer: what this site keeps for it (its fragments in this node's fragment
+index) and what it keeps for this site (this site's placements there, each share's size
+worked out from its bundle's coding, as the fragment layout fixes it). The backlog is the
+studies not yet protected and when the oldest of them arrived; ``storage`` is this node's
+disk and its offer to partners. ``warnings`` (:mod:`meshpacs.node.status_warnings`) turns
+all of it into the sentences an administrator should act on, each with a stable code.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sqlite3
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from meshpacs.erasure.layout import FragmentHeader
 from meshpacs.metadata import forget, health, ledger, repair
 from meshpacs.node.config import NodeConfig
 from meshpacs.node.expiry import expiry_report
 from meshpacs.node.leave import held_now, leave_requested
 from meshpacs.node.mesh import DELEGATE_FILE, EXPIRY_FILE, LEASES_FILE, PEERS_FILE, SCRUB_FILE
+from meshpacs.node.status_warnings import STALE_AFTER_SECONDS, site_warnings, trail_problem
+from meshpacs.store.store import INDEX_NAME
 from meshpacs.upkeep.leases import last_renewal
 
 __all__ = ["STALE_AFTER_SECONDS", "site_status"]
-
-STALE_AFTER_SECONDS = 120.0
 
 
 def _study_counts(db: sqlite3.Connection, tables: set[str]) -> dict[str, int]:
@@ -115,9 +126,65 @@ def _forget_report(db: sqlite3.Connection) -> dict[str, Any]:
     }
 
 
+def _backlog(db: sqlite3.Connection, now: float) -> dict[str, Any]:
+    """Studies not yet protected, and when the first instance of the oldest arrived."""
+    count, oldest = db.execute(
+        "SELECT COUNT(*), MIN(first_received) FROM studies WHERE state != 'protected'"
+    ).fetchone()
+    return {
+        "studies": int(count),
+        "oldest_received_at": None if oldest is None else float(oldest),
+        "oldest_age_seconds": None if oldest is None else max(0.0, now - float(oldest)),
+    }
+
+
+def _held_by_peers(db: sqlite3.Connection) -> dict[str, dict[str, int]]:
+    """Per holder site: this site's shares placed there, and their size in bytes.
+
+    A share's size follows from its bundle's coding and length alone (the fragment
+    layout), so one row per distinct coding is enough; bundles not yet encoded have no
+    placement.
+    """
+    held: dict[str, dict[str, int]] = {}
+    rows = db.execute(
+        "SELECT p.holder_site, b.k, b.n, b.segment_size, b.length, COUNT(*)"
+        " FROM placements p JOIN bundles b ON b.id = p.bundle_ref WHERE b.length IS NOT NULL"
+        " GROUP BY p.holder_site, b.k, b.n, b.segment_size, b.length"
+    )
+    for site, k, n, segment_size, length, shares in rows:
+        size = FragmentHeader(k, n, 0, segment_size, length, bytes(16)).fragment_size
+        entry = held.setdefault(str(site), {"shares": 0, "bytes": 0})
+        entry["shares"] += int(shares)
+        entry["bytes"] += int(shares) * size
+    return held
+
+
+def _held_for_peers(index: Path) -> dict[str, dict[str, int]]:
+    """Per owner site: its fragments in this node's fragment index, and their bytes."""
+    if not index.exists():
+        return {}
+    with contextlib.suppress(sqlite3.Error):
+        db = sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=10)
+        try:
+            rows = db.execute(
+                "SELECT owner, COUNT(*), COALESCE(SUM(size), 0) FROM fragments GROUP BY owner"
+            ).fetchall()
+        finally:
+            db.close()
+        return {str(o): {"fragments": int(c), "bytes": int(b)} for o, c, b in rows}
+    return {}
+
+
 def _catalog_report(
     config: NodeConfig, now: float
-) -> tuple[dict[str, int], dict[str, Any], dict[str, dict[str, Any]], dict[str, Any] | None]:
+) -> tuple[
+    dict[str, int],
+    dict[str, Any],
+    dict[str, dict[str, Any]],
+    dict[str, Any] | None,
+    dict[str, Any],
+    dict[str, dict[str, int]],
+]:
     empty = {"total": 0, "protected": 0, "degraded": 0, "unprotected": 0}
     no_audits: dict[str, Any] = {
         "placements": {},
@@ -126,8 +193,10 @@ def _catalog_report(
         "last_audit_at": None,
         "repairs": None,
     }
+    no_backlog: dict[str, Any] = {"studies": 0, "oldest_received_at": None}
+    no_backlog["oldest_age_seconds"] = None
     if not config.catalog_path.exists():
-        return empty, no_audits, {}, None
+        return empty, no_audits, {}, None, no_backlog, {}
     db = sqlite3.connect(config.catalog_path, timeout=10, isolation_level=None)
     try:
         # One snapshot for every query below: the running node writes meanwhile, and a
@@ -135,14 +204,16 @@ def _catalog_report(
         db.execute("BEGIN")
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         studies = _study_counts(db, tables)
+        backlog = _backlog(db, now) if "studies" in tables else no_backlog
+        held = _held_by_peers(db) if "placements" in tables else {}
         forgets = _forget_report(db) if "forget_requests" in tables else None
         if "peer_reputation" not in tables:
-            return studies, no_audits, {}, forgets
+            return studies, no_audits, {}, forgets, backlog, held
         audits, by_peer = _audit_report(db, config, now)
         audits["repairs"] = _repair_report(db, config, now) if "repairs" in tables else None
     finally:
         db.close()
-    return studies, audits, by_peer, forgets
+    return studies, audits, by_peer, forgets, backlog, held
 
 
 def _state_document(config: NodeConfig, name: str) -> dict[str, Any] | None:
@@ -183,19 +254,57 @@ def _peer_report(config: NodeConfig, now: float) -> tuple[list[dict[str, Any]], 
     return [peers[s] for s in sorted(peers)], updated if isinstance(updated, int | float) else None
 
 
-def site_status(config: NodeConfig, now: float | None = None) -> dict[str, Any]:
-    """The status document (``--json`` prints it as is)."""
+def _storage_report(
+    config: NodeConfig,
+    held_for: dict[str, dict[str, int]],
+    disk_usage: Callable[[Path], Any],
+) -> dict[str, Any]:
+    """This node's disk (the data directory's file system) and its offer to partners."""
+    report: dict[str, Any] = {
+        "held_for_partners_bytes": sum(e["bytes"] for e in held_for.values()),
+        "offer_bytes": config.mesh.offer_bytes,
+        "disk_total_bytes": None,
+        "disk_free_bytes": None,
+    }
+    with contextlib.suppress(OSError):
+        usage = disk_usage(config.data_dir)
+        report["disk_total_bytes"], report["disk_free_bytes"] = int(usage.total), int(usage.free)
+    return report
+
+
+def _space(site: str, held_for: dict[str, Any], held_by: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "held_for_them": held_for.get(site, {"fragments": 0, "bytes": 0}),
+        "held_by_them": held_by.get(site, {"shares": 0, "bytes": 0}),
+    }
+
+
+def site_status(
+    config: NodeConfig,
+    now: float | None = None,
+    *,
+    disk_usage: Callable[[Path], Any] = shutil.disk_usage,
+) -> dict[str, Any]:
+    """The status document (``--json`` prints it as is).
+
+    ``disk_usage`` is :func:`shutil.disk_usage` but for the tests of a full disk.
+    """
     now = time.time() if now is None else now
     peers, as_of = _peer_report(config, now)
-    studies, audits, by_peer, forgets = _catalog_report(config, now)
+    studies, audits, by_peer, forgets, backlog, held_by = _catalog_report(config, now)
+    held_for = _held_for_peers(config.fragments_dir / INDEX_NAME)
     known = {peer["site_id"] for peer in peers}
-    peers += [{"site_id": s, "online": False, "trusted": False} for s in by_peer if s not in known]
+    others = sorted((by_peer.keys() | held_for.keys() | held_by.keys()) - known - {config.site.id})
+    peers += [{"site_id": s, "online": False, "trusted": False} for s in others]
     for peer in peers:
         peer["audits"] = by_peer.get(peer["site_id"])
-    return {
+        peer["space"] = _space(peer["site_id"], held_for, held_by)
+    document = {
         "site_id": config.site.id,
         "mesh_enabled": config.mesh.enabled,
+        "warnings": [],
         "studies": studies,
+        "backlog": backlog,
         "audits": audits,
         "scrub": _scrub_report(config),
         "delegate": _state_document(config, DELEGATE_FILE),
@@ -205,6 +314,9 @@ def site_status(config: NodeConfig, now: float | None = None) -> dict[str, Any]:
             "renewal": last_renewal(config.state_dir / LEASES_FILE),
             "expiry": expiry_report(config.state_dir / EXPIRY_FILE),
         },
+        "storage": _storage_report(config, held_for, disk_usage),
         "peers": sorted(peers, key=lambda p: p["site_id"]),
         "peers_as_of": as_of,
     }
+    document["warnings"] = site_warnings(document, config, now, trail_problem(config))
+    return document

@@ -119,7 +119,7 @@ def render_dashboard(
         f'<header><h1>meshpacs · site <span id="site-id">{site}</span></h1>',
         f"<p>{_e(mesh)} · page drawn {_e(updated)} · reloads every {REFRESH_SECONDS} s"
         " · read-only</p></header><main>",
-        _warnings(status, figures, now),
+        _warnings(status),
         _studies(status, figures),
         _chart(history),
         _peers(status, now),
@@ -131,40 +131,17 @@ def render_dashboard(
     return "\n".join(p for p in parts if p) + "\n"
 
 
-def _warnings(status: Mapping[str, Any], figures: Mapping[str, Any], now: float) -> str:
-    found: list[str] = []
-    peers = [p for p in status.get("peers") or [] if isinstance(p, Mapping)]
-    online = sum(1 for p in peers if p.get("online"))
-    n = _dict(figures.get("backup")).get("n")
-    if status.get("mesh_enabled"):
-        as_of = status.get("peers_as_of")
-        if not isinstance(as_of, int | float):
-            found.append("The node has not reported which partners it sees yet.")
-        if isinstance(n, int) and online < n:
-            found.append(
-                f"Only {online} partner site(s) online: each bundle needs n = {n} distinct"
-                " partners to be fully protected."
-            )
-    repairs = _dict(_dict(status.get("audits")).get("repairs"))
-    below = _int(repairs.get("bundles_below_n"))
-    if below:
-        found.append(f"{below} bundle(s) have fewer than n good shares.")
-    lost = repairs.get("lost_sites") or []
-    if lost:
-        found.append("Lost partner sites: " + ", ".join(str(s) for s in lost) + ".")
-    placements = _dict(_dict(status.get("audits")).get("placements"))
-    bad = _int(placements.get("failed")) + _int(placements.get("missing"))
-    if bad:
-        found.append(f"{bad} share(s) at partners failed their last audit or are missing.")
-    shunned = [str(p.get("site_id")) for p in peers if _dict(p.get("audits")).get("shunned")]
-    if shunned:
-        found.append("Shunned for failed audits (no new shares): " + ", ".join(shunned) + ".")
-    if status.get("leaving") is not None:
-        found.append("This node is leaving the federation (meshpacs node leave).")
+def _warnings(status: Mapping[str, Any]) -> str:
+    """The status document's warnings, first on the page (they are PHI-free sentences)."""
+    found = [w for w in status.get("warnings") or [] if isinstance(w, Mapping)]
     if not found:
         return ""
-    items = "".join(f'<p class="warn">{_e(text)}</p>' for text in found)
-    return f'<section class="wide" id="warnings"><h2>Warnings</h2>{items}</section>'
+    items = "".join(
+        f'<p class="warn" data-code="{_e(w.get("code", ""))}">{_e(w.get("message", ""))}'
+        f' <span class="quiet">[{_e(w.get("code", ""))}]</span></p>'
+        for w in found
+    )
+    return f'<section class="wide" id="warnings"><h2>Warnings ({len(found)})</h2>{items}</section>'
 
 
 def _card(kind: str, figure: str, label: str) -> str:
@@ -258,6 +235,9 @@ def _peers(status: Mapping[str, Any], now: float) -> str:
         if audits.get("shunned"):
             rep += " (shunned)"
         latency = audits.get("latency_ms")
+        space = _dict(peer.get("space"))
+        held_for = _dict(space.get("held_for_them"))
+        held_by = _dict(space.get("held_by_them"))
         rows.append(
             "<tr>"
             f"<td>{_e(peer.get('site_id', '?'))}</td><td>{online}</td>"
@@ -265,12 +245,15 @@ def _peers(status: Mapping[str, Any], now: float) -> str:
             f"<td>{_e(_int(audits.get('audits_passed')))} / "
             f"{_e(_int(audits.get('audits_failed')))}</td>"
             f"<td>{_e('—' if latency is None else f'{latency} ms')}</td>"
-            f"<td>{_e(_when(audits.get('last_audit_at'), now))}</td></tr>"
+            f"<td>{_e(_when(audits.get('last_audit_at'), now))}</td>"
+            f"<td>{_e(_int(held_for.get('fragments')))} ({_e(_size(held_for.get('bytes')))})</td>"
+            f"<td>{_e(_int(held_by.get('shares')))} ({_e(_size(held_by.get('bytes')))})</td></tr>"
         )
     online_count = sum(1 for p in peers if p.get("online"))
     body = (
         "<table><tr><th>site</th><th>state</th><th>trusted</th><th>reputation</th>"
-        "<th>audits passed / failed</th><th>latency</th><th>last audit</th></tr>"
+        "<th>audits passed / failed</th><th>latency</th><th>last audit</th>"
+        "<th>its shares held here</th><th>our shares held there</th></tr>"
         + "".join(rows)
         + "</table>"
         if rows

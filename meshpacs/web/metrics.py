@@ -116,6 +116,7 @@ def render_metrics(status: Mapping[str, Any], figures: Mapping[str, Any] | None 
     out.gauge("mesh_enabled", "1 if the node takes part in the backup mesh.").add(
         status.get("mesh_enabled")
     )
+    _warnings(out, status)
     _studies(out, status, _dict(figures))
     _audits(out, _dict(status.get("audits")))
     _peers(out, status)
@@ -123,6 +124,19 @@ def render_metrics(status: Mapping[str, Any], figures: Mapping[str, Any] | None 
     _node_figures(out, _dict(figures))
     lines = [line for family in out.all for line in family.lines()]
     return "\n".join(lines) + "\n"
+
+
+def _warnings(out: _Families, status: Mapping[str, Any]) -> None:
+    warnings = status.get("warnings")
+    if not isinstance(warnings, list):
+        return  # a document from before warnings: unknown, not "none"
+    codes = sorted({str(w.get("code")) for w in warnings if isinstance(w, Mapping)})
+    out.gauge("warnings_active", "Warnings meshpacs status shows now (0 when all is well).").add(
+        len(codes)
+    )
+    by_code = out.gauge("warnings", "1 for each warning meshpacs status shows now, by code.")
+    for code in codes:
+        by_code.add(1, code=code)
 
 
 def _studies(out: _Families, status: Mapping[str, Any], figures: Mapping[str, Any]) -> None:
@@ -197,6 +211,12 @@ def _peers(out: _Families, status: Mapping[str, Any]) -> None:
     reputation = out.gauge("peer_reputation", "This site's audit score of the partner, 0 to 1.")
     audits = out.counter("peer_audits", "Audits of the partner by this site, by result.")
     latency = out.gauge("peer_audit_latency_seconds", "The partner's typical audit answer time.")
+    held_here = out.gauge(
+        "peer_held_here_bytes", "Bytes of the partner's shares this node keeps for it."
+    )
+    held_there = out.gauge(
+        "peer_held_there_bytes", "Bytes of this site's shares the partner keeps."
+    )
     for peer in peers:
         name = str(peer.get("site_id", ""))
         trusted = "true" if peer.get("trusted") else "false"
@@ -207,6 +227,9 @@ def _peers(out: _Families, status: Mapping[str, Any]) -> None:
         audits.add(record.get("audits_failed"), peer=name, result="failed")
         ms = record.get("latency_ms")
         latency.add(ms / 1000 if isinstance(ms, int | float) else None, peer=name)
+        space = _dict(peer.get("space"))
+        held_here.add(_dict(space.get("held_for_them")).get("bytes"), peer=name)
+        held_there.add(_dict(space.get("held_by_them")).get("bytes"), peer=name)
     out.gauge("peers_as_of_timestamp_seconds", "When the node last wrote its peer list.").add(
         status.get("peers_as_of")
     )

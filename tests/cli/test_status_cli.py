@@ -38,9 +38,13 @@ def test_a_new_site_reports_no_studies_and_its_trusted_peers_offline(tmp_path: P
     assert report.keys() >= CONFIG_KEYS
     assert report["site_id"] == "st-marys"
     assert report["studies"] == {"total": 0, "protected": 0, "degraded": 0, "unprotected": 0}
+    nothing = {
+        "held_for_them": {"fragments": 0, "bytes": 0},
+        "held_by_them": {"shares": 0, "bytes": 0},
+    }
     assert report["peers"] == [
-        {"site_id": "county", "online": False, "trusted": True, "audits": None},
-        {"site_id": "general", "online": False, "trusted": True, "audits": None},
+        {"site_id": "county", "online": False, "trusted": True, "audits": None, "space": nothing},
+        {"site_id": "general", "online": False, "trusted": True, "audits": None, "space": nothing},
     ]
     assert report["audits"]["last_audit_at"] is None and report["scrub"] is None
     code, text = run("status", "--config", created.config_path)

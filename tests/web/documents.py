@@ -12,7 +12,16 @@ def full_status() -> dict[str, Any]:
     return {
         "site_id": "site-a",
         "mesh_enabled": True,
+        "warnings": [
+            {"code": "sites_lost", "message": "Partner sites unreachable for long: site-d."},
+            {"code": "peer_failing_audits", "message": "Failing audits: site-c."},
+        ],
         "studies": {"total": 7, "protected": 4, "degraded": 1, "unprotected": 2},
+        "backlog": {
+            "studies": 2,
+            "oldest_received_at": NOW - 95.5,
+            "oldest_age_seconds": 95.5,
+        },
         "audits": {
             "placements": {
                 "unaudited": 3,
@@ -82,6 +91,10 @@ def full_status() -> dict[str, Any]:
                     "last_failure_at": None,
                     "latency_ms": 3.5,
                 },
+                "space": {
+                    "held_for_them": {"fragments": 5, "bytes": 500_000},
+                    "held_by_them": {"shares": 4, "bytes": 420_000},
+                },
             },
             {
                 "site_id": "site-c",
@@ -100,6 +113,12 @@ def full_status() -> dict[str, Any]:
             },
             {"site_id": "site-d", "online": False, "trusted": True, "audits": None},
         ],
+        "storage": {
+            "held_for_partners_bytes": 800_000,
+            "offer_bytes": 10**9,
+            "disk_total_bytes": 10**11,
+            "disk_free_bytes": 6 * 10**10,
+        },
         "peers_as_of": NOW - 5,
     }
 

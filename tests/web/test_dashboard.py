@@ -41,7 +41,10 @@ def test_the_page_shows_the_studies_the_peers_and_the_figures() -> None:
     assert "2 of 3 partner sites online" in page
     assert "site-c" in page and "(shunned)" in page
     assert "5 repaired, 1 failed, 6 shares placed" in page
-    assert "Lost partner sites: site-d." in page
+    assert "Partner sites unreachable for long: site-d." in page
+    assert page.index('id="warnings"') < page.index('id="studies-total"')  # warnings first
+    assert '<p class="warn" data-code="peer_failing_audits">Failing audits: site-c.' in page
+    assert "<td>5 (500.0 KB)</td><td>4 (420.0 KB)</td>" in page  # site-b's space
     assert "No recovery running." in page
     assert page.count("<rect ") >= 10  # the chart, one bar (of up to 3 parts) per snapshot
 
@@ -51,6 +54,7 @@ def test_every_value_is_escaped() -> None:
     evil = '<script>alert("x")</script>'
     status["peers"][0]["site_id"] = evil
     status["audits"]["repairs"]["lost_sites"] = [evil]
+    status["warnings"] = [{"code": evil, "message": evil}]
     page = render_dashboard(status, full_figures(), now=NOW)
     assert "<script" not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
@@ -74,6 +78,7 @@ def test_a_new_site_says_what_is_missing_rather_than_inventing_figures() -> None
     assert "No history yet" in page
     assert "No partner sites known yet." in page
     assert "mesh off" in page
+    assert 'id="warnings"' not in page  # no warnings in the document: no section
 
 
 def test_a_recovery_in_the_document_is_shown() -> None:

@@ -63,6 +63,14 @@ def test_values_are_those_of_the_status_document() -> None:
     assert m["meshpacs_ingest_bytes_total"].value() == 7_000_000
     assert m["meshpacs_bundles"].value(state="stored") == 4
     assert m["meshpacs_backup_n"].value() == 3
+    assert m["meshpacs_warnings_active"].value() == 2
+    assert m["meshpacs_warnings"].value(code="sites_lost") == 1
+    assert {ls["code"] for ls, _ in m["meshpacs_warnings"].samples} == {
+        "sites_lost",
+        "peer_failing_audits",
+    }
+    assert m["meshpacs_peer_held_here_bytes"].value(peer="site-b") == 500_000
+    assert m["meshpacs_peer_held_there_bytes"].value(peer="site-b") == 420_000
     # peer site-d was never audited: no reputation sample rather than a made-up one
     assert {ls["peer"] for ls, _ in m["meshpacs_peer_reputation"].samples} == {"site-b", "site-c"}
 
@@ -95,3 +103,5 @@ def test_a_new_sites_real_status_document_renders(tmp_path: Path) -> None:
     m = parse_exposition(render_metrics(status))
     assert m["meshpacs_info"].value(site="st-marys") == 1
     assert m["meshpacs_studies"].value(state="protected") == 0
+    # a new site with the mesh off and no study has nothing to warn about
+    assert m["meshpacs_warnings_active"].value() == 0 and "meshpacs_warnings" not in m

@@ -6,7 +6,9 @@ grace period and aborts the rest; an instance is acknowledged only once durable,
 aborted one is simply sent again by the PACS.
 
 The node's start and stop, each storage association and each C-FIND are recorded as ATNA
-audit events in the site's trail (``<data_dir>/trail``, :mod:`meshpacs.trail`).
+audit events in the site's trail (``<data_dir>/trail``, :mod:`meshpacs.trail`); with
+``[audit_trail] syslog_host`` each is also queued for that collector, sent by a background
+thread so that neither DICOM nor the node waits for it.
 
 With ``[web] enabled`` the node also serves its read-only dashboard and ``/metrics``
 (:mod:`meshpacs.web`), drawn from the same status document as ``meshpacs status``, and
@@ -25,6 +27,7 @@ import contextlib
 import functools
 import logging
 import signal
+import ssl
 import sys
 import tempfile
 from collections.abc import Callable
@@ -37,14 +40,16 @@ from meshpacs.dicom.scp import AeSettings, DicomAE, configure_pynetdicom
 from meshpacs.dicom.storage import InstanceStore
 from meshpacs.errors import MeshError
 from meshpacs.metadata.catalog import Catalog
-from meshpacs.node.config import NodeConfig
+from meshpacs.node.config import AuditTrailConfig, NodeConfig
 from meshpacs.node.mesh import MeshNode
 from meshpacs.node.mesh_retrieve import retriever_for
 from meshpacs.node.site import load_site_secret
 from meshpacs.node.status import site_status
 from meshpacs.store.store import INDEX_NAME
 from meshpacs.trail import TrailWriter, local_user
+from meshpacs.trail.forward import QueuedForwarder
 from meshpacs.trail.messages import AuditSource, Outcome, application_activity
+from meshpacs.trail.syslog import SyslogSender
 from meshpacs.web import (
     HISTORY_FILE,
     TOKEN_FILE,
@@ -203,6 +208,8 @@ async def run_node(
                 loop.remove_signal_handler(sig)
         if running:
             await _record_activity(trail, False)
+        if trail is not None:
+            await asyncio.to_thread(trail.close)
         LOG.info("node stopped")
 
 
@@ -242,8 +249,34 @@ def open_trail(config: NodeConfig) -> TrailWriter | None:
         LOG.error("audit trail off: %s", exc)
         return None
     return TrailWriter.for_site(
-        config.data_dir, secret, AuditSource(config.dicom.ae_title, config.site.id)
+        config.data_dir,
+        secret,
+        AuditSource(config.dicom.ae_title, config.site.id),
+        include_uids=config.audit_trail.include_uids,
+        forward=_trail_forwarder(config.audit_trail),
     )
+
+
+def _trail_forwarder(settings: AuditTrailConfig) -> QueuedForwarder | None:
+    """A forwarder to ``[audit_trail] syslog_host``; None (logged) when off or unusable."""
+    if not settings.syslog_host:
+        return None
+    ca = str(settings.syslog_ca) if settings.syslog_ca is not None else None
+    try:
+        context = ssl.create_default_context(cafile=ca)
+    except (OSError, ssl.SSLError) as exc:
+        # The local trail is the record: the node runs on and keeps it, and says so.
+        LOG.error("audit trail forwarding off: cannot load syslog_ca %s: %s", ca,
+                  exc.strerror or exc)  # fmt: skip
+        return None
+    sender = SyslogSender(
+        settings.syslog_host,
+        settings.syslog_port,
+        context,
+        server_hostname=settings.syslog_server_name or settings.syslog_host,
+    )
+    LOG.info("audit trail forwarded to %s:%d over TLS", settings.syslog_host, settings.syslog_port)
+    return QueuedForwarder(sender)
 
 
 async def _record_activity(

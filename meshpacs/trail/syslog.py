@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import select
 import socket
 import ssl
 import threading
@@ -147,6 +148,10 @@ class SyslogSender:
             self._drop()
 
     def _connected(self) -> ssl.SSLSocket:
+        if self._sock is not None and _closed_by_peer(self._sock):
+            # Else the first record after a collector's restart would go into a dead
+            # connection and be lost without an error.
+            self._drop()
         if self._sock is None:
             raw = socket.create_connection((self.host, self.port), timeout=self._timeout)
             try:
@@ -161,3 +166,12 @@ class SyslogSender:
             with contextlib.suppress(OSError):
                 self._sock.close()
             self._sock = None
+
+
+def _closed_by_peer(sock: ssl.SSLSocket) -> bool:
+    """Whether the collector ended the connection: it never sends, so readable means so."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)

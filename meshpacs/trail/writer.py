@@ -6,8 +6,9 @@ returning once it is on stable storage; ``arecord`` does the same from the event
 append (an fsync or two) run in a worker thread. The ``*_quietly`` forms never raise:
 clinical work (a C-STORE, a query) must not fail because the trail cannot be written,
 so they log the failure (PHI-free) and carry on; ``meshpacs audit verify`` then reports
-the damage. With a :class:`~meshpacs.trail.syslog.SyslogSender` every message appended is
-also sent to the collector, best effort.
+the damage. With a :class:`~meshpacs.trail.forward.QueuedForwarder` every message
+appended is also queued for the syslog collector, which a background thread sends it
+to, best effort: the writer never waits for the network.
 
 The trail lives in ``<data_dir>/trail/``, sealed with the key
 :func:`meshpacs.keys.secret.audit_trail_key` derives from the site secret.
@@ -20,10 +21,12 @@ import getpass
 import logging
 import os
 import socket
+import threading
 from pathlib import Path
 
 from meshpacs.errors import MeshError, brief
 from meshpacs.keys.secret import SiteSecret, audit_trail_key
+from meshpacs.trail.forward import QueuedForwarder
 from meshpacs.trail.log import Entry, TrailLog
 from meshpacs.trail.messages import (
     AUDIT_RECORDING_STARTED,
@@ -33,7 +36,7 @@ from meshpacs.trail.messages import (
     render,
     security_alert,
 )
-from meshpacs.trail.syslog import SyslogSender, syslog_record
+from meshpacs.trail.syslog import syslog_record
 
 __all__ = ["TRAIL_DIR", "TrailWriter", "local_user", "trail_dir"]
 
@@ -64,13 +67,16 @@ class TrailWriter:
         source: AuditSource,
         *,
         include_uids: bool = False,
-        forward: SyslogSender | None = None,
+        forward: QueuedForwarder | None = None,
     ) -> None:
         self.log = log
         self.source = source
         self.include_uids = include_uids
         self.forward = forward
         self._hostname = socket.gethostname()
+        # One writer's records reach the collector in the trail's order, and a trail
+        # begun by two threads at once starts with one Audit Recording Started.
+        self._order = threading.Lock()
 
     @classmethod
     def for_site(
@@ -80,7 +86,7 @@ class TrailWriter:
         source: AuditSource,
         *,
         include_uids: bool = False,
-        forward: SyslogSender | None = None,
+        forward: QueuedForwarder | None = None,
     ) -> TrailWriter:
         """The writer of the trail in ``data_dir``/trail, under the site's trail key."""
         log = TrailLog(trail_dir(data_dir), audit_trail_key(secret))
@@ -101,25 +107,27 @@ class TrailWriter:
         A trail begun here starts with a Security Alert (Audit Recording Started), so a
         trail deleted and begun again shows it, here and at the collector.
         """
-        if not self.log.exists:
-            started = f"new audit trail in {self.log.directory}"
-            self._append(
-                security_alert(self.application, AUDIT_RECORDING_STARTED, description=started)
-            )
-        return self._append(event)
+        with self._order:
+            if not self.log.exists:
+                started = f"new audit trail in {self.log.directory}"
+                self._append(
+                    security_alert(self.application, AUDIT_RECORDING_STARTED, description=started)
+                )
+            return self._append(event)
 
     def _append(self, event: AuditEvent) -> Entry:
         message = render(event, self.source, include_uids=self.include_uids)
         entry = self.log.append(message)
         if self.forward is not None:
-            try:
-                self.forward.send(
-                    syslog_record(message, hostname=self._hostname, procid=str(os.getpid()))
-                )
-            except MeshError as exc:
-                LOG.warning("audit message %d kept here but not forwarded: %s",
-                            entry.sequence, brief(exc))  # fmt: skip
+            self.forward.submit(
+                syslog_record(message, hostname=self._hostname, procid=str(os.getpid()))
+            )
         return entry
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Forward what is queued within ``timeout`` seconds, then stop forwarding."""
+        if self.forward is not None:
+            self.forward.close(timeout)
 
     def record_quietly(self, event: AuditEvent) -> Entry | None:
         """:meth:`record`, a failure logged instead of raised."""

@@ -46,15 +46,18 @@ from meshpacs.erasure.decoder import verify_fragment
 from meshpacs.erasure.layout import HEADER_SIZE, FragmentHeader, parse_header
 from meshpacs.errors import CorruptFragment, MeshError, PeerUnreachable, Unrecoverable, brief
 from meshpacs.recovery.model import PlannedBundle
+from meshpacs.transport.client import PartnerConnection
 from meshpacs.transport.pool import PartnerPool
 
 __all__ = [
     "GOOD",
     "NOT_NEEDED",
     "Attempt",
+    "Connect",
     "Fetch",
     "FindHolders",
     "GatheredBundle",
+    "connect_fetch",
     "gather_bundle",
     "pool_fetch",
 ]
@@ -66,6 +69,8 @@ _log = logging.getLogger("meshpacs.recovery")
 Fetch = Callable[[str, str, Path, int], Awaitable[None]]
 # find_holders(fragment_id) -> site IDs whose provider records say they hold it.
 FindHolders = Callable[[str], Awaitable[list[str]]]
+# connect(site_id) -> an open connection to that partner (the caller's to close).
+Connect = Callable[[str], Awaitable[PartnerConnection]]
 
 # One fetch beyond what is still needed: the long tail's remedy, at 1/k extra traffic.
 _SPARE = 1
@@ -366,11 +371,13 @@ async def gather_bundle(
     return await gatherer.run()
 
 
-def pool_fetch(pool: PartnerPool) -> Fetch:
-    """A :data:`Fetch` that streams a fragment from a partner over its mTLS channel.
+def connect_fetch(connect: Connect) -> Fetch:
+    """A :data:`Fetch` that streams a fragment over a connection ``connect`` opens.
 
     It asks for exactly ``size`` bytes (a holder whose file is shorter refuses the range;
-    none can send more), and writes each chunk off the event loop as it arrives.
+    none can send more), and writes each chunk off the event loop as it arrives. One
+    connection per fetch: fetches run in parallel, and a connection takes one request at
+    a time. ``connect`` may be a delegate's, already acting for the owner.
     """
 
     async def fetch(site_id: str, fragment_id: str, dest: Path, size: int) -> None:
@@ -380,8 +387,14 @@ def pool_fetch(pool: PartnerPool) -> Fetch:
             async def sink(chunk: bytes) -> None:
                 await asyncio.to_thread(out.write, chunk)
 
-            await pool.get_fragment(site_id, fragment_id, sink, length=size)
+            async with await connect(site_id) as conn:
+                await conn.get_fragment(fragment_id, sink, length=size)
         finally:
             await asyncio.to_thread(out.close)
 
     return fetch
+
+
+def pool_fetch(pool: PartnerPool) -> Fetch:
+    """A :data:`Fetch` from partners over their mTLS channels (:func:`connect_fetch`)."""
+    return connect_fetch(pool.connect)

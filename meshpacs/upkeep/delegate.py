@@ -56,7 +56,7 @@ from meshpacs.federation.delegation import Delegation, read_delegation
 from meshpacs.keys import NodeIdentity
 from meshpacs.metadata.manifest import RepairManifest, open_manifest, seal_manifest
 from meshpacs.metadata.repair import repair_threshold
-from meshpacs.recovery.gather import FindHolders, gather_bundle
+from meshpacs.recovery.gather import FindHolders, connect_fetch, gather_bundle
 from meshpacs.recovery.model import PlannedBundle, ShareHolder
 from meshpacs.store.records import HeldRecords
 from meshpacs.transport.client import PartnerConnection
@@ -363,21 +363,12 @@ class DelegateRepairer:
         planned = PlannedBundle(ref=ref, wrapped_key=b"", fragment_ids=manifest.fragment_ids,
                                 holders=holders, instances=())  # fmt: skip
 
-        async def fetch(site: str, fragment_id: str, dest: Path, size: int) -> None:
-            out = await asyncio.to_thread(dest.open, "wb")
-
-            async def sink(chunk: bytes) -> None:
-                await asyncio.to_thread(out.write, chunk)
-
-            try:
-                async with await self._connect_for(site, token) as conn:
-                    await conn.get_fragment(fragment_id, sink, length=size)
-            finally:
-                await asyncio.to_thread(out.close)
+        async def connect(site: str) -> PartnerConnection:
+            return await self._connect_for(site, token)
 
         s = self.settings
         gathered = await gather_bundle(
-            planned, fetch, self._find_holders, workdir / "gathered",
+            planned, connect_fetch(connect), self._find_holders, workdir / "gathered",
             parallel=s.parallel_fetches, timeout=s.fetch_timeout_seconds,
         )  # fmt: skip
         outputs = {share: workdir / f"share-{share}" for share in missing}

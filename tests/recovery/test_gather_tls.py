@@ -12,9 +12,10 @@ from meshpacs.dht import DhtNode, NodeRecord, RecordStore
 from meshpacs.federation import FederationCA, MutualTls, create_federation_ca
 from meshpacs.keys import node_id_for
 from meshpacs.recovery.decode import decode_to_files
-from meshpacs.recovery.gather import gather_bundle, pool_fetch
+from meshpacs.recovery.gather import connect_fetch, gather_bundle, pool_fetch
 from meshpacs.store import FragmentStore, QuotaPolicy
 from meshpacs.store.records import HeldRecords
+from meshpacs.transport.client import PartnerConnection
 from meshpacs.transport.pool import PartnerPool
 from meshpacs.transport.server import FragmentServer, ServerLimits
 
@@ -141,3 +142,31 @@ async def test_a_corrupt_store_and_a_down_holder_are_passed_over(
     assert "holder-1" in gathered.rejected[(1, "holder-1")]  # unreachable, named by site
     assert files_in(tmp_path / "work") == sorted(p.name for p in gathered.paths.values())
     assert decoded(made, gathered.paths, tmp_path / "out") == list(made.instances)
+
+
+async def test_any_connect_function_serves_one_connection_per_fetch_and_closes_it(
+    federation: Federation, tmp_path: Path
+) -> None:
+    made = make(seed=32, sizes=(5000, 70_000), k=2, n=4, holders=holders_of(4))
+    place(made, federation)
+    opened: list[PartnerConnection] = []
+    closed: list[str] = []
+
+    async def connect(site_id: str) -> PartnerConnection:
+        conn = await federation.pool.connect(site_id)
+        opened.append(conn)
+        close = conn.close
+
+        async def counted_close() -> None:
+            closed.append(site_id)
+            await close()
+
+        conn.close = counted_close  # type: ignore[method-assign]
+        return conn
+
+    gathered = await gather_bundle(made.bundle, connect_fetch(connect), find_nothing,
+                                   tmp_path / "work")  # fmt: skip
+    assert decoded(made, gathered.paths, tmp_path / "out") == list(made.instances)
+    attempts = [a.site_id for a in gathered.tried]
+    assert sorted(c.site_id for c in opened) == sorted(attempts)  # one connection per fetch
+    assert sorted(closed) == sorted(attempts)  # each closed, even the fetch cancelled

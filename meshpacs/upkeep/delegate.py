@@ -12,6 +12,7 @@ delegation`): a signed delegation and a sealed repair manifest per bundle. One p
       for each of the owner's manifests (a few per pass):
         check          ACT_FOR the owner at each recorded holder (and each the DHT names):
                        HAS the share, with the right size, set hash and share number?
+                       (one connection per holder for the pass, opened when first asked)
         wait           a holder that stopped answering is lost only after the grace
         repair         fewer good shares than the owner's threshold, and at least k:
                          gather k verified fragments (acting for the owner)
@@ -51,7 +52,7 @@ from meshpacs.backup.delegation import DELEGATION_RECORD_ID
 from meshpacs.backup.placement import Candidate, placement_key, rank_candidates
 from meshpacs.backup.upload import UploadPolicy, place_shares
 from meshpacs.durable import write_atomic
-from meshpacs.errors import MeshError, PeerUnreachable, Unrecoverable, brief
+from meshpacs.errors import MeshError, PeerRefused, PeerUnreachable, Unrecoverable, brief
 from meshpacs.federation.delegation import Delegation, read_delegation
 from meshpacs.keys import NodeIdentity
 from meshpacs.metadata.manifest import RepairManifest, open_manifest, seal_manifest
@@ -59,7 +60,7 @@ from meshpacs.metadata.repair import repair_threshold
 from meshpacs.recovery.gather import FindHolders, connect_fetch, gather_bundle
 from meshpacs.recovery.model import PlannedBundle, ShareHolder
 from meshpacs.store.records import HeldRecords
-from meshpacs.transport.client import PartnerConnection
+from meshpacs.transport.client import FragmentInfo, PartnerConnection
 from meshpacs.transport.frames import RecordKind
 from meshpacs.upkeep.pacing import Pause, wait_or_stop
 from meshpacs.upkeep.repair import regenerate_files
@@ -106,6 +107,48 @@ class _Check:
     good: dict[int, str] = field(default_factory=dict)  # share -> a site that holds it
     waiting: set[int] = field(default_factory=set)  # held by a site not yet lost
     unreachable: set[str] = field(default_factory=set)
+
+
+class _CheckConnections:
+    """One acting-for connection per holder, for the checks of one owner's bundles in a pass.
+
+    A check asks every share of every bundle, mostly at the same few holders: a connection
+    each time would cost a TLS handshake and a delegation check at the holder per share.
+    The caller closes them at the end of the pass.
+    """
+
+    def __init__(self, connect_for: ConnectFor, token: bytes) -> None:
+        self._connect_for = connect_for
+        self._token = token
+        self._open: dict[str, PartnerConnection] = {}
+
+    async def has_fragment(self, site: str, fragment_id: str) -> FragmentInfo | None:
+        kept = self._open.get(site)
+        if kept is not None:
+            try:
+                return await self._ask(site, kept, fragment_id)
+            except (PeerUnreachable, OSError, TimeoutError):
+                pass  # the holder may have closed it while idle: once more, on a new one
+        conn = await self._connect_for(site, self._token)
+        self._open[site] = conn
+        return await self._ask(site, conn, fragment_id)
+
+    async def _ask(
+        self, site: str, conn: PartnerConnection, fragment_id: str
+    ) -> FragmentInfo | None:
+        try:
+            return await conn.has_fragment(fragment_id)
+        except PeerRefused:
+            raise  # an answer: the connection still serves the next share
+        except BaseException:
+            del self._open[site]
+            await conn.close()
+            raise
+
+    async def close(self) -> None:
+        connections, self._open = list(self._open.values()), {}
+        for conn in connections:
+            await conn.close()
 
 
 class DelegateRepairer:
@@ -165,8 +208,12 @@ class DelegateRepairer:
             if not manifests or not await self._my_turn(manifests[0][1]):
                 continue  # nothing kept, or an earlier delegate is up and looks after it
             acting.append(owner)
-            for record_id, manifest in manifests[: self.settings.bundles_per_pass]:
-                await self._look_after(owner, raw, record_id, manifest, report)
+            checks = _CheckConnections(self._connect_for, raw)
+            try:
+                for record_id, manifest in manifests[: self.settings.bundles_per_pass]:
+                    await self._look_after(owner, raw, checks, record_id, manifest, report)
+            finally:
+                await checks.close()
         report.acting_for = tuple(acting)
         self._note(report)
         if acting:
@@ -266,12 +313,13 @@ class DelegateRepairer:
         self,
         owner: str,
         token: bytes,
+        checks: _CheckConnections,
         record_id: str,
         manifest: RepairManifest,
         report: DelegatePass,
     ) -> None:
         report.checked += 1
-        check = await self._check(owner, token, manifest)
+        check = await self._check(owner, checks, manifest)
         ref = manifest.ref
         k, n = ref.params.k, ref.params.n
         threshold = repair_threshold(k, n, manifest.threshold or None)
@@ -312,7 +360,9 @@ class DelegateRepairer:
         )  # fmt: skip
         await self._remember(owner, record_id, manifest, {**check.good, **placed})
 
-    async def _check(self, owner: str, token: bytes, manifest: RepairManifest) -> _Check:
+    async def _check(
+        self, owner: str, checks: _CheckConnections, manifest: RepairManifest
+    ) -> _Check:
         check = _Check()
         expected = manifest.ref.header.fragment_size
         for share, fid in enumerate(manifest.fragment_ids):
@@ -327,8 +377,7 @@ class DelegateRepairer:
                         check.waiting.add(share)
                     continue
                 try:
-                    async with await self._connect_for(site, token) as conn:
-                        info = await conn.has_fragment(fid)
+                    info = await checks.has_fragment(site, fid)
                 except (PeerUnreachable, OSError, TimeoutError):
                     self._down_since.setdefault(site, self._clock())
                     check.unreachable.add(site)

@@ -96,12 +96,19 @@ class StoredInstance(Dataset):
     """A stored instance standing in for its dataset: pynetdicom sends it from the file.
 
     ``unavailable`` (a PHI-free reason) instead of a file makes its sub-operation fail.
+    ``sent`` is told each sub-operation's end: (the instance's bytes, whether the peer
+    stored it), for the node's restore counts.
     """
 
     def __init__(
-        self, path: Path | None, location: InstanceLocation, unavailable: str = ""
+        self,
+        path: Path | None,
+        location: InstanceLocation,
+        unavailable: str = "",
+        sent: SentHook | None = None,
     ) -> None:
         super().__init__()
+        self.meshpacs_sent = sent
         self.SOPClassUID = location.sop_class_uid
         self.SOPInstanceUID = location.sop_instance_uid
         self.meshpacs_path = path
@@ -134,6 +141,15 @@ class MissingInstances(Protocol):
 
 
 _MARK = "_meshpacs_raw_retrieve"
+SentHook = Callable[[int, bool], None]
+
+
+def _tell_sent(dataset: StoredInstance, status: Dataset | None) -> None:
+    if dataset.meshpacs_sent is None:
+        return
+    code = int(getattr(status, "Status", 0xC000)) if status is not None else 0xC000
+    # Success, or a warning (0xB000..): the peer stored the instance.
+    dataset.meshpacs_sent(dataset.meshpacs_location.size, code == 0 or code >> 12 == 0xB)
 
 
 def install_raw_retrieve() -> None:
@@ -158,8 +174,9 @@ def install_raw_retrieve() -> None:
         location = dataset.meshpacs_location
         if dataset.meshpacs_path is None:
             # pynetdicom counts the exception as a failed sub-operation and logs its text.
+            _tell_sent(dataset, None)
             raise InstanceUnavailable(dataset.meshpacs_unavailable or "not available")
-        return send_stored(
+        status = send_stored(
             self,
             dataset.meshpacs_path,
             sop_class_uid=location.sop_class_uid,
@@ -170,6 +187,8 @@ def install_raw_retrieve() -> None:
             originator_aet=originator_aet,
             originator_id=originator_id,
         )
+        _tell_sent(dataset, status)
+        return status
 
     setattr(send_c_store, _MARK, True)
     Association.send_c_store = send_c_store  # type: ignore[method-assign]
@@ -201,6 +220,8 @@ class QueryRetrieveService:
         self._recall_timeout = recall_timeout
         # Each C-FIND is recorded there as an ATNA Query event (see dicom.auditing).
         self.trail = trail
+        # Set by the node: told each C-MOVE/C-GET sub-operation's end (its restore counts).
+        self.sent: SentHook | None = None
 
     def _call(self, coroutine_factory: Callable[[], Any], timeout: float | None = None) -> Any:
         future = asyncio.run_coroutine_threadsafe(coroutine_factory(), self._loop)
@@ -316,7 +337,7 @@ class QueryRetrieveService:
                 return
             path = self._store.path_for(location.sha256)
             if path.exists():
-                yield PENDING, StoredInstance(path, location)
+                yield PENDING, StoredInstance(path, location, sent=self.sent)
             else:
                 missing.append(location)
         if not missing:
@@ -328,7 +349,10 @@ class QueryRetrieveService:
             # Pruned under [backup] keep_local (or lost), and no mesh to ask: each fails
             # its sub-operation and the peer gets 0xB000.
             for location in missing:
-                yield PENDING, StoredInstance(None, location, "not held on this node's disk")
+                yield (
+                    PENDING,
+                    StoredInstance(None, location, "not held on this node's disk", self.sent),
+                )
             return
         yield from self._recalled(event, hook, missing, what)
 
@@ -356,13 +380,16 @@ class QueryRetrieveService:
                         if event.is_cancelled:
                             yield CANCEL, None
                             return
-                        yield PENDING, StoredInstance(path, location)
+                        yield PENDING, StoredInstance(path, location, sent=self.sent)
                 for sha256, reason in batch.failed.items():
                     for location in waiting.pop(sha256, []):
-                        yield PENDING, StoredInstance(None, location, reason)
+                        yield PENDING, StoredInstance(None, location, reason, self.sent)
             for locations in waiting.values():
                 for location in locations:
-                    yield PENDING, StoredInstance(None, location, "the mesh did not bring it back")
+                    yield (
+                        PENDING,
+                        StoredInstance(None, location, "the mesh did not bring it back", self.sent),
+                    )
         finally:
             with contextlib.suppress(Exception):
                 self._call(lambda: _close(batches))

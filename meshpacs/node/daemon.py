@@ -42,7 +42,7 @@ from meshpacs.errors import MeshError
 from meshpacs.metadata.catalog import Catalog
 from meshpacs.node.config import AuditTrailConfig, NodeConfig
 from meshpacs.node.mesh import MeshNode
-from meshpacs.node.mesh_retrieve import retriever_for
+from meshpacs.node.mesh_retrieve import RestoreCounts, retriever_for
 from meshpacs.node.site import load_site_secret
 from meshpacs.node.status import site_status
 from meshpacs.store.store import INDEX_NAME
@@ -137,6 +137,8 @@ async def run_node(
     destinations = {aet: (d.host, d.port) for aet, d in config.dicom.destinations.items()}
     trail = await asyncio.to_thread(open_trail, config)
     qr = QueryRetrieveService(catalog, store, loop, destinations, trail=trail)
+    restores = RestoreCounts()  # what C-MOVE/C-GET delivered, for /metrics
+    qr.sent = restores.sent
     ae = DicomAE(_ae_settings(config), ingest, qr, trail)
     background: asyncio.Task[None] | None = None
     mesh: MeshNode | None = None
@@ -158,7 +160,7 @@ async def run_node(
             mesh = MeshNode(config, secret, catalog, store, dicom_port=port)
             await mesh.start()
             # C-MOVE/C-GET of instances pruned from this disk now gather them from the mesh.
-            qr.missing = retriever_for(mesh, secret, catalog, store)
+            qr.missing = retriever_for(mesh, secret, catalog, store, restores)
             # The backup service marks studies stable itself, pass by pass.
             background = loop.create_task(mesh.run(stop))
         else:
@@ -166,7 +168,7 @@ async def run_node(
                 _watch_stability(catalog, config.catalog.stable_after_seconds)
             )
         if config.web.enabled:
-            web = await _start_web(config)
+            web = await _start_web(config, restores)
             history = loop.create_task(
                 keep_history(
                     functools.partial(site_status, config),
@@ -213,21 +215,25 @@ async def run_node(
         LOG.info("node stopped")
 
 
-def node_figures(config: NodeConfig) -> dict[str, Any]:
+def node_figures(config: NodeConfig, restores: RestoreCounts | None = None) -> dict[str, Any]:
     """What the dashboard and ``/metrics`` show beyond the status document (all counts)."""
     figures = catalog_figures(config.catalog_path, config.fragments_dir / INDEX_NAME)
     figures["backup"] = {"k": config.backup.k, "n": config.backup.n, "happy": config.backup.happy}
+    if restores is not None:
+        figures["restores"] = restores.figures()
     return figures
 
 
-async def _start_web(config: NodeConfig) -> DashboardServer | None:
+async def _start_web(
+    config: NodeConfig, restores: RestoreCounts | None = None
+) -> DashboardServer | None:
     """The dashboard, listening; None (logged as an error) if it cannot start."""
     try:
         token = await asyncio.to_thread(ensure_token, config.state_dir / TOKEN_FILE)
         server = DashboardServer(
             token=token,
             status=functools.partial(site_status, config),
-            figures=functools.partial(node_figures, config),
+            figures=functools.partial(node_figures, config, restores),
             history=functools.partial(read_history, config.state_dir / HISTORY_FILE),
             bind=config.web.bind,
             port=config.web.port,

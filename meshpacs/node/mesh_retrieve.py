@@ -35,6 +35,12 @@ never a DICOM value; the others are sent, and the peer gets 0xB000.
 
 Work files (fragments, decoded instances, leases) live under ``<data dir>/tmp/recall``,
 emptied when the node starts.
+
+**Counts.** :class:`RestoreCounts` keeps, since the node started, what its C-MOVEs and
+C-GETs delivered (each sub-operation's end, told by the Q/R: instances stored by the
+peer and their bytes, and instances that failed), and of those what this module brought
+back from the mesh (bundles gathered or not, instances and bytes decoded into the store).
+The node's figures carry them to ``/metrics``; they are counts and sizes only.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import logging
 import os
 import secrets
 import shutil
+import threading
 from collections.abc import AsyncGenerator, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -63,7 +70,14 @@ from meshpacs.recovery.decode import decode_to_files
 from meshpacs.recovery.gather import Fetch, FindHolders, gather_bundle, pool_fetch
 from meshpacs.recovery.model import PlannedBundle, PlannedInstance, ShareHolder
 
-__all__ = ["RECALL_DIR", "MeshRetriever", "RecallLimits", "dht_holders", "retriever_for"]
+__all__ = [
+    "RECALL_DIR",
+    "MeshRetriever",
+    "RecallLimits",
+    "RestoreCounts",
+    "dht_holders",
+    "retriever_for",
+]
 
 LOG = logging.getLogger("meshpacs.retrieve")
 RECALL_DIR = "recall"  # under the node's tmp directory
@@ -92,6 +106,50 @@ class RecallLimits:
             raise ValueError("recall limits must be positive")
 
 
+class RestoreCounts:
+    """What the node's retrieves delivered since it started; thread-safe.
+
+    :meth:`sent` is the Q/R's hook (pynetdicom's association threads call it); the
+    recall counts come from the event loop.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sent = self._sent_bytes = self._failed = 0
+        self._gathered = self._not_gathered = self._recalled = self._recalled_bytes = 0
+
+    def sent(self, size: int, stored: bool) -> None:
+        """One C-MOVE/C-GET sub-operation ended: the peer ``stored`` the instance or not."""
+        with self._lock:
+            if stored:
+                self._sent += 1
+                self._sent_bytes += size
+            else:
+                self._failed += 1
+
+    def bundle(self, gathered: bool, instances: int = 0, size: int = 0) -> None:
+        """A bundle was gathered from the mesh (``instances`` of ``size`` bytes back), or not."""
+        with self._lock:
+            if gathered:
+                self._gathered += 1
+                self._recalled += instances
+                self._recalled_bytes += size
+            else:
+                self._not_gathered += 1
+
+    def figures(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "instances": self._sent,
+                "bytes": self._sent_bytes,
+                "failed": self._failed,
+                "mesh_bundles": self._gathered,
+                "mesh_bundles_failed": self._not_gathered,
+                "mesh_instances": self._recalled,
+                "mesh_bytes": self._recalled_bytes,
+            }
+
+
 class MeshRetriever:
     """The Q/R's :class:`~meshpacs.dicom.qr.MissingInstances`, over this site's mesh."""
 
@@ -105,8 +163,10 @@ class MeshRetriever:
         find_holders: FindHolders,
         workdir: Path,
         limits: RecallLimits | None = None,
+        counts: RestoreCounts | None = None,
     ) -> None:
         self._catalog = catalog
+        self.counts = counts or RestoreCounts()
         self._store = store
         self._keys = keys
         self._fetch = fetch
@@ -198,10 +258,13 @@ class MeshRetriever:
                 except (MeshError, OSError, ValueError) as error:  # TimeoutError is an OSError
                     LOG.warning("retrieve: bundle %s could not be gathered (%d instances fail):"
                                 " %s", name, len(rest), brief(error))  # fmt: skip
+                    self.counts.bundle(False)
                     return Recalled(paths, dict.fromkeys(rest, NOT_GATHERED))
                 brought = await asyncio.to_thread(
                     self._decode_into_store, planned, gathered.paths, rest, work, lease
                 )
+                sizes = {m.sha256: m.size for m in bundle.members}
+                self.counts.bundle(True, len(brought), sum(sizes[d] for d in brought))
             finally:
                 await asyncio.to_thread(shutil.rmtree, work, True)
         if brought:
@@ -308,7 +371,11 @@ def _planned(bundle: RecallBundle, keys: SiteKeys) -> PlannedBundle:
 
 
 def retriever_for(
-    mesh: MeshNode, secret: SiteSecret, catalog: Catalog, store: InstanceStore
+    mesh: MeshNode,
+    secret: SiteSecret,
+    catalog: Catalog,
+    store: InstanceStore,
+    counts: RestoreCounts | None = None,
 ) -> MeshRetriever:
     """The retriever of a started node: its partner pool, its DHT, ``tmp/recall``."""
     return MeshRetriever(
@@ -318,4 +385,5 @@ def retriever_for(
         fetch=pool_fetch(mesh.pool),
         find_holders=dht_holders(mesh.dht),
         workdir=mesh.config.tmp_dir / RECALL_DIR,
+        counts=counts,
     )

@@ -313,6 +313,28 @@ def _node_figures(out: _Families, figures: Mapping[str, Any]) -> None:
     for state, entry in sorted(bundles.items()):
         count.add(_dict(entry).get("count"), state=str(state))
         size.add(_dict(entry).get("bytes"), state=str(state))
+    restores = _dict(figures.get("restores"))
+    sent = out.counter(
+        "restore_instances",
+        "Instances this node's C-MOVE/C-GET delivered (sent: stored by the peer) or failed,"
+        " since start.",
+    )
+    sent.add(restores.get("instances"), result="sent")
+    sent.add(restores.get("failed"), result="failed")
+    out.counter("restore_bytes", "Bytes of instances C-MOVE/C-GET delivered, since start.").add(
+        restores.get("bytes")
+    )
+    gathered = out.counter(
+        "restore_mesh_bundles", "Bundles a retrieve gathered from the mesh (or not), since start."
+    )
+    gathered.add(restores.get("mesh_bundles"), result="gathered")
+    gathered.add(restores.get("mesh_bundles_failed"), result="failed")
+    out.counter(
+        "restore_mesh_instances", "Instances a retrieve brought back from the mesh, since start."
+    ).add(restores.get("mesh_instances"))
+    out.counter(
+        "restore_mesh_bytes", "Bytes of instances brought back from the mesh, since start."
+    ).add(restores.get("mesh_bytes"))
     backup = _dict(figures.get("backup"))
     out.gauge("backup_k", "Shares needed to rebuild a bundle ([backup] k).").add(backup.get("k"))
     out.gauge("backup_n", "Shares made of each bundle ([backup] n).").add(backup.get("n"))

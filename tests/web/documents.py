@@ -135,4 +135,13 @@ def full_figures() -> dict[str, Any]:
         },
         "held": {"fragments": 8, "bytes": 800_000, "owners": 3},
         "backup": {"k": 2, "n": 3, "happy": 3},
+        "restores": {
+            "instances": 12,
+            "bytes": 1_200_000,
+            "failed": 1,
+            "mesh_bundles": 2,
+            "mesh_bundles_failed": 1,
+            "mesh_instances": 9,
+            "mesh_bytes": 900_000,
+        },
     }

@@ -63,6 +63,12 @@ def test_values_are_those_of_the_status_document() -> None:
     assert m["meshpacs_ingest_bytes_total"].value() == 7_000_000
     assert m["meshpacs_bundles"].value(state="stored") == 4
     assert m["meshpacs_backup_n"].value() == 3
+    assert m["meshpacs_restore_instances_total"].value(result="sent") == 12
+    assert m["meshpacs_restore_instances_total"].value(result="failed") == 1
+    assert m["meshpacs_restore_bytes_total"].value() == 1_200_000
+    assert m["meshpacs_restore_mesh_bundles_total"].value(result="failed") == 1
+    assert m["meshpacs_restore_mesh_instances_total"].value() == 9
+    assert m["meshpacs_restore_mesh_bytes_total"].value() == 900_000
     assert m["meshpacs_warnings_active"].value() == 2
     assert m["meshpacs_warnings"].value(code="sites_lost") == 1
     assert {ls["code"] for ls, _ in m["meshpacs_warnings"].samples} == {

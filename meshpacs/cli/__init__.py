@@ -252,7 +252,8 @@ def node_run(
     except MeshError as exc:
         typer.echo(f"meshpacs node run: {exc}", err=True)
         raise typer.Exit(2) from None
-    configure_logging(node_config.logging.level)
+    log = node_config.logging
+    configure_logging(log.level, log.format, log.log_phi)
     try:
         asyncio.run(run_node(node_config))
     except MeshError as exc:  # a node that cannot start (or go on) says why, in one line

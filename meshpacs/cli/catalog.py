@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +15,7 @@ from meshpacs.errors import MeshError
 from meshpacs.keys import SiteSecret
 from meshpacs.node.catalog_restore import restore_catalog as restore_site_catalog
 from meshpacs.node.config import load_config
+from meshpacs.node.daemon import configure_logging
 
 __all__ = ["read_phrase_file", "restore_catalog"]
 
@@ -57,7 +57,8 @@ def restore_catalog(
     twice. Exit status 0 when a peer answered and every record it sent was
     imported.
     """
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if not logging.getLogger().handlers:  # as basicConfig: an embedding keeps its own
+        configure_logging("WARNING")
 
     def say(line: str) -> None:
         typer.echo(line, err=True)

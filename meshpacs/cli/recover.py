@@ -15,6 +15,7 @@ from meshpacs.dicom.scu import Target
 from meshpacs.errors import MeshError
 from meshpacs.keys import SiteSecret
 from meshpacs.keys.secret import audit_trail_key
+from meshpacs.node.daemon import configure_logging
 from meshpacs.recovery.command import RecoverRequest, dry_run, run_recovery
 from meshpacs.recovery.escrow import (
     ESCROW_KEY_FILE,
@@ -233,7 +234,8 @@ def recover(
     Run it again after any interruption: the journal in --workdir resumes it without
     delivering anything twice. Exit code 0 only when everything planned was delivered.
     """
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if not logging.getLogger().handlers:  # as basicConfig: an embedding keeps its own
+        configure_logging("WARNING")
     if (to_ae is None) == (to_dir is None) and not dry:
         raise _fail("give --to-ae AET@host:port or --to-dir DIR (one of them)")
     try:

@@ -30,6 +30,7 @@ import signal
 import ssl
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,7 @@ from meshpacs.dicom.storage import InstanceStore
 from meshpacs.errors import MeshError
 from meshpacs.metadata.catalog import Catalog
 from meshpacs.node.config import AuditTrailConfig, NodeConfig
+from meshpacs.node.logs import formatter_for, log_thread_exceptions
 from meshpacs.node.mesh import MeshNode
 from meshpacs.node.mesh_retrieve import RestoreCounts, retriever_for
 from meshpacs.node.site import load_site_secret
@@ -77,12 +79,20 @@ class NodeStarted:
     web_port: int = 0  # 0: no dashboard ([web] enabled = false, or it could not start)
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, format: str = "kv", log_phi: bool = False) -> None:
+    """One structured line per event on standard error (:mod:`meshpacs.node.logs`).
+
+    Every library's records (pynetdicom's included) reach the root handler, so they come
+    out in the same format, through the same UID net; so do warnings and the uncaught
+    exceptions of threads, which Python would otherwise print over several lines.
+    """
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(formatter_for(format, log_phi=log_phi))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.captureWarnings(True)
+    threading.excepthook = log_thread_exceptions
     # kademlia logs every crawl step at INFO: its own warnings are what an operator needs.
     for chatty in ("kademlia", "rpcudp"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

@@ -128,7 +128,6 @@ class Repairer:
     ) -> None:
         self.site_id = site_id
         self._has = has_fragment
-        self._adopted = 0  # this pass's adopted shares
         self._fid_key = fragment_id_key
         self._catalog = catalog
         self._partners = partners
@@ -151,7 +150,6 @@ class Repairer:
 
     async def repair_once(self) -> RepairPass:
         report = RepairPass()
-        self._adopted = 0
         s = self.settings
         now = self._clock()
         lost = await self._catalog.read(lambda db: ledger.lost_sites(db, now, s.lost_after_seconds))
@@ -164,7 +162,6 @@ class Repairer:
         for bundle in due:
             await self._repair(bundle, lost, report, sources=leaving)
         report.collected = await self._collect()
-        report.shares_adopted = self._adopted
         if report.attempted or report.collected or lost:
             _log.info(
                 "repair pass: %d lost site(s) %s, %d bundle(s) below n, %d repaired, %d partly,"
@@ -188,7 +185,13 @@ class Repairer:
         workdir = self._work_dir / f"bundle-{bundle.bundle_ref}"
         missing = bundle.missing_shares
         try:
-            placed = await self._regenerate_and_place(bundle, missing, lost, workdir, sources)
+            planned = self._planned(bundle, sources)
+            adopted = await self._adopt(bundle, planned, missing, lost)
+            # Counted now: adopted shares are recorded even if the rest of the repair fails.
+            report.shares_adopted += len(adopted)
+            placed = await self._regenerate_and_place(
+                bundle, planned, missing, adopted, lost, workdir
+            )
             detail = "" if placed == len(missing) else "too few eligible sites took a share"
         except Unrecoverable as error:
             report.unrecoverable += 1
@@ -230,18 +233,17 @@ class Repairer:
     async def _regenerate_and_place(
         self,
         bundle: ledger.BundleShares,
+        planned: PlannedBundle,
         missing: list[int],
+        adopted: dict[int, str],
         lost: set[str],
         workdir: Path,
-        sources: AbstractSet[str],
     ) -> int:
-        """How many of ``missing`` are now placed on new sites.
+        """How many of ``missing`` are now placed on new sites, ``adopted`` ones included.
 
-        Shares at ``sources`` (sites leaving the federation: they no longer count, but
-        still serve reads) may be gathered from, after the good ones.
+        ``planned`` may gather from shares at sites leaving the federation (they no longer
+        count, but still serve reads), after the good ones.
         """
-        planned = self._planned(bundle, sources)
-        adopted = await self._adopt(bundle, planned, missing, lost)
         missing = [share for share in missing if share not in adopted]
         if not missing:
             return len(adopted)
@@ -323,7 +325,6 @@ class Repairer:
                     taken.add(site)
                     break
         if adopted:
-            self._adopted += len(adopted)
             _log.info(
                 "repair: bundle row %d: %d share(s) a trusted peer placed while this site was"
                 " down are recorded (%s)", bundle.bundle_ref, len(adopted),

@@ -145,6 +145,28 @@ async def test_shares_a_delegate_placed_while_the_owner_was_down_are_adopted_not
     assert await decode_all(site, K) == site.sent  # type: ignore[attr-defined]
 
 
+async def test_an_adopted_share_counts_in_its_pass_even_when_the_rest_cannot_be_rebuilt(
+    site: Site,
+) -> None:
+    holders = holders_of(site)
+    before = {p.share: p for p in await placements(site)}
+    originals = await lose(site, holders, *sorted({p.holder_site for p in before.values()}))
+    # Every holder is gone; a delegate had rebuilt share 0 only: one share, k is 2.
+    free = sorted(set(site.partners.sites) - {p.holder_site for p in before.values()} - {"owner"})
+    (site.partners.root / free[0]).mkdir(exist_ok=True)
+    (site.partners.root / free[0] / before[0].fragment_id).write_bytes(
+        originals[before[0].fragment_id]
+    )
+    owner = repairer(site, holders, adopt=True)
+
+    report = await owner.repair_once()
+    assert (report.shares_adopted, report.unrecoverable, report.shares_placed) == (1, 1, 0)
+    assert {p.share: p.holder_site for p in await placements(site)}[0] == free[0]  # recorded
+    # The next pass finds nothing new to adopt, and says so: counts are per pass.
+    again = await owner.repair_once()
+    assert (again.shares_adopted, again.unrecoverable) == (0, 1)
+
+
 async def test_one_lost_share_marks_the_bundle_degraded_and_waits_for_a_second(
     site: Site,
 ) -> None:

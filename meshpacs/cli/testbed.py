@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -14,10 +15,11 @@ import typer
 from meshpacs.errors import MeshError
 from meshpacs.testbed import create_testbed, load_testbed
 from meshpacs.testbed.demo import run_demo
-from meshpacs.testbed.drill import DrillReport, run_drill
+from meshpacs.testbed.drill import DRILL_MIX, DrillReport, run_drill
 from meshpacs.testbed.layout import FAST_MAINTENANCE
 from meshpacs.testbed.orthanc import start_orthancs
 from meshpacs.testbed.processes import start_nodes, stop_testbed
+from meshpacs.testbed.push import push_generated
 
 __all__ = ["testbed_app"]
 
@@ -151,6 +153,61 @@ def testbed_down(
         typer.echo(f"Stopped {len(stopped.orthancs)} Orthanc(s): {', '.join(stopped.orthancs)}")
 
 
+@testbed_app.command("push")
+def testbed_push(
+    root: Annotated[Path, typer.Option("--root", help="A running testbed.")],
+    site: Annotated[
+        str, typer.Option("--site", help="The site whose PACS receives them (default: the first).")
+    ] = "",
+    studies: Annotated[
+        int,
+        typer.Option("--studies", min=1, max=500, help="How many studies (CT and MR, some RLE)."),
+    ] = 5,
+    seed: Annotated[
+        int | None,
+        typer.Option("--seed", help="Seed of the made-up patients (default: a fresh one)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print what was sent as JSON.")] = False,
+) -> None:
+    """Push generated studies into a site's PACS, as a hospital's modality would.
+
+    With `up --with-orthanc` they go into the site's Orthanc, which forwards each study to
+    its node once it is stable; otherwise straight to the node. The patients are made up
+    (seeded, so a rerun with the same --seed sends the same studies again). Then watch the
+    site's dashboard (its URL is in testbed.json) or `meshpacs status`: each study goes from
+    receiving to protected. A later `testbed drill` recovers these studies too.
+    """
+    chosen_seed = secrets.randbelow(2**31) if seed is None else seed
+    try:
+        plan = load_testbed(root)
+        target = plan.site(site) if site else plan.sites[0]
+        workdir = Path(plan.root) / "push" / str(chosen_seed)
+        pushed = push_generated(target, workdir, studies, DRILL_MIX, chosen_seed)
+    except KeyError:
+        raise _fail("push", MeshError(f"{root} has no site {site!r}")) from None
+    except (MeshError, IndexError) as exc:
+        raise _fail("push", exc) from None
+    figures = {
+        "site": target.site_id,
+        "target": pushed.target,
+        "studies": pushed.studies,
+        "instances": pushed.instances,
+        "bytes": pushed.bytes,
+        "seed": chosen_seed,
+        "dashboard_url": target.dashboard_url,
+    }
+    if as_json:
+        typer.echo(json.dumps(figures, indent=2))
+        return
+    typer.echo(
+        f"Pushed {pushed.studies} studies ({pushed.instances} instances,"
+        f" {pushed.bytes / 1e6:.1f} MB) into {pushed.target} of {target.site_id}"
+        f" (seed {chosen_seed})"
+    )
+    if target.dashboard_url:
+        typer.echo(f"Watch them become protected: {target.dashboard_url}")
+
+
 @testbed_app.command("demo")
 def testbed_demo(
     root: Annotated[
@@ -237,12 +294,19 @@ def testbed_drill(
         raise typer.Exit(1)
 
 
+def _earlier(report: DrillReport) -> str:
+    """The studies pushed before the drill (`testbed push`), which it recovers too."""
+    earlier = report.studies - report.generated_studies - len(report.pydicom_files)
+    return f", {earlier} pushed before the drill" if earlier > 0 else ""
+
+
 def _verdict(report: DrillReport) -> str:
     down = ", ".join(report.stopped_in_step_6) or "none"
     lines = [
         f"Disaster drill on {report.sites} sites (k={report.k}, n={report.n})",
         f"  studies {report.studies} ({report.generated_studies} generated,"
-        f" {len(report.pydicom_files)} pydicom test files), instances {report.instances},"
+        f" {len(report.pydicom_files)} pydicom test files{_earlier(report)}),"
+        f" instances {report.instances},"
         f" bytes {report.bytes / 1e6:.1f} MB, {len(report.transfer_syntaxes)} transfer syntaxes",
         f"  time to protect {report.seconds_to_protect:.1f} s, time to recover"
         f" {report.seconds_to_recover:.1f} s ({report.seconds_to_recover_degraded:.1f} s with"

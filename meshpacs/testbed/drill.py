@@ -63,7 +63,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,14 +79,11 @@ from meshpacs.store.records import owner_directory
 from meshpacs.testbed.layout import TestbedPlan, TestbedSite
 from meshpacs.testbed.orthanc import orthanc_rest, start_site_orthanc
 from meshpacs.testbed.processes import is_our_orthanc, is_our_process, orthanc_pid, start_nodes
-from meshpacs.testing.dcmtk import dcmtk_env, dcmtk_tool
+from meshpacs.testbed.push import STORESCU_OPTION, last_line, push_generated, storescu
+from meshpacs.testing.dcmtk import dcmtk_tool
 from meshpacs.testing.synth import (
-    TRANSFER_SYNTAXES,
     SeriesSpec,
     StudySpec,
-    SynthInstance,
-    generate_study,
-    write_study,
 )
 from meshpacs.transport.frames import RecordKind
 
@@ -128,23 +125,7 @@ SMALL_MIX: tuple[StudySpec, ...] = (
 )
 """Tiny studies, for a drill that must take seconds (tests)."""
 
-# storescu proposes only uncompressed syntaxes unless told; one option per file syntax
-# makes it propose that one first, so every file arrives as it is.
-_STORESCU_OPTION = {
-    "1.2.840.10008.1.2": "-xi",
-    "1.2.840.10008.1.2.1": "-xe",
-    "1.2.840.10008.1.2.2": "-xb",
-    "1.2.840.10008.1.2.5": "-xr",
-    "1.2.840.10008.1.2.4.50": "-xy",
-    "1.2.840.10008.1.2.4.51": "-xx",
-    "1.2.840.10008.1.2.4.70": "-xs",
-    "1.2.840.10008.1.2.4.80": "-xt",
-    "1.2.840.10008.1.2.4.81": "-xu",
-    "1.2.840.10008.1.2.4.90": "-xv",
-    "1.2.840.10008.1.2.4.91": "-xw",
-}
 _DEFLATED = "1.2.840.10008.1.2.1.99"
-_CALLING_AE = "DRILL_PACS"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _STEP_TITLES = {
     2: "push into Orthanc A",
@@ -336,7 +317,7 @@ def _sample(path: Path) -> SampleFile | str:
     syntax = str(dataset.file_meta.get("TransferSyntaxUID", ""))
     if syntax == _DEFLATED:
         return "deflated: the node refuses deflated syntaxes by design"
-    if syntax not in _STORESCU_OPTION:
+    if syntax not in STORESCU_OPTION:
         return f"transfer syntax {syntax or 'missing'} not in the drill's list"
     uids = [str(dataset.get(name, "")) for name in ("SOPInstanceUID", "StudyInstanceUID")]
     if not all(uids) or not dataset.get("SeriesInstanceUID") or "PatientID" not in dataset:
@@ -494,49 +475,6 @@ def holdings(site: TestbedSite) -> dict[str, HeldInstance]:
     return held
 
 
-def _storescu(site: TestbedSite, target: Path, syntax: str) -> subprocess.CompletedProcess[str]:
-    tool = dcmtk_tool("storescu")
-    assert tool is not None and site.orthanc is not None
-    argv = [tool, "-aet", _CALLING_AE, "-aec", str(site.orthanc["ae_title"]), "-R"]
-    argv += [_STORESCU_OPTION[syntax]]
-    if target.is_dir():
-        argv += ["+sd", "+r"]
-    argv += [site.host, str(site.orthanc["dicom_port"]), str(target)]
-    return subprocess.run(
-        argv, capture_output=True, text=True, env=dcmtk_env(), timeout=1800, check=False
-    )
-
-
-def _push_generated(
-    site: TestbedSite, workdir: Path, studies: int, mix: Sequence[StudySpec], seed: int
-) -> set[str]:
-    """Generate and push the studies (one storescu per transfer syntax); their SOP UIDs."""
-    sent: set[str] = set()
-    folders: dict[str, Path] = {}
-    for number in range(studies):
-        spec = mix[number % len(mix)]
-        folder = workdir / spec.transfer_syntax
-        folders[spec.transfer_syntax] = folder
-        instances = generate_study(seed, spec, patient=number)
-        write_study(folder / f"study-{number:04d}", _note_uids(instances, sent))
-    for name, folder in folders.items():
-        done = _storescu(site, folder, str(TRANSFER_SYNTAXES[name]))
-        if done.returncode != 0:
-            raise MeshError(f"storescu failed to push the {name} studies: {_last_line(done)}")
-    return sent
-
-
-def _note_uids(instances: Iterable[SynthInstance], sent: set[str]) -> Iterator[SynthInstance]:
-    for instance in instances:
-        sent.add(instance.sop_instance_uid)
-        yield instance
-
-
-def _last_line(done: subprocess.CompletedProcess[str]) -> str:
-    lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-    return lines[-1] if lines else f"exit status {done.returncode}"
-
-
 def _push_samples(
     site: TestbedSite, samples: Sequence[SampleFile], count: int, report: DrillReport
 ) -> None:
@@ -545,12 +483,12 @@ def _push_samples(
     for sample in samples:
         if len(report.pydicom_files) >= count:
             return
-        done = _storescu(site, sample.path, sample.transfer_syntax)
+        done = storescu(site, sample.path, sample.transfer_syntax)
         now = set(_instance_ids(site))
         if done.returncode == 0 and now - held:
             report.pydicom_files.append(sample.path.name)
         else:
-            report.pydicom_refused[sample.path.name] = _last_line(done)
+            report.pydicom_refused[sample.path.name] = last_line(done)
         held = now
 
 
@@ -744,13 +682,32 @@ def _check_ready(plan: TestbedPlan) -> TestbedSite:
         )
     if not is_our_orthanc(owner):
         raise ConfigError(f"the Orthanc of {owner.site_id} is not running")
-    studies = site_status(load_config(Path(owner.config)))["studies"]["total"]
-    if _instance_ids(owner) or studies:
+    # Studies pushed before the drill (`testbed push`) are welcome: they are recovered and
+    # compared like the drill's own. What the node holds but Orthanc A does not (pushed to
+    # the node directly) would come back as "extra" and fail the comparison.
+    unknown = _node_sop_uids(load_config(Path(owner.config)).catalog_path) - _orthanc_sop_uids(
+        owner
+    )
+    if unknown:
         raise ConfigError(
-            f"{owner.site_id} already holds studies; the drill compares what it pushes with"
-            " what comes back, so it needs a freshly started testbed"
+            f"the node of {owner.site_id} holds {len(unknown)} instances that its Orthanc"
+            " does not; the drill compares what Orthanc A held with what comes back, so push"
+            " into Orthanc A (`meshpacs testbed push`) or start a fresh testbed"
         )
     return owner
+
+
+def _node_sop_uids(catalog: Path) -> set[str]:
+    if not catalog.exists():
+        return set()
+    uri = f"{catalog.absolute().as_uri()}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+        return {row[0] for row in db.execute("SELECT sop_instance_uid FROM instances")}
+
+
+def _orthanc_sop_uids(site: TestbedSite) -> set[str]:
+    listed = json.loads(orthanc_rest(site, "GET", "/instances?expand"))
+    return {str(entry["MainDicomTags"]["SOPInstanceUID"]) for entry in listed}
 
 
 def _step_push(
@@ -758,7 +715,7 @@ def _step_push(
 ) -> bool:
     report, owner = drill.report, drill.owner
     started = time.monotonic()
-    generated = _push_generated(owner, drill.workdir / "pacs", studies, mix, seed)
+    generated = push_generated(owner, drill.workdir / "pacs", studies, mix, seed).sop_uids
     fit, report.pydicom_unfit = pick_sample_files(pydicom_test_files(), seed)
     _push_samples(owner, fit, samples, report)
     drill.held = holdings(owner)

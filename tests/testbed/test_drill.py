@@ -154,6 +154,17 @@ def test_sample_files_are_distinct_objects_with_many_syntaxes_first() -> None:
 # -- refusals ----------------------------------------------------------------------------
 
 
+def test_push_names_a_missing_site_and_a_pacs_that_does_not_answer(tmp_path: Path) -> None:
+    create_testbed(tmp_path / "tb", 4, k=2, n=3)  # laid out, nothing started
+    runner = CliRunner()
+    wrong = runner.invoke(app, ["testbed", "push", "--root", str(tmp_path / "tb"), "--site", "x"])
+    assert wrong.exit_code == 2 and "has no site 'x'" in wrong.stderr
+    if dcmtk_tool("storescu") is None:
+        pytest.skip("dcmtk's storescu is not installed")
+    down = runner.invoke(app, ["testbed", "push", "--root", str(tmp_path / "tb"), "--studies", "1"])
+    assert down.exit_code == 2 and "storescu failed to push" in down.stderr
+
+
 def test_a_testbed_without_orthanc_is_refused_before_anything_happens(tmp_path: Path) -> None:
     plan = create_testbed(tmp_path / "tb", 4, k=2, n=3)
     with pytest.raises(ConfigError, match="--with-orthanc"):
@@ -198,6 +209,15 @@ def test_the_disaster_drill_recovers_site_a_exactly_and_names_what_is_lost(
             for value in site.recover_args.values()
             for v in (value if isinstance(value, list) else [value])
         )
+    # A study pushed before the drill, as the README's walk-through does: recovered too.
+    pushed = CliRunner().invoke(
+        app, ["testbed", "push", "--root", str(testbed), "--studies", "1", "--seed", "99", "--json"]
+    )
+    assert pushed.exit_code == 0, pushed.output
+    early = json.loads(pushed.stdout)
+    assert early["site"] == owner.site_id and early["target"].startswith("Orthanc ")
+    assert (early["studies"], early["seed"]) == (1, 99) and early["instances"] > 0
+    assert early["dashboard_url"] == owner.dashboard_url
     messages: list[str] = []
     report = run_drill(
         plan,
@@ -211,7 +231,7 @@ def test_the_disaster_drill_recovers_site_a_exactly_and_names_what_is_lost(
     assert report.ok, json.dumps(report.to_json()["steps"], indent=1)
     assert [s.step for s in report.steps] == [2, 3, 4, 5, 6, 7, 8]
     assert report.generated_studies == studies and len(report.pydicom_files) == samples
-    assert report.studies == studies + samples
+    assert report.studies == studies + samples + 1
     assert report.instances > studies and report.bytes > 0
     assert "1.2.840.10008.1.2.5" in report.transfer_syntaxes  # some RLE came back as RLE
     assert report.mismatches == 0

@@ -73,11 +73,6 @@ async def test_a_trusted_peer_rebuilds_a_burnt_sites_shares_and_the_site_comes_b
     for site_id in first:
         await fed.site(site_id).halt()
     lost = {share: fid for share, (holder, fid) in placed.items() if holder in first}
-    import sys
-
-    m = sys.modules.get("dbgmod")
-    if m:
-        m.ev.fed = fed
 
     try:
         await eventually(

@@ -175,7 +175,7 @@ class BackupService:
             try:
                 await self.run_once()
             except MeshError as error:
-                _log.error("backup pass failed: %s", error)
+                _log.error("backup pass failed: %s", error, extra={"event": "backup_failed"})
             self._wake.clear()
             waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
             await asyncio.wait(waiters, timeout=interval, return_when="FIRST_COMPLETED")
@@ -186,6 +186,9 @@ class BackupService:
         report = PassReport()
         plan = self._settings.plan
         report.queued = len(await self._catalog.mark_stable(self._settings.stable_seconds))
+        if report.queued:
+            _log.info("%d studies stable and queued for backup", report.queued,
+                      extra={"event": "studies_stable", "studies": report.queued})  # fmt: skip
         studies = await self._catalog.read(ledger.queued_studies)
         for study_ref in studies:
             created = await self._catalog.write(
@@ -212,7 +215,8 @@ class BackupService:
         for study_ref in studies:
             if await self._catalog.write(partial(ledger.settle_study, study_ref=study_ref)):
                 report.protected += 1
-                _log.info("study row %d protected", study_ref)
+                _log.info("study row %d protected", study_ref,
+                          extra={"event": "study_protected", "study_row": study_ref})  # fmt: skip
                 if self._publisher is not None:
                     await self._publisher.study_protected(study_ref)
         report.pruned = await self._prune()
@@ -234,7 +238,8 @@ class BackupService:
             for _, sha256 in batch:
                 await asyncio.to_thread(self._instance_path(sha256).unlink, missing_ok=True)
             pruned += len(batch)
-            _log.info("retention: removed %d local instance files now held by the mesh", len(batch))
+            _log.info("retention: removed %d local instance files now held by the mesh",
+                      len(batch), extra={"event": "pruned", "instances": len(batch)})  # fmt: skip
 
     async def _encode_and_place(self, report: PassReport) -> None:
         """Stream each planned bundle to its partners; place what earlier passes left.
@@ -254,6 +259,8 @@ class BackupService:
             else:
                 report.waiting += 1
             settled = state in ("stored", "degraded")
+            if settled:
+                await self._log_placed(row, state)
             if row.study_ref is None and settled and self._publisher is not None:
                 await self._publisher.unplaced_protected(row.ref)
 
@@ -286,6 +293,19 @@ class BackupService:
         finally:
             for task in running:
                 task.cancel()
+
+    async def _log_placed(self, row: BundleRow, state: str) -> None:
+        """The bundle's one line as it settles: random ID prefix, size, shape and holders."""
+        placed = await self._catalog.read(lambda db: ledger.placements(db, row.ref))
+        length = (await self._catalog.read(partial(ledger.bundle, ref=row.ref))).length
+        sites = [site for _, site in sorted(ledger.distinct_shares(placed).items())]
+        prefix = row.bundle_id.hex()[:8]
+        _log.info(
+            "bundle %s (row %d) placed: %d bytes as %d-of-%d on %d sites, %s",
+            prefix, row.ref, length or 0, row.k, row.n, len(sites), state,
+            extra={"event": "bundle_placed", "bundle": prefix, "bundle_row": row.ref,
+                   "bytes": length, "k": row.k, "n": row.n, "sites": sites, "state": state},
+        )  # fmt: skip
 
     def _new_bundle(self) -> tuple[bytes, bytes]:
         bundle_id = secrets.token_bytes(16)
@@ -329,7 +349,8 @@ class BackupService:
             await asyncio.gather(*uploads, return_exceptions=True)
             # Never place what does not match the catalog: the bundle waits and the
             # operator sees why (the integrity audit of a later issue repairs it).
-            _log.error("bundle row %d cannot be encoded: %s", row.ref, error)
+            _log.error("bundle row %d cannot be encoded: %s", row.ref, error,
+                       extra={"event": "bundle_unreadable", "bundle_row": row.ref})  # fmt: skip
             return None
         except BaseException:
             stop.set()
@@ -380,7 +401,8 @@ class BackupService:
             reason = str(error) or type(error).__name__
             channel.release(reason)
             _log.info("share %d of bundle row %d not streamed to site %s: %s",
-                      share, row.ref, site, reason)  # fmt: skip
+                      share, row.ref, site, reason,
+                      extra={"bundle_row": row.ref, "share": share, "site": site})  # fmt: skip
             return
         except BaseException:
             channel.release("cancelled")
@@ -404,7 +426,8 @@ class BackupService:
                 challenges=self._settings.challenges_per_share,
             )
         except (InputChanged, OSError) as error:
-            _log.error("bundle row %d cannot be encoded: %s", row.ref, error)
+            _log.error("bundle row %d cannot be encoded: %s", row.ref, error,
+                       extra={"event": "bundle_unreadable", "bundle_row": row.ref})  # fmt: skip
             return None
         sets = files.challenge_sets
         await self._catalog.write(lambda db: health.record_challenges(db, row.ref, sets))
@@ -466,13 +489,13 @@ class BackupService:
             discard_work(row, self._work_dir)
         else:
             placed = await self._catalog.read(lambda db: ledger.placements(db, row.ref))
+            count = len(ledger.distinct_shares(placed))
             _log.warning(
                 "bundle row %d has %d of %d shares placed (happy is %d); will retry",
-                row.ref,
-                len(ledger.distinct_shares(placed)),
-                row.n,
-                self._settings.happy,
-            )
+                row.ref, count, row.n, self._settings.happy,
+                extra={"event": "bundle_waiting", "bundle_row": row.ref, "placed": count,
+                       "n": row.n, "happy": self._settings.happy},
+            )  # fmt: skip
         return state
 
     async def _upload_files(

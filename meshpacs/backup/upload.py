@@ -118,7 +118,8 @@ class _Uploader:
         if attempt.task.cancelled() or error is not None:
             reason = "cancelled" if error is None else _reason(error)
             self.outcome.failed.setdefault(site, reason)
-            _log.info("share %d not placed on site %s: %s", share, site, reason)
+            _log.info("share %d not placed on site %s: %s", share, site, reason,
+                      extra={"share": share, "site": site})  # fmt: skip
             if share not in self.outcome.placed and not self._in_flight(share):
                 self._start(share)
             return

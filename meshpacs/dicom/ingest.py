@@ -235,13 +235,15 @@ class IngestService:
         calling_ae = str(event.assoc.requestor.ae_title).strip()
         if not (is_valid_uid(sop_class) and is_valid_uid(sop_instance)):
             LOG.warning(
-                "refused an instance from %s: invalid SOP Class or Instance UID", calling_ae
-            )
+                "refused an instance from %s: invalid SOP Class or Instance UID", calling_ae,
+                extra={"event": "instance_refused", "calling_ae": calling_ae},
+            )  # fmt: skip
             return STATUS.CANNOT_UNDERSTAND
         try:
             stored = self._store.adopt(Path(event.dataset_path), self._max_bytes)
         except LimitExceeded as exc:
-            LOG.warning("refused an instance from %s: %s", calling_ae, exc)
+            LOG.warning("refused an instance from %s: %s", calling_ae, exc,
+                        extra={"event": "instance_refused", "calling_ae": calling_ae})  # fmt: skip
             return STATUS.OUT_OF_RESOURCES
         except OSError as exc:
             LOG.error("could not store an instance from %s: %s", calling_ae, exc.strerror or exc)
@@ -363,7 +365,9 @@ class IngestService:
         try:
             result = row.result(self._commit_timeout)
         except Exception as exc:
-            LOG.error("catalog commit failed for instance %s: %s", stored.sha256.hex()[:12], exc)
+            ref = stored.sha256.hex()[:12]
+            LOG.error("catalog commit failed for instance %s: %s", ref, exc,
+                      extra={"event": "instance_failed", "instance": ref})  # fmt: skip
             return STATUS.PROCESSING_FAILURE
         self._log_stored(stored, record, result, calling_ae)
         return STATUS.SUCCESS
@@ -390,12 +394,14 @@ class IngestService:
     ) -> None:
         # Content digests, sizes and AE titles only: no UID or patient value in the log.
         ref = stored.sha256.hex()[:12]
+        fields = {"instance": ref, "bytes": stored.size, "calling_ae": calling_ae}
         if result is AddResult.CONFLICT:
             LOG.warning(
                 "instance %s from %s: same SOP Instance UID as a stored instance "
                 "with different bytes; both versions kept and flagged",
                 ref,
                 calling_ae,
+                extra={"event": "instance_conflict", **fields},
             )
         elif record.parse_error:
             LOG.warning(
@@ -403,7 +409,10 @@ class IngestService:
                 ref,
                 calling_ae,
                 record.parse_error,
+                extra={"event": "instance_unparsed", **fields},
             )
         else:
             LOG.info("stored instance %s (%d bytes) from %s: %s",
-                     ref, stored.size, calling_ae, result.name.lower())  # fmt: skip
+                     ref, stored.size, calling_ae, result.name.lower(),
+                     extra={"event": "instance_stored", **fields,
+                            "result": result.value})  # fmt: skip

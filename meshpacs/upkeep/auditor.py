@@ -134,6 +134,8 @@ class Auditor:
             _log.warning(
                 "audit: site %s says it is leaving the federation; its shares will be rebuilt"
                 " elsewhere", target.holder_site,
+                extra={"event": "audit", "bundle_row": target.bundle_ref, "share": target.share,
+                       "site": target.holder_site, "outcome": "leaving"},
             )  # fmt: skip
             return AuditResult(
                 target.bundle_ref, target.share, target.holder_site, LEAVING, None, reputation,
@@ -162,7 +164,7 @@ class Auditor:
             try:
                 await self.audit_once()
             except MeshError as error:
-                _log.error("audit failed: %s", error)
+                _log.error("audit failed: %s", error, extra={"event": "audit_error"})
             await self._pause(self.settings.mean_gap * self._random.uniform(0.5, 1.5), stop)
 
     async def _ask(self, target: health.AuditTarget) -> tuple[str, float | None]:
@@ -203,4 +205,14 @@ def _report(result: AuditResult, now: float, half_life: float) -> None:
         result.outcome,
         score,
         result.remaining,
+        extra={
+            "event": "audit",
+            "bundle_row": result.bundle_ref,
+            "share": result.share,
+            "site": result.holder_site,
+            "outcome": str(result.outcome),
+            "latency_ms": None if result.latency is None else round(result.latency * 1000, 1),
+            "reputation": round(score, 3),
+            "challenges_left": result.remaining,
+        },
     )

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from hashlib import sha256
 from pathlib import Path
 
 import pydicom
@@ -27,6 +28,7 @@ from meshpacs.node.site import create_site
 from meshpacs.testing import SeriesSpec, StudySpec, generate_study, write_study
 from meshpacs.testing.dcmtk import dcmtk_env, dcmtk_tool
 from meshpacs.testing.loopback import free_port
+from tests.node.logfmt import parse_line
 
 TOOLS = {name: dcmtk_tool(name) or name for name in ("storescu", "storescp", "echoscu", "findscu")}
 pytestmark = pytest.mark.skipif(dcmtk_tool("storescu") is None, reason="dcmtk not installed")
@@ -79,8 +81,25 @@ def stored_datasets(site: Path) -> dict[bytes, Path]:
     return found
 
 
-def test_node_run_stores_and_stops_cleanly_on_sigterm(tmp_path: Path, study: list[Path]) -> None:
+def phi_of(paths: list[Path]) -> set[str]:
+    """Patient names and IDs (and their name components) and every UID in the files."""
+    found: set[str] = set()
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        name = str(ds.get("PatientName", ""))
+        found.update([name, str(ds.get("PatientID", "")), *name.split("^")])
+        for element in [*ds.file_meta.iterall(), *ds.iterall()]:
+            if element.VR == "UI":
+                found.add(str(element.value))
+    return {value for value in found if len(value) >= 3}
+
+
+@pytest.mark.parametrize("form", ["kv", "json"])
+def test_node_run_stores_and_stops_cleanly_on_sigterm(
+    tmp_path: Path, study: list[Path], form: str
+) -> None:
     config, port = make_site(tmp_path)
+    config.write_text(config.read_text().replace('format = "kv"', f'format = "{form}"'))
     log = tmp_path / "node.log"
     node = start_node(config, port, log)
     try:
@@ -95,8 +114,16 @@ def test_node_run_stores_and_stops_cleanly_on_sigterm(tmp_path: Path, study: lis
     originals = {p.read_bytes()[dataset_offset(p.read_bytes()) :] for p in study[:20]}
     assert set(stored_datasets(config.parent)) == originals
     text = log.read_text()
-    assert "node stopped" in text
+    logged = [parse_line(line, form) for line in text.splitlines()]  # every line, one event
+    assert "node stopped" in [fields["msg"] for fields in logged]
+    stored = [fields for fields in logged if fields.get("event") == "instance_stored"]
+    assert len(stored) == 20
+    kept = {(sha256(p.read_bytes()).hexdigest()[:12], p.stat().st_size)
+            for p in stored_datasets(config.parent).values()}  # fmt: skip
+    assert {(fields["instance"], int(fields["bytes"])) for fields in stored} == kept
     assert "SYNTH" not in text and "1.2.826.0.1.3680043.8.498" not in text  # no PHI, no UIDs
+    phi = phi_of(study[:20])
+    assert len(phi) > 20 and not [value for value in phi if value in text]
 
 
 def test_kill_9_loses_nothing_that_was_acknowledged(tmp_path: Path, study: list[Path]) -> None:

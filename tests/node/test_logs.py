@@ -5,10 +5,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,10 +19,14 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from meshpacs.dicom.scp import configure_pynetdicom
+from meshpacs.metadata import ledger
 from meshpacs.node.daemon import configure_logging
 from meshpacs.node.logs import UID_MARKER, formatter_for, scrub_uids
 from meshpacs.testing.loopback import free_port
+from meshpacs.upkeep import Auditor, AuditSettings
+from tests.backup.helpers import open_site
 from tests.node.logfmt import parse_kv, parse_line
+from tests.upkeep.helpers import DirHolders
 
 UID = "1.2.840.113619.2.55.3.604688119.971.1234567890.123"
 FORMS = ["kv", "json"]
@@ -256,3 +263,43 @@ def test_kademlia_stays_quiet_below_warning(configure: Callable[..., io.StringIO
         ("kademlia.network", "no known neighbours"),
         ("meshpacs.node", "a debug line"),
     ]
+
+
+def events(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, Any]]:
+    """The JSON lines of the records of ``event``, as the node would write them."""
+    json_lines = formatter_for("json")
+    found = [json.loads(json_lines.format(r)) for r in caplog.records]
+    return [fields for fields in found if fields.get("event") == event]
+
+
+async def test_a_backup_pass_and_an_audit_log_their_figures_as_fields(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with open_site(tmp_path) as site:
+        await site.receive(3, size=20_000)
+        await site.service().run_once()
+        site.clock.advance(1)
+        holders = DirHolders(site.partners.root)
+        result = await Auditor(
+            site.catalog, holders, AuditSettings(), clock=site.clock
+        ).audit_once()
+        assert result is not None
+        length = (await site.catalog.read(partial(ledger.bundle, ref=1))).length
+        placed = await site.catalog.read(lambda db: ledger.placements(db, 1))
+    (stable,) = events(caplog, "studies_stable")
+    assert stable["studies"] == 1 and stable["logger"] == "meshpacs.backup"
+    (bundle,) = events(caplog, "bundle_placed")
+    assert re.fullmatch(r"[0-9a-f]{8}", bundle["bundle"]) and bundle["bundle"] in bundle["msg"]
+    assert (bundle["bytes"], bundle["k"], bundle["n"], bundle["state"]) == (length, 2, 4, "stored")
+    assert bundle["sites"] == [p.holder_site for p in placed]
+    assert len(set(bundle["sites"])) == 4 and "owner" not in bundle["sites"]
+    (protected,) = events(caplog, "study_protected")
+    assert protected["study_row"] == 1
+    (audit,) = events(caplog, "audit")
+    assert (audit["site"], audit["share"], audit["outcome"]) == (
+        result.holder_site, result.share, "ok",
+    )  # fmt: skip
+    assert audit["bundle_row"] == 1 and audit["challenges_left"] == result.remaining
+    assert isinstance(audit["latency_ms"], float) and 0 <= audit["reputation"] <= 1
+    assert "1.2.3.4." not in caplog.text  # the instances' UIDs (short, but still)

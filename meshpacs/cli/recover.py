@@ -15,6 +15,7 @@ from meshpacs.dicom.scu import Target
 from meshpacs.errors import MeshError
 from meshpacs.keys import SiteSecret
 from meshpacs.keys.secret import audit_trail_key
+from meshpacs.node.config import load_config
 from meshpacs.node.daemon import configure_logging
 from meshpacs.recovery.command import RecoverRequest, dry_run, run_recovery
 from meshpacs.recovery.escrow import (
@@ -76,6 +77,17 @@ def _phrase(phrase_file: Path | None) -> SiteSecret:
         return SiteSecret.from_phrase(text)
     except MeshError as exc:
         raise _fail(str(exc)) from None
+
+
+def _dashboard_state_dir(config_file: Path) -> Path:
+    """The state directory of the node whose dashboard is to show the recovery."""
+    try:
+        state = load_config(config_file).state_dir
+    except MeshError as exc:
+        raise _fail(f"--show-on-dashboard: {exc}") from None
+    if not state.is_dir():
+        raise _fail(f"--show-on-dashboard: {state} does not exist; start that node once first")
+    return state
 
 
 def _note(line: str) -> None:
@@ -222,6 +234,14 @@ def recover(
     json_file: Annotated[
         Path | None, typer.Option("--json", help="Write the final report here as JSON.")
     ] = None,
+    show_on_dashboard: Annotated[
+        Path | None,
+        typer.Option(
+            "--show-on-dashboard",
+            help="A running node's config.toml (any site's, e.g. a trusted peer's or the"
+            " new node's): its dashboard shows this recovery's progress (counts only).",
+        ),
+    ] = None,
 ) -> None:
     """Rebuild this site's archive from the federation, byte for byte.
 
@@ -233,6 +253,8 @@ def recover(
     C-STORE or to a folder.
     Run it again after any interruption: the journal in --workdir resumes it without
     delivering anything twice. Exit code 0 only when everything planned was delivered.
+    Progress (counts and sizes, no patient data) is kept in WORKDIR/progress.json and,
+    with --show-on-dashboard, in that node's state/recovery.json for its dashboard.
     """
     if not logging.getLogger().handlers:  # as basicConfig: an embedding keeps its own
         configure_logging("WARNING")
@@ -255,6 +277,7 @@ def recover(
         bind="0.0.0.0" if any(not b.startswith("127.") for b in bootstrap) else "127.0.0.1",
     )
     target_ae = _target(to_ae) if to_ae else None
+    show_on = _dashboard_state_dir(show_on_dashboard) if show_on_dashboard else None
     if dry and target_ae is None and to_dir is None:
         to_dir = workdir / "dry-run"  # never written: a dry run delivers nothing
     if escrow_release:
@@ -272,6 +295,7 @@ def recover(
         to_dir=to_dir if target_ae is None else None,
         peers=tuple(peer or ()),
         associations=associations,
+        show_on=show_on,
     )
 
     def say(message: str) -> None:

@@ -12,7 +12,8 @@ audits score below ``[maintenance] reputation_floor`` are marked ``shunned``: th
 new shares. The last scrub of what partners store here is read from ``state/scrub.json``;
 the last renewal of this site's leases at its partners from ``state/leases.json``, and
 what lease expiry removed of partners' shares here from ``state/expiry.json``; what this
-node did as the delegate of trusted sites that are down from ``state/delegate.json``. Forget
+node did as the delegate of trusted sites that are down from ``state/delegate.json``; a
+recovery's progress (``meshpacs recover --show-on-dashboard``) from ``state/recovery.json``. Forget
 requests (``meshpacs forget``) are counted from the catalog: pending, deleting at
 partners, done.
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import sqlite3
 import time
@@ -42,6 +44,7 @@ from meshpacs.node.expiry import expiry_report
 from meshpacs.node.leave import held_now, leave_requested
 from meshpacs.node.mesh import DELEGATE_FILE, EXPIRY_FILE, LEASES_FILE, PEERS_FILE, SCRUB_FILE
 from meshpacs.node.status_warnings import STALE_AFTER_SECONDS, site_warnings, trail_problem
+from meshpacs.recovery.progress import DASHBOARD_FILE as RECOVERY_FILE
 from meshpacs.store.store import INDEX_NAME
 from meshpacs.upkeep.leases import last_renewal
 
@@ -224,6 +227,24 @@ def _state_document(config: NodeConfig, name: str) -> dict[str, Any] | None:
     return None
 
 
+RECOVERY_SHOWN_SECONDS = 86400.0  # a finished recovery stays on the dashboard a day
+RECOVERY_STALLED_SECONDS = 300.0  # a running one silent this long has probably stopped
+
+
+def _recovery_report(config: NodeConfig, now: float) -> dict[str, Any] | None:
+    """The progress of a ``meshpacs recover --show-on-dashboard`` run: while it runs, and
+    for a day after it finished; ``stalled`` when it stopped writing without finishing."""
+    document = _state_document(config, RECOVERY_FILE)
+    if document is None:
+        return None
+    updated = document.get("updated_at")
+    age = now - updated if isinstance(updated, int | float) else math.inf
+    finished = bool(document.get("finished"))
+    if finished and age > RECOVERY_SHOWN_SECONDS:
+        return None
+    return {**document, "stalled": not finished and age > RECOVERY_STALLED_SECONDS}
+
+
 def _scrub_report(config: NodeConfig) -> dict[str, Any] | None:
     return _state_document(config, SCRUB_FILE)
 
@@ -315,6 +336,7 @@ def site_status(
             "expiry": expiry_report(config.state_dir / EXPIRY_FILE),
         },
         "storage": _storage_report(config, held_for, disk_usage),
+        "recovery": _recovery_report(config, now),
         "peers": sorted(peers, key=lambda p: p["site_id"]),
         "peers_as_of": as_of,
     }

@@ -5,6 +5,11 @@ records from the peers (the trusted ones answer; the others hold nothing for it)
 and runs the recovery into the target, journaled in the working directory so that running
 it again resumes. :func:`dry_run` stops after the plan and asks every recorded holder
 whether it still holds its share: how recoverable each study is, without moving data.
+
+While it runs, the recovery keeps a PHI-free progress document
+(:class:`~meshpacs.recovery.progress.ProgressFile`) in ``WORKDIR/progress.json`` and, with
+``show_on`` (a node's state directory), in that node's ``state/recovery.json``, which the
+node's dashboard and ``/metrics`` show.
 """
 
 from __future__ import annotations
@@ -32,7 +37,12 @@ from meshpacs.recovery.gather import pool_fetch
 from meshpacs.recovery.journal import RecoveryJournal
 from meshpacs.recovery.model import PlannedBundle, PlannedStudy
 from meshpacs.recovery.plan import PlanFilter, select_studies
-from meshpacs.recovery.progress import ProgressDisplay
+from meshpacs.recovery.progress import (
+    DASHBOARD_FILE,
+    PROGRESS_FILE,
+    ProgressDisplay,
+    ProgressFile,
+)
 from meshpacs.recovery.report import RecoveryReport
 from meshpacs.recovery.service import RecoveryRun, RunSettings
 from meshpacs.recovery.session import (
@@ -59,6 +69,7 @@ class RecoverRequest:
     peers: tuple[str, ...] = ()  # empty: ask every member the DHT knows
     associations: int = 4
     settings: RunSettings = field(default_factory=RunSettings)
+    show_on: Path | None = None  # a node's state directory: its dashboard shows the progress
 
     def __post_init__(self) -> None:
         if (self.to_ae is None) == (self.to_dir is None):
@@ -98,8 +109,35 @@ async def run_recovery(
     """Recover the planned studies into the target; the report says what came back.
 
     ``progress`` (the operator's standard error) gets the running figures: a line redrawn
-    in place on a terminal, a plain line every few seconds otherwise.
+    in place on a terminal, a plain line every few seconds otherwise. The progress
+    document (see the module) is written throughout, and once more at the end with the
+    outcome: complete, incomplete, failed (an error ended the run) or interrupted.
     """
+    request.workdir.mkdir(parents=True, exist_ok=True)
+    paths = [request.workdir / PROGRESS_FILE]
+    if request.show_on is not None:
+        paths.append(request.show_on / DASHBOARD_FILE)
+    shown = ProgressFile(request.credentials.site_id, paths)
+    shown.write(None)
+    runs: list[RecoveryRun] = []
+    try:
+        report = await _recover(request, say, progress, shown, runs)
+    except BaseException as exc:
+        stopped = isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
+        last = runs[0].tally.report(0.0) if runs else None  # the document has no rate
+        shown.write(last, outcome="interrupted" if stopped else "failed")
+        raise
+    shown.write(report, outcome="complete" if report.complete else "incomplete")
+    return report
+
+
+async def _recover(
+    request: RecoverRequest,
+    say: Callable[[str], None],
+    progress: TextIO | None,
+    shown: ProgressFile,
+    runs: list[RecoveryRun],
+) -> RecoveryReport:
     async with open_session(request.secret, request.credentials, request.workdir) as session:
         studies = await _plan(session, request, say)
         if request.to_ae is not None:
@@ -125,19 +163,26 @@ async def run_recovery(
                 settings=request.settings,
                 say=say,
             )
-            report = await _run_showing(run, progress)
+            runs.append(run)
+            report = await _run_showing(run, progress, shown)
             if isinstance(deliverer, DirDeliverer):
                 await deliverer.finish()
             return report
 
 
-async def _run_showing(run: RecoveryRun, stream: TextIO | None) -> RecoveryReport:
-    if stream is None:
-        return await run.run()
+async def _run_showing(
+    run: RecoveryRun, stream: TextIO | None, shown: ProgressFile
+) -> RecoveryReport:
     started = time.monotonic()
-    display = ProgressDisplay(lambda: run.tally.report(time.monotonic() - started), stream)
-    async with display.running():
-        return await run.run()
+
+    def snapshot() -> RecoveryReport:
+        return run.tally.report(time.monotonic() - started)
+
+    async with shown.running(snapshot):
+        if stream is None:
+            return await run.run()
+        async with ProgressDisplay(snapshot, stream).running():
+            return await run.run()
 
 
 async def _reachable(session: MeshSession, bundle: PlannedBundle) -> int:

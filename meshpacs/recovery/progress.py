@@ -16,19 +16,48 @@ the line holds counts and sizes, never a UID.
 The rate is that of this run (instances an earlier, interrupted run delivered do not make it
 look faster); the ETA divides what is left (planned, less delivered) by that rate, and is
 left out until a few seconds of data exist.
+
+**The progress document.** For a dashboard, :class:`ProgressFile` keeps the same figures
+as JSON (:func:`progress_document`): the phase (``planning``, ``recovering``,
+``finished``), bundles total, done and unrecoverable, studies, instances and bytes planned
+and delivered, when the run started and the document was last written, and once finished
+its outcome (``complete``, ``incomplete`` or ``failed``). Counts, sizes and times only,
+never a UID or a patient field, so the node's dashboard may show it. It is replaced
+atomically (temporary file, fsync, rename, fsync of the directory) every few seconds, at
+each phase and at the end: in the recovery's working directory (``progress.json``) and,
+when the operator names a node to show it on, in that node's ``state/recovery.json``.
+A copy that cannot be written is logged once and the recovery goes on without it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import TextIO
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
 
+from meshpacs.durable import write_atomic
 from meshpacs.recovery.report import RecoveryReport, format_size
 
-__all__ = ["ProgressDisplay", "progress_line"]
+__all__ = [
+    "DASHBOARD_FILE",
+    "PROGRESS_FILE",
+    "PROGRESS_VERSION",
+    "ProgressDisplay",
+    "ProgressFile",
+    "progress_document",
+    "progress_line",
+]
+
+PROGRESS_FILE = "progress.json"  # in the recovery's working directory
+DASHBOARD_FILE = "recovery.json"  # in the state directory of the node that shows it
+PROGRESS_VERSION = 1
+
+_log = logging.getLogger("meshpacs.recovery")
 
 _MIN_SECONDS_FOR_ETA = 3.0
 
@@ -124,3 +153,105 @@ def _duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m{secs:02d}s"
     return f"{secs}s"
+
+
+def progress_document(
+    site_id: str,
+    phase: str,
+    report: RecoveryReport | None,
+    *,
+    started_at: float,
+    updated_at: float,
+    outcome: str | None = None,
+) -> dict[str, Any]:
+    """The PHI-free figures of a recovery (see the module); ``report`` None while planning."""
+    figures: dict[str, Any] = {
+        "version": PROGRESS_VERSION,
+        "site_id": site_id,
+        "phase": phase,
+        "finished": outcome is not None,
+        "outcome": outcome,
+        "started_at": started_at,
+        "updated_at": updated_at,
+        "target": None,
+        "bundles": None,
+        "studies": None,
+        "instances": None,
+        "bytes": None,
+    }
+    if report is not None:
+        figures["target"] = report.target
+        figures["bundles"] = {
+            "total": report.bundles_planned,
+            "done": report.bundles_delivered,
+            "unrecoverable": len(report.unrecoverable),
+        }
+        figures["studies"] = {"total": report.studies_planned, "done": report.studies_delivered}
+        figures["instances"] = {
+            "total": report.instances_planned,
+            "delivered": report.instances_delivered,
+            "failed": report.failed_count,
+        }
+        figures["bytes"] = {"total": report.bytes_planned, "delivered": report.bytes_delivered}
+    return figures
+
+
+class ProgressFile:
+    """Writes :func:`progress_document` to each of ``paths``, atomically.
+
+    The document only shows the run: a path that cannot be written is logged once and
+    skipped from then on, and the recovery goes on (the journal, not this, resumes it).
+    """
+
+    def __init__(
+        self,
+        site_id: str,
+        paths: Sequence[Path],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._site_id = site_id
+        self._paths = list(paths)
+        self._clock = clock
+        self.started_at = clock()
+        self.phase = "planning"
+        self.last: dict[str, Any] | None = None
+
+    def write(self, report: RecoveryReport | None, outcome: str | None = None) -> None:
+        document = progress_document(
+            self._site_id,
+            "finished" if outcome is not None else self.phase,
+            report,
+            started_at=self.started_at,
+            updated_at=self._clock(),
+            outcome=outcome,
+        )
+        data = (json.dumps(document, indent=2) + "\n").encode("utf-8")
+        for path in list(self._paths):
+            try:
+                write_atomic(path, data, 0o644)
+            except OSError as exc:
+                _log.warning("recovery progress not kept in %s from now on: %s", path,
+                             exc.strerror or exc)  # fmt: skip
+                self._paths.remove(path)
+        self.last = document
+
+    @contextlib.asynccontextmanager
+    async def running(
+        self, snapshot: Callable[[], RecoveryReport], interval: float = 2.0
+    ) -> AsyncIterator[ProgressFile]:
+        """Write ``snapshot()`` every ``interval`` while the block runs (phase recovering)."""
+        self.phase = "recovering"
+
+        async def loop() -> None:
+            while True:
+                self.write(snapshot())
+                await asyncio.sleep(interval)
+
+        task = asyncio.create_task(loop())
+        try:
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -103,6 +103,8 @@ class RecoveryReport:
     failed: tuple[FailedInstance, ...]
     failed_count: int
     failed_reasons: tuple[tuple[str, int], ...] = ()  # (reason, count), most frequent first
+    bundles_planned: int = 0
+    bundles_delivered: int = 0  # every instance of the bundle held by the target
 
     @property
     def complete(self) -> bool:
@@ -128,6 +130,8 @@ class RecoveryReport:
             "bytes_delivered": self.bytes_delivered,
             "bytes_resumed": self.bytes_resumed,
             "bytes_this_run": self.bytes_this_run,
+            "bundles_planned": self.bundles_planned,
+            "bundles_delivered": self.bundles_delivered,
             "seconds": round(self.seconds, 3),
             "unrecoverable": [u.to_json() for u in self.unrecoverable],
             "failed": [f.to_json() for f in self.failed],
@@ -186,9 +190,13 @@ class ReportTally:
         self._size: dict[bytes, int] = {}
         self._study_of: dict[bytes, int] = {}
         self._bundle_study: dict[bytes, int] = {}
+        self._bundle_members: dict[bytes, frozenset[bytes]] = {}
         for number, study in enumerate(self._studies):
             for bundle in study.bundles:
                 self._bundle_study.setdefault(bundle.bundle_id, number)
+                self._bundle_members[bundle.bundle_id] = frozenset(
+                    i.sha256 for i in bundle.instances
+                )
                 for instance in bundle.instances:
                     self._size.setdefault(instance.sha256, instance.size)
                     self._study_of.setdefault(instance.sha256, number)
@@ -242,6 +250,8 @@ class ReportTally:
                 failed=tuple(failed[:MAX_LISTED]),
                 failed_count=len(failed),
                 failed_reasons=_by_reason(failed),
+                bundles_planned=len(self._bundle_members),
+                bundles_delivered=sum(1 for m in self._bundle_members.values() if m <= held),
             )
 
     def _lost(self, held: set[bytes]) -> tuple[UnrecoverableBundle, ...]:

@@ -125,7 +125,7 @@ def render_dashboard(
         _peers(status, now),
         _audits(status, now),
         _upkeep(status, figures, now),
-        _recovery(status),
+        _recovery(status, now),
         "</main></body></html>",
     ]
     return "\n".join(p for p in parts if p) + "\n"
@@ -355,13 +355,47 @@ def _upkeep(status: Mapping[str, Any], figures: Mapping[str, Any], now: float) -
     return f'<section id="upkeep"><h2>Storage and upkeep</h2>{_list(rows)}</section>'
 
 
-def _recovery(status: Mapping[str, Any]) -> str:
+def _recovery(status: Mapping[str, Any], now: float) -> str:
     recovery = status.get("recovery")
     if not isinstance(recovery, Mapping) or not recovery:
         body = '<p class="quiet" id="recovery-state">No recovery running.</p>'
-    else:
-        rows = [(str(key), str(value)) for key, value in recovery.items()]
-        body = f'<div id="recovery-state">{_list(rows)}</div>'
+        return f'<section class="wide" id="recovery"><h2>Recovery</h2>{body}</section>'
+    outcome = recovery.get("outcome")
+    state = f"finished: {outcome}" if recovery.get("finished") else str(recovery.get("phase"))
+    if recovery.get("stalled"):
+        state += " (no news for a while: is meshpacs recover still running?)"
+    rows = [
+        ("site", str(recovery.get("site_id", "?"))),
+        ("state", state),
+        ("started", _when(recovery.get("started_at"), now)),
+        ("last update", _when(recovery.get("updated_at"), now)),
+    ]
+    bundles = _dict(recovery.get("bundles"))
+    if bundles:
+        rows.append(
+            (
+                "bundles",
+                f"{_int(bundles.get('done'))} of {_int(bundles.get('total'))} done,"
+                f" {_int(bundles.get('unrecoverable'))} unrecoverable",
+            )
+        )
+    studies, instances = _dict(recovery.get("studies")), _dict(recovery.get("instances"))
+    if studies:
+        rows.append(("studies", f"{_int(studies.get('done'))} of {_int(studies.get('total'))}"))
+    if instances:
+        rows.append(
+            (
+                "instances",
+                f"{_int(instances.get('delivered'))} of {_int(instances.get('total'))}"
+                f" delivered, {_int(instances.get('failed'))} failed",
+            )
+        )
+    size = _dict(recovery.get("bytes"))
+    if size:
+        rows.append(("bytes", f"{_size(size.get('delivered'))} of {_size(size.get('total'))}"))
+    if recovery.get("target"):
+        rows.append(("into", str(recovery.get("target"))))
+    body = f'<div id="recovery-state">{_list(rows)}</div>'
     return f'<section class="wide" id="recovery"><h2>Recovery</h2>{body}</section>'
 
 

@@ -122,6 +122,7 @@ def render_metrics(status: Mapping[str, Any], figures: Mapping[str, Any] | None 
     _peers(out, status)
     _upkeep(out, status)
     _node_figures(out, _dict(figures))
+    _recovery(out, _dict(status.get("recovery")))
     lines = [line for family in out.all for line in family.lines()]
     return "\n".join(lines) + "\n"
 
@@ -338,3 +339,30 @@ def _node_figures(out: _Families, figures: Mapping[str, Any]) -> None:
     backup = _dict(figures.get("backup"))
     out.gauge("backup_k", "Shares needed to rebuild a bundle ([backup] k).").add(backup.get("k"))
     out.gauge("backup_n", "Shares made of each bundle ([backup] n).").add(backup.get("n"))
+
+
+def _recovery(out: _Families, recovery: Mapping[str, Any]) -> None:
+    """A ``meshpacs recover --show-on-dashboard`` run shown by this node, if any."""
+    if not recovery:
+        return
+    out.gauge("recovery_running", "1 while a recovery shown here runs (0: finished).").add(
+        not recovery.get("finished")
+    )
+    out.gauge("recovery_stalled", "1 if the running recovery stopped writing its progress.").add(
+        bool(recovery.get("stalled"))
+    )
+    bundles = _dict(recovery.get("bundles"))
+    by_state = out.gauge("recovery_bundles", "The recovery's bundles: total, done, unrecoverable.")
+    for state in ("total", "done", "unrecoverable"):
+        by_state.add(bundles.get(state), state=state)
+    instances = _dict(recovery.get("instances"))
+    count = out.gauge("recovery_instances", "The recovery's instances: total, delivered, failed.")
+    for state in ("total", "delivered", "failed"):
+        count.add(instances.get(state), state=state)
+    size = _dict(recovery.get("bytes"))
+    sizes = out.gauge("recovery_bytes", "Bytes of the recovery's instances: total, delivered.")
+    for state in ("total", "delivered"):
+        sizes.add(size.get(state), state=state)
+    out.gauge("recovery_updated_timestamp_seconds", "When the recovery last wrote progress.").add(
+        recovery.get("updated_at")
+    )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shutil
 import sqlite3
+import urllib.request
 from pathlib import Path
 
 from meshpacs.dicom.part10 import dataset_offset
@@ -48,6 +51,11 @@ def restored(root: Path) -> dict[str, bytes]:
     return out
 
 
+def dashboard_page(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return str(answer.read().decode())
+
+
 def originals(instances: list[SynthInstance]) -> dict[str, bytes]:
     return {i.sop_instance_uid: dataset_part(i.data) for i in instances}
 
@@ -68,11 +76,13 @@ async def test_a_lost_site_is_recovered_exactly_and_a_rerun_delivers_nothing_twi
     await owner.halt()
     secret, credentials = lose_site(fed, "site-a", tmp_path / "kept")
 
+    shown_on = fed.site("site-b")  # a running node whose dashboard shows the progress
     request = RecoverRequest(
         secret=secret,
         credentials=credentials,
         workdir=tmp_path / "recovery",
         to_dir=tmp_path / "restored",
+        show_on=shown_on.data_dir / "state",
     )
     plan = await dry_run(request)
     assert plan["studies_planned"] == 3 and plan["recoverable"] == 3
@@ -81,6 +91,25 @@ async def test_a_lost_site_is_recovered_exactly_and_a_rerun_delivers_nothing_twi
     assert report.exit_code == 0, report.summary()
     assert report.studies_delivered == 3 and report.instances_delivered == len(sent)
     assert restored(tmp_path / "restored") == originals(sent)
+
+    # The progress document, in the work directory and on site B, has the report's figures.
+    progress = json.loads((tmp_path / "recovery" / "progress.json").read_text())
+    assert progress == json.loads((shown_on.data_dir / "state" / "recovery.json").read_text())
+    assert progress["finished"] and progress["outcome"] == "complete"
+    assert progress["bundles"] == {
+        "total": report.bundles_planned,
+        "done": report.bundles_planned,
+        "unrecoverable": 0,
+    }
+    assert report.bundles_planned >= 3
+    assert progress["instances"] == {"total": len(sent), "delivered": len(sent), "failed": 0}
+    assert progress["bytes"] == {"total": report.bytes_planned, "delivered": report.bytes_planned}
+    assert progress["studies"] == {"total": 3, "done": 3}
+    page = await asyncio.to_thread(dashboard_page, shown_on.plan.dashboard_url)
+    assert "<dt>state</dt><dd>finished: complete</dd>" in page
+    assert f"<dt>bundles</dt><dd>{report.bundles_planned} of {report.bundles_planned} done," in page
+    assert f"<dt>instances</dt><dd>{len(sent)} of {len(sent)} delivered, 0 failed</dd>" in page
+    assert not [i for i in sent if i.study_instance_uid in page or i.sop_instance_uid in page]
 
     again = await run_recovery(request)
     assert again.exit_code == 0 and again.instances_this_run == 0

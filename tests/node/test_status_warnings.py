@@ -256,3 +256,18 @@ async def test_warnings_come_first_in_the_text_and_carry_no_dicom_value(
         w["code"] for w in warnings
     }
     assert UID not in json.dumps(warnings) and "Test^Patient" not in json.dumps(warnings)
+
+
+def test_a_recovery_is_shown_while_it_runs_and_for_a_day_after(tmp_path: Path) -> None:
+    config = make_site(tmp_path / "site", mesh=False)
+    assert status(config)["recovery"] is None
+    config.state_dir.mkdir(exist_ok=True)
+    path = config.state_dir / "recovery.json"
+    running = {"phase": "recovering", "finished": False, "updated_at": NOW - 10}
+    path.write_text(json.dumps(running))
+    assert status(config)["recovery"] == {**running, "stalled": False}
+    assert status(config, NOW + 600)["recovery"]["stalled"]  # silent for ten minutes
+    done = {"phase": "finished", "finished": True, "outcome": "complete", "updated_at": NOW}
+    path.write_text(json.dumps(done))
+    assert status(config, NOW + 3600)["recovery"]["outcome"] == "complete"
+    assert status(config, NOW + 2 * 86400)["recovery"] is None  # old news

@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import json
+from pathlib import Path
 
-from meshpacs.recovery.progress import ProgressDisplay, progress_line
+import pytest
+
+from meshpacs.recovery.progress import ProgressDisplay, ProgressFile, progress_line
 from meshpacs.recovery.report import RecoveryReport, UnrecoverableBundle
 
 _UID = "1.2.826.0.1.3680043.8.498.77"
@@ -109,3 +113,30 @@ async def test_running_shows_the_figures_while_the_work_goes_on_and_once_at_the_
     assert screen.getvalue().endswith("\n")
     await asyncio.sleep(0.05)
     assert calls == during + 1  # and nothing more once it ended
+
+
+def test_the_progress_file_is_written_whole_and_a_bad_copy_is_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = iter([100.0, 101.0, 102.0, 103.0]).__next__
+    missing = tmp_path / "no-such-node" / "state" / "recovery.json"
+    shown = ProgressFile("st-marys", [tmp_path / "progress.json", missing], clock=clock)
+    shown.write(None)
+    first = json.loads((tmp_path / "progress.json").read_text())
+    assert first["phase"] == "planning" and first["bundles"] is None
+    assert first["started_at"] == 100.0 and first["updated_at"] == 101.0
+    assert "recovery.json" in caplog.text  # logged once, then skipped
+    caplog.clear()
+    report = RecoveryReport(
+        "dir:/restored", 2, 1, 10, 4, 0, 4, 1000, 400, 0, 400, 1.0, (), (), 0,
+        bundles_planned=3, bundles_delivered=1,
+    )  # fmt: skip
+    shown.write(report, outcome="incomplete")
+    last = json.loads((tmp_path / "progress.json").read_text())
+    assert last == shown.last
+    assert last["finished"] and last["outcome"] == "incomplete" and last["phase"] == "finished"
+    assert last["bundles"] == {"total": 3, "done": 1, "unrecoverable": 0}
+    assert last["instances"] == {"total": 10, "delivered": 4, "failed": 0}
+    assert last["bytes"] == {"total": 1000, "delivered": 400}
+    assert not caplog.text and not missing.exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

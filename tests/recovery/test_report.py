@@ -54,6 +54,7 @@ def test_everything_delivered_gives_exit_code_0_and_the_required_keys(tmp_path: 
     assert (document["instances_planned"], document["instances_delivered"]) == (20, 20)
     assert document["bytes_delivered"] == document["bytes_this_run"] == size
     assert document["seconds"] == 2.5
+    assert document["bundles_delivered"] == document["bundles_planned"] > 1
     assert report.complete and report.exit_code == 0 and document["exit_code"] == 0
     assert "complete" in report.summary()
 
@@ -76,6 +77,10 @@ def test_failures_and_an_unrecoverable_bundle_give_exit_code_1_and_name_studies(
     document = json.loads(json.dumps(report.to_json()))
     assert (document["studies_planned"], document["studies_delivered"]) == (2, 1)
     assert document["instances_delivered"] == 10 + 3
+    # every bundle of the first study is whole; of the second's (0-3, 4-7, 8-9) only 8-9
+    first_bundles = len(studies[0].bundles)
+    assert document["bundles_planned"] == first_bundles + len(studies[1].bundles)
+    assert document["bundles_delivered"] == first_bundles + 1
     assert document["unrecoverable"] == [{
         "bundle": lost.bundle_id.hex(), "study": studies[1].study_uid, "instances": 4,
         "reason": "need 2 good fragments, have 1",

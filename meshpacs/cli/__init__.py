@@ -39,6 +39,7 @@ app = typer.Typer(
         " byte for byte from any k of them."
     ),
     no_args_is_help=True,
+    rich_markup_mode="markdown",  # docstring paragraphs rewrapped, not kept line by line
     add_completion=False,
 )
 
@@ -227,6 +228,7 @@ def init(
 node_app = typer.Typer(
     help="Run this site's node: the DICOM AE your PACS sends studies to.",
     no_args_is_help=True,
+    rich_markup_mode="markdown",  # docstring paragraphs rewrapped, not kept line by line
 )
 app.add_typer(node_app, name="node")
 

@@ -32,6 +32,7 @@ escrow_app = typer.Typer(
         " peers hold, with the federation administrator's authorisation."
     ),
     no_args_is_help=True,
+    rich_markup_mode="markdown",  # docstring paragraphs rewrapped, not kept line by line
 )
 
 _JSON_HELP = "Print one JSON object for scripts."

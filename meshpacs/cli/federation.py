@@ -45,6 +45,7 @@ federation_app = typer.Typer(
         " each site's node certificate, and revoking a site."
     ),
     no_args_is_help=True,
+    rich_markup_mode="markdown",  # docstring paragraphs rewrapped, not kept line by line
 )
 
 _CA_DIR_HELP = "The federation CA directory, as made by meshpacs federation create."

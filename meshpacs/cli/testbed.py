@@ -30,6 +30,7 @@ testbed_app = typer.Typer(
         " 127.0.0.1 only."
     ),
     no_args_is_help=True,
+    rich_markup_mode="markdown",  # docstring paragraphs rewrapped, not kept line by line
 )
 
 

@@ -31,6 +31,7 @@ trail_app = typer.Typer(
         " audit message, in a tamper-evident log in the site's data directory."
     ),
     no_args_is_help=True,
+    rich_markup_mode="markdown",  # docstring paragraphs rewrapped, not kept line by line
 )
 
 

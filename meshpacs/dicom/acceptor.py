@@ -41,14 +41,14 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from meshpacs.dicom import pdu
-from meshpacs.dicom.auditing import record_received
+from meshpacs.dicom.auditing import record_received, record_rejected_caller
 from meshpacs.dicom.ingest import IngestService
 from meshpacs.dicom.pdulimit import MAX_CONTROL_PDU
 from meshpacs.dicom.receiver import AcceptedContext, StorageAssociation
 from meshpacs.dicom.settings import AeSettings
 from meshpacs.trail import TrailWriter
 
-__all__ = ["MeshAssociationServer", "MeshRequestHandler", "ReceiverHub"]
+__all__ = ["MeshAssociationServer", "MeshRequestHandler", "ReceiverHub", "calling_ae_refused"]
 
 LOG = logging.getLogger("meshpacs.dicom")
 VERIFICATION = "1.2.840.10008.1.1"
@@ -205,6 +205,13 @@ def _serve_storage(
     rejection = _ae_rejection(request, settings)
     if rejection is not None:
         _reject(sock, request_length, rejection, f"association from {calling} rejected")
+        if calling_ae_refused(calling, settings):
+            record_rejected_caller(
+                hub.trail,
+                calling_ae=calling,
+                address=peer,
+                called_ae=str(request.called_ae_title).strip(),
+            )
         return
     negotiate = getattr(acse, "negotiate_unrestricted")  # noqa: B009 - wrapped at run time
     results, _roles = negotiate(request.presentation_context_definition_list, supported, None)
@@ -256,12 +263,17 @@ def _ae_rejection(
 ) -> tuple[int, int, int] | None:
     """pynetdicom's AE title checks, in its order (the later reason wins)."""
     rejection = None
-    allowed = [a.strip() for a in settings.allowed_calling_aets]
-    if allowed and str(request.calling_ae_title).strip() not in allowed:
+    if calling_ae_refused(str(request.calling_ae_title), settings):
         rejection = _CALLING_AE_NOT_RECOGNIZED
     if str(request.called_ae_title).strip() != settings.ae_title.strip():
         rejection = _CALLED_AE_NOT_RECOGNIZED
     return rejection
+
+
+def calling_ae_refused(calling_ae: str, settings: AeSettings) -> bool:
+    """Whether ``allowed_calling_aets`` (when set) leaves ``calling_ae`` out."""
+    allowed = [a.strip() for a in settings.allowed_calling_aets]
+    return bool(allowed) and calling_ae.strip() not in allowed
 
 
 def _accept_pdu(

@@ -33,7 +33,7 @@ import concurrent.futures
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -43,7 +43,12 @@ from pynetdicom import _config, build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
-from meshpacs.dicom.auditing import record_find
+from meshpacs.dicom.auditing import (
+    Retrieve,
+    record_find,
+    record_retrieve_begun,
+    record_retrieve_done,
+)
 from meshpacs.dicom.reactor import install_counting_checkpoint
 from meshpacs.dicom.sender import install_send_lock, send_stored
 from meshpacs.dicom.storage import InstanceStore
@@ -114,6 +119,8 @@ class StoredInstance(Dataset):
         self.meshpacs_path = path
         self.meshpacs_location = location
         self.meshpacs_unavailable = unavailable if path is None else ""
+        # The C-STORE-RSP status once sent (None: not sent, or no answer), for the trail.
+        self.meshpacs_status: int | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +195,7 @@ def install_raw_retrieve() -> None:
             originator_id=originator_id,
         )
         _tell_sent(dataset, status)
+        _note_status(dataset, status)
         return status
 
     setattr(send_c_store, _MARK, True)
@@ -289,20 +297,75 @@ class QueryRetrieveService:
         if address is None:
             LOG.warning("C-MOVE from %s to unknown destination %s refused",
                         _calling(event), destination)  # fmt: skip
+            refused = self._retrieve(event, "C-MOVE", destination, "", 0)
+            self._audit_refused(refused, "unknown move destination")
             yield None, None
             return
-        located = self._locate(event)
+        retrieve = self._retrieve(event, "C-MOVE", destination, address[0], 0)
+        located = self._audited_locate(event, retrieve)
+        retrieve = replace(retrieve, instances=len(located))
         contexts = _contexts_for(located)
-        yield address[0], address[1], {"contexts": contexts}
-        yield len(located)
-        yield from self._sub_operations(event, located, "C-MOVE")
+        record_retrieve_begun(self.trail, retrieve)
+        tally = _Tally(retrieve)
+        try:
+            yield address[0], address[1], {"contexts": contexts}
+            yield len(located)
+            for item in self._sub_operations(event, located, "C-MOVE"):
+                tally.see(item)
+                yield item
+        finally:
+            # Also when pynetdicom drops the generator early (destination unreachable,
+            # association gone): every sub-operation it ran has its status by now.
+            tally.record(self.trail)
 
     # -- C-GET -----------------------------------------------------------------------
 
     def handle_get(self, event: Any) -> Iterator[Any]:
-        located = self._locate(event)
-        yield len(located)
-        yield from self._sub_operations(event, located, "C-GET")
+        retrieve = self._retrieve(
+            event, "C-GET", _calling(event), str(event.assoc.requestor.address), 0
+        )
+        located = self._audited_locate(event, retrieve)
+        retrieve = replace(retrieve, instances=len(located))
+        record_retrieve_begun(self.trail, retrieve)
+        tally = _Tally(retrieve)
+        try:
+            yield len(located)
+            for item in self._sub_operations(event, located, "C-GET"):
+                tally.see(item)
+                yield item
+        finally:
+            tally.record(self.trail)
+
+    # -- auditing retrieves ------------------------------------------------------------
+
+    def _retrieve(
+        self, event: Any, what: str, destination: str, address: str, instances: int
+    ) -> Retrieve:
+        return Retrieve(
+            what=what,
+            calling_ae=_calling(event),
+            address=str(event.assoc.requestor.address),
+            called_ae=str(event.assoc.acceptor.ae_title).strip(),
+            destination_ae=destination,
+            destination_address=address,
+            instances=instances,
+        )
+
+    def _audit_refused(self, retrieve: Retrieve, why: str) -> None:
+        record_retrieve_begun(
+            self.trail,
+            retrieve,
+            outcome=Outcome.SERIOUS_FAILURE,
+            description=f"{retrieve.what} refused: {why}",
+        )
+
+    def _audited_locate(self, event: Any, retrieve: Retrieve) -> list[InstanceLocation]:
+        try:
+            return self._locate(event)
+        except RetrieveRefused:
+            # The reason stays in the log: a ValueError's text may quote the identifier.
+            self._audit_refused(retrieve, "the identifier could not be resolved")
+            raise
 
     # -- shared ----------------------------------------------------------------------
 
@@ -393,6 +456,40 @@ class QueryRetrieveService:
         finally:
             with contextlib.suppress(Exception):
                 self._call(lambda: _close(batches))
+
+
+class _Tally:
+    """What one retrieve's sub-operations did, read from the instances it offered."""
+
+    def __init__(self, retrieve: Retrieve) -> None:
+        self.retrieve = retrieve
+        self.offered: list[StoredInstance] = []
+        self.cancelled = False
+
+    def see(self, item: tuple[int, Dataset | None]) -> None:
+        status, dataset = item
+        if status == CANCEL:
+            self.cancelled = True
+        elif isinstance(dataset, StoredInstance):
+            self.offered.append(dataset)
+
+    def record(self, trail: TrailWriter | None) -> None:
+        sent = sum(1 for d in self.offered if _delivered(d.meshpacs_status))
+        # Not offered at all (the destination was unreachable, the peer left) is failed
+        # too, unless the peer cancelled them.
+        failed = (len(self.offered) if self.cancelled else self.retrieve.instances) - sent
+        record_retrieve_done(trail, self.retrieve, sent=sent, failed=failed,
+                             cancelled=self.cancelled)  # fmt: skip
+
+
+def _delivered(status: int | None) -> bool:
+    """Success, or a warning (PS3.4 B.2.3: stored, with coercion or the like)."""
+    return status is not None and (status == 0 or 0xB000 <= status <= 0xBFFF)
+
+
+def _note_status(dataset: StoredInstance, status: Dataset) -> None:
+    answered = getattr(status, "Status", None)
+    dataset.meshpacs_status = int(answered) if answered is not None else None
 
 
 class RetrieveRefused(MeshError):

@@ -22,8 +22,10 @@ from meshpacs.dicom.acceptor import (
     MeshAssociationServer,
     MeshRequestHandler,
     ReceiverHub,
+    calling_ae_refused,
 )
-from meshpacs.dicom.auditing import record_received
+from meshpacs.dicom.auditing import record_received, record_rejected_caller
+from meshpacs.dicom.contexts import CheapCopyContexts
 from meshpacs.dicom.ingest import IngestService
 from meshpacs.dicom.negotiation import install_storage_negotiation
 from meshpacs.dicom.nodelay import install_tcp_nodelay
@@ -132,6 +134,7 @@ class DicomAE:
         ]
         if self._trail is not None:
             handlers.append((evt.EVT_CONN_CLOSE, self._record_received))
+            handlers.append((evt.EVT_REJECTED, self._record_rejected))
         if self._qr is not None:
             for model in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS):
                 ae.add_supported_context(model, QUERY_TRANSFER_SYNTAXES)
@@ -158,6 +161,7 @@ class DicomAE:
                 request_handler=MeshRequestHandler,
             ),
         )
+        server.contexts = CheapCopyContexts(server.contexts)  # copied for every association
         if s.direct_storage:
             server.hub = ReceiverHub(s, self._ingest, self._trail)
         thread = threading.Thread(target=server.serve_forever, name="meshpacs-dicom-accept")
@@ -188,6 +192,17 @@ class DicomAE:
             stored=counts[0],
             failed=counts[1],
         )
+
+    def _record_rejected(self, event: Any) -> None:
+        """EVT_REJECTED: a Security Alert when the calling AE title was the reason."""
+        calling = str(event.assoc.requestor.ae_title).strip()
+        if calling_ae_refused(calling, self.settings):
+            record_rejected_caller(
+                self._trail,
+                calling_ae=calling,
+                address=str(event.assoc.requestor.address),
+                called_ae=self.settings.ae_title,
+            )
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop accepting, let associations in flight finish for ``grace`` s, then abort them."""

@@ -167,7 +167,7 @@ async def run_node(
                  config.site.id, config.dicom.ae_title, port)  # fmt: skip
         if config.mesh.enabled:
             secret = load_site_secret(config.key_file)
-            mesh = MeshNode(config, secret, catalog, store, dicom_port=port)
+            mesh = MeshNode(config, secret, catalog, store, dicom_port=port, trail=trail)
             await mesh.start()
             # C-MOVE/C-GET of instances pruned from this disk now gather them from the mesh.
             qr.missing = retriever_for(mesh, secret, catalog, store, restores)
@@ -178,7 +178,7 @@ async def run_node(
                 _watch_stability(catalog, config.catalog.stable_after_seconds)
             )
         if config.web.enabled:
-            web = await _start_web(config, restores)
+            web = await _start_web(config, restores, trail)
             history = loop.create_task(
                 keep_history(
                     functools.partial(site_status, config),
@@ -235,7 +235,7 @@ def node_figures(config: NodeConfig, restores: RestoreCounts | None = None) -> d
 
 
 async def _start_web(
-    config: NodeConfig, restores: RestoreCounts | None = None
+    config: NodeConfig, restores: RestoreCounts | None = None, trail: TrailWriter | None = None
 ) -> DashboardServer | None:
     """The dashboard, listening; None (logged as an error) if it cannot start."""
     try:
@@ -247,6 +247,7 @@ async def _start_web(
             history=functools.partial(read_history, config.state_dir / HISTORY_FILE),
             bind=config.web.bind,
             port=config.web.port,
+            trail=trail,  # refused requests are User Authentication events
         )
         await server.start()
     except (OSError, MeshError) as exc:

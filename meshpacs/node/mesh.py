@@ -71,9 +71,11 @@ from meshpacs.node.config import NodeConfig
 from meshpacs.node.expiry import expire_on_schedule
 from meshpacs.node.leave import leave_requested
 from meshpacs.node.scrub import Scrubber, scrub_on_schedule
+from meshpacs.node.trail_events import ExportingPublisher, peer_refused_recorder
 from meshpacs.recovery.gather import FindHolders, pool_fetch
 from meshpacs.store import FragmentStore, QuotaPolicy, StoredFragment
 from meshpacs.store.records import HeldRecords
+from meshpacs.trail import TrailWriter
 from meshpacs.transport.frames import RecordKind
 from meshpacs.transport.pool import PartnerPool
 from meshpacs.transport.server import FragmentServer
@@ -171,6 +173,7 @@ class MeshNode:
         *,
         dicom_port: int,
         clock: Callable[[], float] = time.time,
+        trail: TrailWriter | None = None,
     ) -> None:
         self.config = config
         keys = SiteKeys.derive(secret)
@@ -212,6 +215,8 @@ class MeshNode:
             on_stored=self._provide,
             on_corrupt_report=self._corrupt_reported,
             verify_delegation=self._check_delegation,
+            # A refused TLS peer is a Security Alert in the site's trail.
+            on_refused=peer_refused_recorder(trail) if trail is not None else None,
         )
         self.pool = PartnerPool(self.dht, self.tls)
         self._partners = _MeshPartners(self.dht, self.pool)
@@ -254,7 +259,12 @@ class MeshNode:
             partners=partners,
             settings=settings,
             work_dir=config.backup_work_dir,
-            publisher=self.replicator,
+            # Each study protected is also an Export in the site's trail.
+            publisher=(
+                self.replicator
+                if trail is None
+                else ExportingPublisher(self.replicator, trail, catalog, keys.catalog)
+            ),
             clock=clock,
         )
         self.auditor = Auditor(

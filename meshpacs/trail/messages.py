@@ -259,11 +259,13 @@ def instances_transferred(
     objects: Sequence[AuditObject],
     *,
     action: ActionCode = ActionCode.CREATE,
+    others: Sequence[Participant] = (),
     outcome: Outcome = Outcome.SUCCESS,
     description: str = "",
     at: datetime | None = None,
 ) -> AuditEvent:
-    """110104: instances went from ``source`` to ``destination`` (C: stored, R: sent)."""
+    """110104: instances went from ``source`` to ``destination`` (C: stored, R: sent);
+    ``others``: e.g. the AE that asked for a C-MOVE to a third."""
     return AuditEvent(
         EventCode.INSTANCES_TRANSFERRED,
         action,
@@ -272,6 +274,7 @@ def instances_transferred(
         (
             _with_role(source, Role.SOURCE, requestor=source.requestor),
             _with_role(destination, Role.DESTINATION, requestor=destination.requestor),
+            *others,
         ),
         tuple(objects),
         description=description,
@@ -283,6 +286,7 @@ def begin_transferring(
     destination: Participant,
     objects: Sequence[AuditObject],
     *,
+    others: Sequence[Participant] = (),
     outcome: Outcome = Outcome.SUCCESS,
     description: str = "",
     at: datetime | None = None,
@@ -296,6 +300,7 @@ def begin_transferring(
         (
             _with_role(source, Role.SOURCE, requestor=source.requestor),
             _with_role(destination, Role.DESTINATION, requestor=destination.requestor),
+            *others,
         ),
         tuple(objects),
         description=description,
@@ -373,11 +378,13 @@ def export(
     destination: Participant,
     objects: Sequence[AuditObject],
     *,
+    others: Sequence[Participant] = (),
     outcome: Outcome = Outcome.SUCCESS,
     description: str = "",
     at: datetime | None = None,
 ) -> AuditEvent:
-    """110106: ``objects`` left the site's control to ``destination`` (media, a folder)."""
+    """110106: ``objects`` left the site's control to ``destination`` (media, a folder,
+    the federation's partners); ``others``: e.g. each partner site that holds a part."""
     return AuditEvent(
         EventCode.EXPORT,
         ActionCode.READ,
@@ -386,6 +393,7 @@ def export(
         (
             _with_role(exporter, Role.SOURCE, requestor=True),
             _with_role(destination, Role.DESTINATION_MEDIA),
+            *others,
         ),
         tuple(objects),
         description=description,

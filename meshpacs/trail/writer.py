@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from meshpacs.errors import MeshError, brief
@@ -37,6 +38,7 @@ from meshpacs.trail.messages import (
     security_alert,
 )
 from meshpacs.trail.syslog import syslog_record
+from meshpacs.trail.throttle import Throttle, suppressed_note
 
 __all__ = ["TRAIL_DIR", "TrailWriter", "local_user", "trail_dir"]
 
@@ -77,6 +79,7 @@ class TrailWriter:
         # One writer's records reach the collector in the trail's order, and a trail
         # begun by two threads at once starts with one Audit Recording Started.
         self._order = threading.Lock()
+        self.throttle = Throttle()
 
     @classmethod
     def for_site(
@@ -137,6 +140,20 @@ class TrailWriter:
             LOG.error("could not write an audit event (%s) to the trail: %s; check it with"
                       " meshpacs audit verify", event.event.value.meaning, _why(exc))  # fmt: skip
             return None
+
+    def record_refusal(self, source: str, event_for: Callable[[str], AuditEvent]) -> None:
+        """A refusal a stranger can repeat at will, recorded at most once a minute per
+        ``source`` (:mod:`.throttle`); ``event_for`` gets the note on those counted
+        meanwhile, for its description. Never raises."""
+        counted = self.throttle.admit(source)
+        if counted is not None:
+            self.record_quietly(event_for(suppressed_note(counted)))
+
+    async def arecord_refusal(self, source: str, event_for: Callable[[str], AuditEvent]) -> None:
+        """:meth:`record_refusal` from the event loop; only an admitted one costs a thread."""
+        counted = self.throttle.admit(source)
+        if counted is not None:
+            await self.arecord_quietly(event_for(suppressed_note(counted)))
 
     async def arecord(self, event: AuditEvent) -> Entry:
         """:meth:`record` from the event loop, the append in a worker thread."""

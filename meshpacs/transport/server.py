@@ -23,17 +23,28 @@ still serves reads (a repair may gather from it) and deletions until it holds no
 
 Every failure a peer can cause ends its request with a status, or (for frames that break
 the protocol, or a peer that stalls) closes its connection; none reaches the event loop.
+
+The server runs each TLS handshake itself (on a TCP connection whose reading waits for
+it) rather than leaving it to asyncio, which drops a failed handshake silently: a peer
+refused at the handshake (no certificate, one our CA did not sign, a revoked or expired
+one, not TLS at all) or after it (``identify`` refuses the certificate) is told to
+``on_refused`` as a :class:`RefusedPeer`: its address, OpenSSL's or the federation's
+reason, and of a certificate only its subject CN and SHA-256 fingerprint.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from meshpacs.audit.challenge import AUDIT_REQUEST_SIZE, answer, pack_response, parse_request
 from meshpacs.errors import (
@@ -63,7 +74,7 @@ from meshpacs.transport.frames import (
     encode_response,
 )
 
-__all__ = ["HAS_BODY", "FragmentServer", "ServerLimits"]
+__all__ = ["HAS_BODY", "FragmentServer", "RefusedPeer", "ServerLimits"]
 
 _log = logging.getLogger("meshpacs.transport")
 
@@ -79,6 +90,24 @@ OnStored = Callable[[str, str], Awaitable[None]]  # (fragment_id, owner site)
 OnCorruptReport = Callable[[str, str], Awaitable[bool]]
 # (delegation bytes, presenting site) -> the owner it may act for; MeshError if none.
 VerifyDelegation = Callable[[bytes, str], str]
+HANDSHAKE_SECONDS = 15.0
+_STREAM_LIMIT = 2**16  # asyncio.start_server's default
+
+
+@dataclass(frozen=True)
+class RefusedPeer:
+    """A connection refused for its certificate (or its lack of one): what the trail may
+    say of it. ``reason`` is OpenSSL's verification message or the federation's refusal;
+    ``common_name`` and ``fingerprint`` (SHA-256, hex) only once a certificate got through
+    the handshake."""
+
+    address: str
+    reason: str
+    common_name: str = ""
+    fingerprint: str = ""
+
+
+OnRefused = Callable[[RefusedPeer], None]  # called on the event loop; must not block
 # What a connection acting for an owner may do (see the module docstring).
 _DELEGATED_OPS = frozenset({Op.PING, Op.PUT_FRAGMENT, Op.GET_FRAGMENT, Op.HAS_FRAGMENT, Op.ACT_FOR})
 
@@ -104,6 +133,7 @@ class FragmentServer:
         on_stored: OnStored | None = None,
         on_corrupt_report: OnCorruptReport | None = None,
         verify_delegation: VerifyDelegation | None = None,
+        on_refused: OnRefused | None = None,
     ) -> None:
         self._fragments = fragments
         self._records = records
@@ -113,6 +143,7 @@ class FragmentServer:
         self._on_stored = on_stored
         self._on_corrupt_report = on_corrupt_report
         self._verify_delegation = verify_delegation
+        self._on_refused = on_refused
         self._server: asyncio.Server | None = None
         self._slots = asyncio.Semaphore(self._limits.max_connections)
         self._connections: set[asyncio.Task[None]] = set()
@@ -120,8 +151,9 @@ class FragmentServer:
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen on ``host:port`` (0: any free port); returns the address bound."""
-        self._server = await asyncio.start_server(
-            self._accept, host, port, ssl=self._ssl, ssl_handshake_timeout=15
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _HandshakeFirst(self._accept, loop), host, port
         )
         bound = self._server.sockets[0].getsockname()
         return str(bound[0]), int(bound[1])
@@ -139,6 +171,8 @@ class FragmentServer:
         assert task is not None
         self._connections.add(task)
         try:
+            if not await self._handshake(writer):
+                return
             if self._slots.locked():
                 _log.warning("transport: connection limit reached, refusing a connection")
                 return
@@ -150,12 +184,34 @@ class FragmentServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
+    async def _handshake(self, writer: asyncio.StreamWriter) -> bool:
+        address = _address(writer)
+        try:
+            await writer.start_tls(self._ssl, ssl_handshake_timeout=HANDSHAKE_SECONDS)
+        except ssl.SSLError as error:
+            reason = getattr(error, "verify_message", "") or error.reason or type(error).__name__
+            _log.warning("transport: TLS handshake from %s refused: %s", address, reason)
+            self._refused(RefusedPeer(address, f"TLS handshake refused: {reason}"))
+            return False
+        except (OSError, TimeoutError):
+            return False  # gone, or too slow: nobody to refuse
+        return True
+
+    def _refused(self, peer: RefusedPeer) -> None:
+        if self._on_refused is None:
+            return
+        try:
+            self._on_refused(peer)
+        except Exception:  # a recording problem must not stop the server
+            _log.exception("transport: could not report a refused peer")
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         ssl_object = writer.get_extra_info("ssl_object")
         try:
             site = self._identify(ssl_object).site_id
         except MeshError as error:
             _log.warning("transport: peer refused after handshake: %s", error)
+            self._refused(_refused_after_handshake(_address(writer), ssl_object, error))
             return
         peer = _Peer(site, reader, writer, self._limits)
         try:
@@ -491,3 +547,40 @@ def _refusal(error: MeshError) -> Response:
     else:
         status = Status.UNAVAILABLE
     return Response(status, str(error))
+
+
+class _HandshakeFirst(asyncio.StreamReaderProtocol):
+    """A TCP connection handed to the server before TLS: nothing is read until
+    ``start_tls`` runs, so the peer's ClientHello stays in the socket for the TLS layer."""
+
+    def __init__(
+        self,
+        connected: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        super().__init__(asyncio.StreamReader(limit=_STREAM_LIMIT, loop=loop), connected, loop=loop)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if isinstance(transport, asyncio.ReadTransport):
+            transport.pause_reading()
+        super().connection_made(transport)
+
+
+def _address(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+
+
+def _refused_after_handshake(
+    address: str, ssl_object: ssl.SSLObject | None, error: MeshError
+) -> RefusedPeer:
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if not der:
+        return RefusedPeer(address, str(error))
+    common_name = ""
+    with contextlib.suppress(ValueError):
+        names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(
+            NameOID.COMMON_NAME
+        )
+        common_name = str(names[0].value)[:64] if names else ""
+    return RefusedPeer(address, str(error), common_name, hashlib.sha256(der).hexdigest())

@@ -11,7 +11,10 @@ the node's other work.
 Every request must carry the site's dashboard token (:mod:`meshpacs.web.token`), as
 ``?token=...`` or ``Authorization: Bearer ...``; a wrong or missing one gets a bare 401.
 The token is compared with :func:`hmac.compare_digest` and never logged (the log names
-the path only, never the query).
+the path only, never the query). With a ``trail``, a refused request is an ATNA User
+Authentication event (failed), naming the client's address and whether the token was
+missing or wrong, never what was presented; at most one a minute per address
+(:meth:`~meshpacs.trail.TrailWriter.arecord_refusal`), the next one counting the others.
 
 The pages are drawn from callables the node passes in (``status`` is ``site_status``
 bound to the config), called in a worker thread because they read SQLite: this module
@@ -32,6 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from meshpacs.trail import TrailWriter
+from meshpacs.trail.messages import AuditEvent, Outcome, Participant, user_authentication
 from meshpacs.web.dashboard import render_dashboard
 from meshpacs.web.history import Snapshot
 from meshpacs.web.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -100,6 +105,20 @@ class _Refused(Exception):
         self.status = status
 
 
+def _offered_token(request: Request) -> str | None:
+    """The token a request presents (header or query), or None if it presents none."""
+    header = request.headers.get("authorization")
+    if header is not None:
+        scheme, _, credentials = header.partition(" ")
+        return credentials.strip() if scheme.lower() == "bearer" else None
+    try:
+        query = parse_qsl(urlsplit(request.target).query, max_num_fields=16)
+    except ValueError:
+        return None
+    tokens = [value for key, value in query if key == "token"]
+    return tokens[0] if len(tokens) == 1 else None
+
+
 def parse_request_line(line: str) -> tuple[str, str, str]:
     """``(method, target, version)``; ``_Refused`` (400) for anything else."""
     parts = line.split(" ")
@@ -127,6 +146,7 @@ class DashboardServer:
         port: int = 0,
         limits: Limits | None = None,
         clock: Callable[[], float] = time.time,
+        trail: TrailWriter | None = None,
     ) -> None:
         if not token:
             raise ValueError("the dashboard needs a token")
@@ -138,6 +158,7 @@ class DashboardServer:
         self._port = port
         self.limits = limits or Limits()
         self._clock = clock
+        self._trail = trail
         self._server: asyncio.Server | None = None
         self._active = 0
         self._handlers: set[asyncio.Task[None]] = set()
@@ -214,7 +235,9 @@ class DashboardServer:
             body = f"{_REASONS[refused.status].lower()}\n".encode()
             await self._send(writer, refused.status, _TEXT, body, extra)
             return
-        if not self._authorised(request):
+        offered = _offered_token(request)
+        if offered is None or not self._authorised(offered):
+            await self._record_refused(writer, "missing" if offered is None else "wrong")
             # No detail: which part was wrong helps only someone guessing.
             challenge = (("WWW-Authenticate", "Bearer"),)
             await self._send(writer, 401, _TEXT, b"unauthorized\n", challenge)
@@ -270,23 +293,26 @@ class DashboardServer:
         except UnicodeDecodeError:
             raise _Refused(400, "the request head must be ASCII") from None
 
-    def _authorised(self, request: Request) -> bool:
-        offered: str | None = None
-        header = request.headers.get("authorization")
-        if header is not None:
-            scheme, _, credentials = header.partition(" ")
-            if scheme.lower() == "bearer":
-                offered = credentials.strip()
-        else:
-            try:
-                query = parse_qsl(urlsplit(request.target).query, max_num_fields=16)
-            except ValueError:
-                return False
-            tokens = [value for key, value in query if key == "token"]
-            offered = tokens[0] if len(tokens) == 1 else None
-        if offered is None:
-            return False
+    def _authorised(self, offered: str) -> bool:
         return hmac.compare_digest(offered.encode("utf-8", "replace"), self._token)
+
+    async def _record_refused(self, writer: asyncio.StreamWriter, token: str) -> None:
+        if self._trail is None:
+            return
+        trail = self._trail
+        peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        client = Participant(user_id="dashboard client", network_address=address, requestor=True)
+
+        def refused(note: str) -> AuditEvent:
+            return user_authentication(
+                client,
+                trail.application,
+                outcome=Outcome.MINOR_FAILURE,
+                description=f"dashboard request refused: {token} token{note}",
+            )
+
+        await trail.arecord_refusal(f"web {address}", refused)
 
     def _page(self, path: str) -> tuple[int, str, bytes]:
         if path == "/":

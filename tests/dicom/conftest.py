@@ -20,6 +20,7 @@ from meshpacs.dicom.storage import InstanceStore
 from meshpacs.metadata.catalog import Catalog
 from meshpacs.testing.dcmtk import dcmtk_env, dcmtk_tool
 from meshpacs.testing.loopback import free_port
+from meshpacs.trail import TrailWriter
 
 AE_TITLE = "MESHTEST"
 RECEIVER_AE = "RECEIVER"
@@ -38,7 +39,11 @@ class Node:
 
 @contextlib.asynccontextmanager
 async def running_node(
-    root: Path, *, max_instance_bytes: int = 64 << 20, **settings: Any
+    root: Path,
+    *,
+    max_instance_bytes: int = 64 << 20,
+    trail: TrailWriter | None = None,
+    **settings: Any,
 ) -> AsyncIterator[Node]:
     """A node on 127.0.0.1 port 0 under ``root``; ``settings`` override AeSettings."""
     configure_pynetdicom()
@@ -49,9 +54,11 @@ async def running_node(
     loop = asyncio.get_running_loop()
     ingest = IngestService(store, writer, max_instance_bytes=max_instance_bytes)
     receiver_port = free_port()
-    qr = QueryRetrieveService(catalog, store, loop, {RECEIVER_AE: ("127.0.0.1", receiver_port)})
+    qr = QueryRetrieveService(
+        catalog, store, loop, {RECEIVER_AE: ("127.0.0.1", receiver_port)}, trail=trail
+    )
     options = {"ae_title": AE_TITLE, "bind": "127.0.0.1", "port": 0, **settings}
-    ae = DicomAE(AeSettings(**options), ingest, qr)
+    ae = DicomAE(AeSettings(**options), ingest, qr, trail)
     # As the daemon does: pynetdicom streams datasets into the store's own tmp directory.
     previous_tempdir, tempfile.tempdir = tempfile.tempdir, str(store.tmp_dir)
     port = await asyncio.to_thread(ae.start)

@@ -577,14 +577,18 @@ def _recover(
     *,
     dry: bool = False,
     timeout: float,
+    shown_on: str | None = None,
 ) -> _Recovery:
     """Run ``meshpacs recover`` for ``owner`` into its Orthanc, journal in ``workdir``;
-    its report in ``output``.json and what it printed in ``output``.log."""
+    its report in ``output``.json and what it printed in ``output``.log. ``shown_on``: the
+    config of a site whose dashboard shows the recovery's progress (site A's is gone)."""
     assert owner.orthanc is not None
     to_ae = f"{owner.orthanc['ae_title']}@{owner.host}:{owner.orthanc['dicom_port']}"
     argv = recover_argv(owner, workdir, to_ae, peers)
     report_file = output.with_suffix(".json")
     argv += ["--dry-run"] if dry else ["--json", str(report_file)]
+    if shown_on is not None:
+        argv += ["--show-on-dashboard", shown_on]
     report_file.unlink(missing_ok=True)
     log = output.with_suffix(".log")
     started = time.monotonic()
@@ -652,7 +656,10 @@ class _Drill:
         workdir = self.workdir / (journal or name)
         output = self.workdir / name
         peers = self.running_trusted()
-        return _recover(self.owner, workdir, output, peers, dry=dry, timeout=self.timeout)
+        shown_on = None if dry else self.plan.site(self.owner.trusted[0]).config
+        return _recover(
+            self.owner, workdir, output, peers, dry=dry, timeout=self.timeout, shown_on=shown_on
+        )
 
     def compare_now(self, lost: frozenset[str] = frozenset()) -> Comparison:
         """Compare Orthanc A with step 2's record; count as mismatches whatever differs

@@ -249,6 +249,17 @@ def test_the_disaster_drill_recovers_site_a_exactly_and_names_what_is_lost(
     assert reports == ["recover-5.json", "recover-6.json", "recover-7.json", "recover-8.json"]
     assert not any("SYNTH^" in m or "1.2.826.0.1.3680043.8.498." in m for m in messages)
 
+    # The recoveries were shown on the dashboard of site A's first trusted peer; the last
+    # one (step 8, the rerun) finished complete.
+    shown = json.loads(
+        (Path(after.site(owner.trusted[0]).data_dir) / "state" / "recovery.json").read_text()
+    )
+    assert (shown["site_id"], shown["phase"], shown["outcome"]) == (
+        owner.site_id,
+        "finished",
+        "complete",
+    )
+
     stopped = stop_testbed(after, grace=15.0)
     ids = [site.site_id for site in after.sites]
     assert stopped == StoppedProcesses(nodes=ids[1:], orthancs=ids)

@@ -38,6 +38,7 @@ __all__ = [
     "bundle_shares",
     "bundles_below",
     "forget_superseded",
+    "good_shares",
     "lost_sites",
     "reassess",
     "record_repair",
@@ -153,14 +154,7 @@ def _shares(
     row: Sequence[object], placed: list[tuple[Placement, str]], lost: set[str]
 ) -> BundleShares:
     n = int(row[4])  # type: ignore[call-overload]
-    counted = [
-        p
-        for p, verdict in placed
-        if verdict in _GOOD_VERDICTS and p.holder_site not in lost and 0 <= p.share < n
-    ]
-    chosen = distinct_shares(counted)
-    good = {p.share: p for p in counted if chosen.get(p.share) == p.holder_site}
-    bad = tuple(p for p, _ in placed if good.get(p.share) != p)
+    good, bad = good_shares(placed, n, lost)
     return BundleShares(
         bundle_ref=int(row[0]),  # type: ignore[call-overload]
         bundle_id=bytes(row[1]),  # type: ignore[call-overload]
@@ -174,6 +168,22 @@ def _shares(
         good=good,
         bad=bad,
     )
+
+
+def good_shares(
+    placed: Sequence[tuple[Placement, str]], n: int, lost: AbstractSet[str]
+) -> tuple[dict[int, Placement], tuple[Placement, ...]]:
+    """A bundle's good shares (share -> placement, one per site) and the placements that
+    do not count, from its ``(placement, last verdict)`` pairs in ``placements`` order."""
+    counted = [
+        p
+        for p, verdict in placed
+        if verdict in _GOOD_VERDICTS and p.holder_site not in lost and 0 <= p.share < n
+    ]
+    chosen = distinct_shares(counted)
+    good = {p.share: p for p in counted if chosen.get(p.share) == p.holder_site}
+    bad = tuple(p for p, _ in placed if good.get(p.share) != p)
+    return good, bad
 
 
 def reassess(

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from meshpacs.audit.reputation import DEFAULT_FLOOR, DEFAULT_HALF_LIFE
-from meshpacs.backup.placement import placement_key, rank_candidates
+from meshpacs.backup.placement import placement_key
 from meshpacs.backup.service import Partners, StudyPublisher
 from meshpacs.backup.upload import UploadPolicy, place_shares
 from meshpacs.erasure import BundleRef, CodingParams, fragment_id, regenerate_shares
@@ -57,6 +57,7 @@ from meshpacs.recovery.gather import Fetch, FindHolders, gather_bundle
 from meshpacs.recovery.model import PlannedBundle, ShareHolder
 from meshpacs.transport.client import FragmentInfo
 from meshpacs.upkeep.pacing import Pause, wait_or_stop
+from meshpacs.upkeep.targets import repair_sites, repair_targets
 
 __all__ = ["RepairPass", "RepairSettings", "Repairer", "regenerate_files"]
 
@@ -361,20 +362,17 @@ class Repairer:
         shunned = await self._catalog.read(
             lambda db: health.shunned_sites(db, s.reputation_floor, now, s.half_life)
         )
-        good = {p.holder_site for p in bundle.good.values()} | taken
-        spoilt = {p.holder_site for p in bundle.bad} - good - lost - shunned
-        exclude = good | lost | shunned
+        targets = repair_targets(
+            bundle, lost=lost, shunned=shunned, spare_sites=s.spare_sites, taken=taken
+        )
         key = placement_key(bundle.bundle_id)
-        wanted = bundle.n + s.spare_sites + len(exclude) + len(spoilt) + 1
-        ranked = rank_candidates(
+        return repair_sites(
             key,
-            await self._partners.candidates(key, wanted),
+            await self._partners.candidates(key, targets.wanted),
+            targets,
             owner_site=self.site_id,
             fragment_size=fragment_size,
-            exclude=sorted(exclude),
         )
-        sites = [candidate.site_id for candidate in ranked]
-        return [x for x in sites if x not in spoilt] + [x for x in sites if x in spoilt]
 
     async def _announce(self, after: ledger.BundleShares) -> None:
         """The catalog record at the trusted peers names holders: send it again."""

@@ -6,7 +6,7 @@ failure the site rebuilds its archive from any k fragments of each bundle, throu
 
 Imports point one way, top to bottom (``tests/test_architecture.py`` checks it)::
 
-    cli -> testbed -> node, selftest -> upkeep -> backup, recovery -> dicom -> metadata
+    cli -> testbed -> node, selftest, sim -> upkeep -> backup, recovery -> dicom -> metadata
         -> transport -> store -> erasure, audit, dht -> federation, trail
         -> keys, durable, testing -> errors
 """

@@ -29,6 +29,7 @@ RANK = {
     "recovery": 8,
     "upkeep": 9,  # audits and repair: uses both backup and recovery
     "web": 10,  # dashboard, metrics: given the status document, imports nothing of node
+    "sim": 10,  # many sites in one process: the real DHT, placement and repair decisions
     "node": 11,
     "selftest": 11,
     "testbed": 12,  # lays out and runs whole federations of nodes

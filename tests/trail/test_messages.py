@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -183,3 +184,85 @@ def test_times_are_utc_and_naive_times_refused() -> None:
     assert ident is not None and ident.get("EventDateTime") == "2025-03-04T05:06:07.000Z"
     with pytest.raises(ValueError, match="time zone"):
         m.render(m.application_activity(NODE, started=True, at=datetime(2025, 1, 1)), SOURCE)
+
+
+# -- pinned bytes ----------------------------------------------------------------------
+# One event of every kind, with fixed inputs, rendered both ways and compared with the bytes
+# in tests/trail/pinned/ (written once from the renderer and read through by hand): a
+# refactor of the builders or the renderer must leave every byte as it was. Between them
+# the events take every branch of the builders and of render(): each participant field,
+# an IP address (v4 and bracketed v6) and a host name, a participant's own role winning over
+# the builder's, the optional participants present and absent, every outcome, descriptions,
+# hostile text, and each kind of object (a study with and without its UID, counts with and
+# without studies, an empty count, a query).
+PINS = Path(__file__).with_name("pinned")
+PEER = m.Participant("MESH_NORTH", network_address="[fd00::7]", user_name="north & co")
+MOVER = m.Participant("MOVESCU", role=m.Role.APPLICATION_LAUNCHER, network_address="10.9.9.9")
+FOLDER = m.Participant("/exports/<2025>")
+MEDIA = m.Participant("/media/usb", role=m.Role.SOURCE_MEDIA)  # its own role, not Source
+NO_UID = m.StudyRef(record_id="cd" * 32)
+UID_ONLY = m.StudyRef(record_id="ef" * 32, uid="1.2.840.99.4.5.6")
+FIND = m.QueryObject("1.2.840.10008.5.1.4.1.2.2.1", "SERIES", ("StudyInstanceUID", "Modality"))
+PINNED = {
+    "application_start": m.application_activity(NODE, started=True, launcher=ADMIN, at=AT),
+    "application_stop": m.application_activity(
+        NODE,
+        started=False,
+        outcome=m.Outcome.MINOR_FAILURE,
+        description="stopped with 2 uploads & <1> repair unfinished",
+        at=AT,
+    ),
+    "instances_transferred": m.instances_transferred(
+        PACS, NODE, [m.StudyCount(studies=2, instances=7), m.StudyCount()], at=AT
+    ),
+    "instances_sent": m.instances_transferred(
+        NODE,
+        PEER,
+        [STUDY, m.StudyCount(instances=3)],
+        action=m.ActionCode.READ,
+        others=[MOVER],
+        outcome=m.Outcome.SERIOUS_FAILURE,
+        description="3 of 15 sub-operations failed",
+        at=AT,
+    ),
+    "begin_transferring": m.begin_transferring(NODE, PACS, [STUDY, NO_UID], others=[MOVER], at=AT),
+    "query": m.query(PACS, NODE, FIND, at=AT),
+    "security_alert": m.security_alert(
+        NODE,
+        m.NODE_AUTHENTICATION,
+        others=[m.Participant('EVIL"<AE>&\x00\x1b', network_address="192.0.2.66")],
+        outcome=m.Outcome.MINOR_FAILURE,
+        description="calling AE title not allowed\x07",
+        at=AT,
+    ),
+    "user_authentication": m.user_authentication(
+        m.Participant("dashboard", network_address="127.0.0.1"),
+        NODE,
+        login=False,
+        outcome=m.Outcome.MAJOR_FAILURE,
+        at=AT,
+    ),
+    "export": m.export(ADMIN, FOLDER, [STUDY, UID_ONLY], others=[PEER], at=AT),
+    "import": m.import_(ADMIN, MEDIA, [STUDY, NO_UID], destination=PACS, at=AT),
+    "import_no_destination": m.import_(ADMIN, PEER, [m.StudyCount(studies=1)], at=AT),
+    "study_deleted": m.study_deleted(ADMIN, NODE, [STUDY, UID_ONLY, NO_UID], at=AT),
+}
+
+
+def pin(name: str, include_uids: bool) -> Path:
+    return PINS / f"{name}{'.uids' if include_uids else ''}.xml"
+
+
+def test_the_pinned_events_cover_every_builder() -> None:
+    kinds = {event.event for event in PINNED.values()}
+    assert kinds == set(m.EventCode)
+    assert {p.name for p in PINS.iterdir()} == {
+        pin(name, uids).name for name in PINNED for uids in (False, True)
+    }
+
+
+@pytest.mark.parametrize("include_uids", [False, True], ids=["record-ids", "uids"])
+@pytest.mark.parametrize("name", list(PINNED))
+def test_rendered_bytes_are_those_pinned(name: str, include_uids: bool) -> None:
+    rendered = m.render(PINNED[name], SOURCE, include_uids=include_uids)
+    assert rendered == pin(name, include_uids).read_bytes()

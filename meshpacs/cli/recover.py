@@ -15,8 +15,8 @@ from meshpacs.dicom.scu import Target
 from meshpacs.errors import MeshError
 from meshpacs.keys import SiteSecret
 from meshpacs.keys.secret import audit_trail_key
-from meshpacs.node.config import load_config
-from meshpacs.node.daemon import configure_logging
+from meshpacs.node.config import AuditTrailConfig, NodeConfig, load_config
+from meshpacs.node.daemon import configure_logging, trail_forwarder
 from meshpacs.recovery.command import RecoverRequest, dry_run, run_recovery
 from meshpacs.recovery.escrow import (
     ESCROW_KEY_FILE,
@@ -28,7 +28,14 @@ from meshpacs.recovery.plan import PlanFilter
 from meshpacs.recovery.report import RecoveryReport
 from meshpacs.recovery.session import RecoveryCredentials
 from meshpacs.trail import TrailLog, TrailWriter, local_user, trail_dir
-from meshpacs.trail.messages import AuditSource, Outcome, Participant, StudyCount, import_
+from meshpacs.trail.messages import (
+    AuditEvent,
+    AuditSource,
+    Outcome,
+    Participant,
+    StudyCount,
+    import_,
+)
 
 __all__ = ["recover"]
 
@@ -79,15 +86,17 @@ def _phrase(phrase_file: Path | None) -> SiteSecret:
         raise _fail(str(exc)) from None
 
 
-def _dashboard_state_dir(config_file: Path) -> Path:
-    """The state directory of the node whose dashboard is to show the recovery."""
+def _dashboard_node(config_file: Path) -> NodeConfig:
+    """The config of the node whose dashboard is to show the recovery."""
     try:
-        state = load_config(config_file).state_dir
+        node = load_config(config_file)
     except MeshError as exc:
         raise _fail(f"--show-on-dashboard: {exc}") from None
-    if not state.is_dir():
-        raise _fail(f"--show-on-dashboard: {state} does not exist; start that node once first")
-    return state
+    if not node.state_dir.is_dir():
+        raise _fail(
+            f"--show-on-dashboard: {node.state_dir} does not exist; start that node once first"
+        )
+    return node
 
 
 def _note(line: str) -> None:
@@ -127,14 +136,33 @@ def _from_escrow(
     return regained.secret
 
 
-def _record_import(request: RecoverRequest, report: RecoveryReport | None, error: str) -> None:
+def _record_import(
+    request: RecoverRequest,
+    report: RecoveryReport | None,
+    error: str,
+    audit: AuditTrailConfig | None = None,
+) -> None:
     """The run as an ATNA Import event, in WORKDIR/trail (the site has no data directory
-    yet); ``meshpacs audit verify --trail WORKDIR/trail`` checks it."""
-    site_id = request.credentials.site_id
+    yet); ``meshpacs audit verify --trail WORKDIR/trail`` checks it.
+
+    With ``audit`` (the ``[audit_trail]`` of the --show-on-dashboard node, the one node
+    the command knows) the event is rendered and forwarded as that node's are, the
+    command waiting a few seconds at most for the collector before it exits.
+    """
     trail = TrailWriter(
         TrailLog(trail_dir(request.workdir), audit_trail_key(request.secret)),
-        AuditSource("meshpacs recover", site_id),
+        AuditSource("meshpacs recover", request.credentials.site_id),
+        include_uids=audit is not None and audit.include_uids,
+        forward=trail_forwarder(audit) if audit is not None else None,
     )
+    try:
+        trail.record_quietly(_import_event(request, report, error))
+    finally:
+        trail.close()
+
+
+def _import_event(request: RecoverRequest, report: RecoveryReport | None, error: str) -> AuditEvent:
+    site_id = request.credentials.site_id
     ae = request.to_ae
     target = f"{ae.ae_title}@{ae.host}:{ae.port}" if ae is not None else str(request.to_dir)
     if report is None:
@@ -153,15 +181,13 @@ def _record_import(request: RecoverRequest, report: RecoveryReport | None, error
             f" {len(report.unrecoverable)} bundles unrecoverable, {report.failed_count}"
             " instances failed"
         )
-    trail.record_quietly(
-        import_(
-            local_user(),
-            Participant(user_id=f"federation of {site_id}", alternative_id="meshpacs mesh"),
-            [counted],
-            destination=Participant(user_id=target),
-            outcome=outcome,
-            description=description,
-        )
+    return import_(
+        local_user(),
+        Participant(user_id=f"federation of {site_id}", alternative_id="meshpacs mesh"),
+        [counted],
+        destination=Participant(user_id=target),
+        outcome=outcome,
+        description=description,
     )
 
 
@@ -239,7 +265,8 @@ def recover(
         typer.Option(
             "--show-on-dashboard",
             help="A running node's config.toml (any site's, e.g. a trusted peer's or the"
-            " new node's): its dashboard shows this recovery's progress (counts only).",
+            " new node's): its dashboard shows this recovery's progress (counts only), and"
+            " its [audit_trail] collector gets the run's audit event.",
         ),
     ] = None,
 ) -> None:
@@ -255,6 +282,7 @@ def recover(
     delivering anything twice. Exit code 0 only when everything planned was delivered.
     Progress (counts and sizes, no patient data) is kept in WORKDIR/progress.json and,
     with --show-on-dashboard, in that node's state/recovery.json for its dashboard.
+    The run is an audit event in WORKDIR/trail, forwarded as that node's events are.
     """
     if not logging.getLogger().handlers:  # as basicConfig: an embedding keeps its own
         configure_logging("WARNING")
@@ -277,7 +305,7 @@ def recover(
         bind="0.0.0.0" if any(not b.startswith("127.") for b in bootstrap) else "127.0.0.1",
     )
     target_ae = _target(to_ae) if to_ae else None
-    show_on = _dashboard_state_dir(show_on_dashboard) if show_on_dashboard else None
+    dashboard = _dashboard_node(show_on_dashboard) if show_on_dashboard else None
     if dry and target_ae is None and to_dir is None:
         to_dir = workdir / "dry-run"  # never written: a dry run delivers nothing
     if escrow_release:
@@ -295,8 +323,9 @@ def recover(
         to_dir=to_dir if target_ae is None else None,
         peers=tuple(peer or ()),
         associations=associations,
-        show_on=show_on,
+        show_on=dashboard.state_dir if dashboard is not None else None,
     )
+    audit = dashboard.audit_trail if dashboard is not None else None
 
     def say(message: str) -> None:
         typer.echo(message, err=True)
@@ -308,9 +337,9 @@ def recover(
             return
         report = asyncio.run(run_recovery(request, say, progress=sys.stderr))
     except MeshError as exc:
-        _record_import(request, None, str(exc))
+        _record_import(request, None, str(exc), audit)
         raise _fail(str(exc)) from None
-    _record_import(request, report, "")
+    _record_import(request, report, "", audit)
     if json_file is not None:
         report.write_json(json_file)
     typer.echo(report.summary())

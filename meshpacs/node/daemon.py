@@ -62,7 +62,14 @@ from meshpacs.web import (
     read_history,
 )
 
-__all__ = ["NodeStarted", "configure_logging", "node_figures", "open_trail", "run_node"]
+__all__ = [
+    "NodeStarted",
+    "configure_logging",
+    "node_figures",
+    "open_trail",
+    "run_node",
+    "trail_forwarder",
+]
 
 LOG = logging.getLogger("meshpacs.node")
 # How long associations in flight may finish after a stop request before they are aborted.
@@ -270,11 +277,11 @@ def open_trail(config: NodeConfig) -> TrailWriter | None:
         secret,
         AuditSource(config.dicom.ae_title, config.site.id),
         include_uids=config.audit_trail.include_uids,
-        forward=_trail_forwarder(config.audit_trail),
+        forward=trail_forwarder(config.audit_trail),
     )
 
 
-def _trail_forwarder(settings: AuditTrailConfig) -> QueuedForwarder | None:
+def trail_forwarder(settings: AuditTrailConfig) -> QueuedForwarder | None:
     """A forwarder to ``[audit_trail] syslog_host``; None (logged) when off or unusable."""
     if not settings.syslog_host:
         return None

@@ -4,6 +4,10 @@ With the mesh on, the running node does the work (:class:`~meshpacs.upkeep.Forge
 it alone reaches the partners); this module files the request in the catalog and reads
 how it went. With the mesh off nothing of the site is anywhere else, so the request is
 carried out here and now.
+
+The request is a Study Deleted event in the site's trail, forwarded like the node's own
+events when ``[audit_trail] syslog_host`` names a collector; the command waits a few
+seconds at most for it to get there before it exits (the local trail keeps it anyway).
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ from typing import Any
 
 from meshpacs.dicom.storage import InstanceStore
 from meshpacs.errors import ConfigError, MeshError
-from meshpacs.keys import SiteKeys
+from meshpacs.keys import SiteKeys, SiteSecret
 from meshpacs.metadata import Catalog
 from meshpacs.metadata import forget as ledger
 from meshpacs.metadata.replica import study_record_id
 from meshpacs.node.config import NodeConfig
+from meshpacs.node.daemon import trail_forwarder
 from meshpacs.node.site import load_site_secret
 from meshpacs.trail import TrailWriter
 from meshpacs.trail.messages import AuditSource, Outcome, Participant, StudyRef, study_deleted
@@ -71,8 +76,21 @@ def _record_request(config: NodeConfig, study_uid: str, ref: int | None) -> None
         LOG.error("forget request not recorded in the audit trail: %s", exc)
         return
     trail = TrailWriter.for_site(
-        config.data_dir, secret, AuditSource(config.dicom.ae_title, config.site.id)
+        config.data_dir,
+        secret,
+        AuditSource(config.dicom.ae_title, config.site.id),
+        include_uids=config.audit_trail.include_uids,
+        forward=trail_forwarder(config.audit_trail),
     )
+    try:
+        _record_deleted(trail, secret, study_uid, ref)
+    finally:
+        trail.close()  # the collector's copy, within the node's own bound on stopping
+
+
+def _record_deleted(
+    trail: TrailWriter, secret: SiteSecret, study_uid: str, ref: int | None
+) -> None:
     try:
         record_id = study_record_id(SiteKeys.derive(secret).catalog, study_uid)
     except UnicodeEncodeError:  # not a UID at all; the catalog matched nothing

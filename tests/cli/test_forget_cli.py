@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 from meshpacs.cli import app
 from meshpacs.dicom.storage import InstanceStore
 from meshpacs.metadata import Catalog
-from meshpacs.node.config import load_config
+from meshpacs.node.config import Setting, load_config
 from meshpacs.node.site import create_site
 
 from ..metadata.helpers import make_record
@@ -29,8 +30,10 @@ def run(*args: str | Path, answer: str | None = None) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def a_site_with_two_studies(tmp_path: Path) -> tuple[Path, dict[str, Path]]:
-    created = create_site(tmp_path / "site", "st-marys", "MESH_STM", 11112, {})
+def a_site_with_two_studies(
+    tmp_path: Path, settings: Mapping[tuple[str, str], Setting] | None = None
+) -> tuple[Path, dict[str, Path]]:
+    created = create_site(tmp_path / "site", "st-marys", "MESH_STM", 11112, settings or {})
     config = load_config(created.config_path)
     store = InstanceStore(config.instances_dir, config.tmp_dir)
     files = {}

@@ -45,9 +45,10 @@ import ipaddress
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import Enum, IntEnum, StrEnum
+from typing import NamedTuple
 
 __all__ = [
     "APPLICATION_START",
@@ -225,8 +226,61 @@ class AuditEvent:
 # -- builders ------------------------------------------------------------------------
 
 
-def _now(at: datetime | None) -> datetime:
-    return at if at is not None else datetime.now(UTC)
+class _Kind(NamedTuple):
+    """What PS3.15 A.5.3 fixes for an event: its EventActionCode, the RoleIDCode of each
+    participant its builder names (in the builder's order; a participant's own role wins)
+    and which of them is the requestor, where the event says (else each says for itself)."""
+
+    action: ActionCode
+    roles: tuple[Role | None, ...]
+    requestor: int | None = None
+
+
+_KINDS: dict[EventCode, _Kind] = {
+    EventCode.APPLICATION_ACTIVITY: _Kind(
+        ActionCode.EXECUTE, (Role.APPLICATION, Role.APPLICATION_LAUNCHER), requestor=1
+    ),
+    EventCode.INSTANCES_TRANSFERRED: _Kind(ActionCode.CREATE, (Role.SOURCE, Role.DESTINATION)),
+    EventCode.BEGIN_TRANSFERRING: _Kind(ActionCode.EXECUTE, (Role.SOURCE, Role.DESTINATION)),
+    EventCode.QUERY: _Kind(ActionCode.EXECUTE, (Role.SOURCE, Role.DESTINATION), requestor=0),
+    EventCode.SECURITY_ALERT: _Kind(ActionCode.EXECUTE, (Role.APPLICATION,)),
+    EventCode.USER_AUTHENTICATION: _Kind(ActionCode.EXECUTE, (None, Role.APPLICATION), requestor=0),
+    EventCode.EXPORT: _Kind(ActionCode.READ, (Role.SOURCE, Role.DESTINATION_MEDIA), requestor=0),
+    EventCode.IMPORT: _Kind(ActionCode.CREATE, (None, Role.SOURCE, Role.DESTINATION), requestor=0),
+    EventCode.STUDY_DELETED: _Kind(ActionCode.DELETE, (None, Role.APPLICATION), requestor=0),
+}
+
+
+def _event(
+    event: EventCode,
+    named: Sequence[Participant | None],
+    objects: Sequence[AuditObject],
+    outcome: Outcome,
+    description: str,
+    at: datetime | None,
+    *,
+    others: Sequence[Participant] = (),
+    event_type: Code | None = None,
+    action: ActionCode | None = None,
+) -> AuditEvent:
+    """``named`` take their roles from :data:`_KINDS` (None: an optional one not given);
+    ``others`` follow them as they are."""
+    kind = _KINDS[event]
+    people = [
+        replace(who, role=who.role or role, requestor=who.requestor or slot == kind.requestor)
+        for slot, (who, role) in enumerate(zip(named, kind.roles, strict=True))
+        if who is not None
+    ]
+    return AuditEvent(
+        event,
+        action or kind.action,
+        at if at is not None else datetime.now(UTC),
+        outcome,
+        (*people, *others),
+        tuple(objects),
+        () if event_type is None else (event_type,),
+        description,
+    )
 
 
 def application_activity(
@@ -239,17 +293,14 @@ def application_activity(
     at: datetime | None = None,
 ) -> AuditEvent:
     """110100: the node (``application``) started or stopped; ``launcher`` who ran it."""
-    people = [_with_role(application, Role.APPLICATION)]
-    if launcher is not None:
-        people.append(_with_role(launcher, Role.APPLICATION_LAUNCHER, requestor=True))
-    return AuditEvent(
+    return _event(
         EventCode.APPLICATION_ACTIVITY,
-        ActionCode.EXECUTE,
-        _now(at),
+        (application, launcher),
+        (),
         outcome,
-        tuple(people),
-        event_types=(APPLICATION_START if started else APPLICATION_STOP,),
-        description=description,
+        description,
+        at,
+        event_type=APPLICATION_START if started else APPLICATION_STOP,
     )
 
 
@@ -266,18 +317,15 @@ def instances_transferred(
 ) -> AuditEvent:
     """110104: instances went from ``source`` to ``destination`` (C: stored, R: sent);
     ``others``: e.g. the AE that asked for a C-MOVE to a third."""
-    return AuditEvent(
+    return _event(
         EventCode.INSTANCES_TRANSFERRED,
-        action,
-        _now(at),
+        (source, destination),
+        objects,
         outcome,
-        (
-            _with_role(source, Role.SOURCE, requestor=source.requestor),
-            _with_role(destination, Role.DESTINATION, requestor=destination.requestor),
-            *others,
-        ),
-        tuple(objects),
-        description=description,
+        description,
+        at,
+        others=others,
+        action=action,
     )
 
 
@@ -292,18 +340,14 @@ def begin_transferring(
     at: datetime | None = None,
 ) -> AuditEvent:
     """110102: a transfer (C-MOVE, C-GET, a recovery) of ``objects`` is starting."""
-    return AuditEvent(
+    return _event(
         EventCode.BEGIN_TRANSFERRING,
-        ActionCode.EXECUTE,
-        _now(at),
+        (source, destination),
+        objects,
         outcome,
-        (
-            _with_role(source, Role.SOURCE, requestor=source.requestor),
-            _with_role(destination, Role.DESTINATION, requestor=destination.requestor),
-            *others,
-        ),
-        tuple(objects),
-        description=description,
+        description,
+        at,
+        others=others,
     )
 
 
@@ -317,18 +361,7 @@ def query(
     at: datetime | None = None,
 ) -> AuditEvent:
     """110112: ``requestor`` queried ``responder`` (a C-FIND)."""
-    return AuditEvent(
-        EventCode.QUERY,
-        ActionCode.EXECUTE,
-        _now(at),
-        outcome,
-        (
-            _with_role(requestor, Role.SOURCE, requestor=True),
-            _with_role(responder, Role.DESTINATION),
-        ),
-        (asked,),
-        description=description,
-    )
+    return _event(EventCode.QUERY, (requestor, responder), (asked,), outcome, description, at)
 
 
 def security_alert(
@@ -341,14 +374,15 @@ def security_alert(
     at: datetime | None = None,
 ) -> AuditEvent:
     """110113: something security-relevant (``kind``: e.g. :data:`NODE_AUTHENTICATION`)."""
-    return AuditEvent(
+    return _event(
         EventCode.SECURITY_ALERT,
-        ActionCode.EXECUTE,
-        _now(at),
+        (reporter,),
+        (),
         outcome,
-        (_with_role(reporter, Role.APPLICATION), *others),
-        event_types=(kind,),
-        description=description,
+        description,
+        at,
+        others=others,
+        event_type=kind,
     )
 
 
@@ -362,14 +396,14 @@ def user_authentication(
     at: datetime | None = None,
 ) -> AuditEvent:
     """110114: ``user`` logged in to (or out of) ``node``; a failure is outcome 4."""
-    return AuditEvent(
+    return _event(
         EventCode.USER_AUTHENTICATION,
-        ActionCode.EXECUTE,
-        _now(at),
+        (user, node),
+        (),
         outcome,
-        (_with_role(user, None, requestor=True), _with_role(node, Role.APPLICATION)),
-        event_types=(LOGIN if login else LOGOUT,),
-        description=description,
+        description,
+        at,
+        event_type=LOGIN if login else LOGOUT,
     )
 
 
@@ -385,18 +419,8 @@ def export(
 ) -> AuditEvent:
     """110106: ``objects`` left the site's control to ``destination`` (media, a folder,
     the federation's partners); ``others``: e.g. each partner site that holds a part."""
-    return AuditEvent(
-        EventCode.EXPORT,
-        ActionCode.READ,
-        _now(at),
-        outcome,
-        (
-            _with_role(exporter, Role.SOURCE, requestor=True),
-            _with_role(destination, Role.DESTINATION_MEDIA),
-            *others,
-        ),
-        tuple(objects),
-        description=description,
+    return _event(
+        EventCode.EXPORT, (exporter, destination), objects, outcome, description, at, others=others
     )
 
 
@@ -412,17 +436,8 @@ def import_(
 ) -> AuditEvent:
     """110107: ``objects`` came into the site's control from ``source`` (a recovery from
     the federation), asked for by ``importer``, delivered to ``destination`` if given."""
-    people = [_with_role(importer, None, requestor=True), _with_role(source, Role.SOURCE)]
-    if destination is not None:
-        people.append(_with_role(destination, Role.DESTINATION))
-    return AuditEvent(
-        EventCode.IMPORT,
-        ActionCode.CREATE,
-        _now(at),
-        outcome,
-        tuple(people),
-        tuple(objects),
-        description=description,
+    return _event(
+        EventCode.IMPORT, (importer, source, destination), objects, outcome, description, at
     )
 
 
@@ -436,25 +451,8 @@ def study_deleted(
     at: datetime | None = None,
 ) -> AuditEvent:
     """110105: ``requestor`` had ``application`` delete ``studies``."""
-    return AuditEvent(
-        EventCode.STUDY_DELETED,
-        ActionCode.DELETE,
-        _now(at),
-        outcome,
-        (_with_role(requestor, None, requestor=True), _with_role(application, Role.APPLICATION)),
-        tuple(studies),
-        description=description,
-    )
-
-
-def _with_role(who: Participant, role: Role | None, *, requestor: bool = False) -> Participant:
-    return Participant(
-        user_id=who.user_id,
-        role=who.role or role,
-        requestor=requestor or who.requestor,
-        alternative_id=who.alternative_id,
-        user_name=who.user_name,
-        network_address=who.network_address,
+    return _event(
+        EventCode.STUDY_DELETED, (requestor, application), studies, outcome, description, at
     )
 
 

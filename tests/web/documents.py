@@ -145,3 +145,23 @@ def full_figures() -> dict[str, Any]:
             "mesh_bytes": 900_000,
         },
     }
+
+
+def full_recovery() -> dict[str, Any]:
+    """A ``meshpacs recover --show-on-dashboard`` run this node shows, still running and
+    stalled (it stopped writing its progress)."""
+    return {
+        "version": 1,
+        "site_id": "site-a",
+        "phase": "recovering",
+        "finished": False,
+        "outcome": None,
+        "started_at": NOW - 4000,
+        "updated_at": NOW - 700,
+        "target": "ORTHANC@10.1.2.20:4242",
+        "bundles": {"total": 12, "done": 5, "unrecoverable": 1},
+        "studies": {"total": 9, "done": 3},
+        "instances": {"total": 480, "delivered": 150, "failed": 2},
+        "bytes": {"total": 4_800_000, "delivered": 1_500_000},
+        "stalled": True,
+    }

@@ -296,7 +296,9 @@ def document(result: dict[str, Any]) -> str:
             f" repairer runs a pass every {s['interval_seconds']:.0f} s at its own phase,"
             f" repairing up to {s['bundles_per_pass']} bundles a pass, one after another; a"
             f" repair reads k fragments and writes the regenerated ones over the owner's"
-            f" {c['link_bits_per_s'] / 1e6:.0f} Mbit/s link, plus one lookup.",
+            f" {c['link_bits_per_s'] / 1e6:.0f} Mbit/s link, plus one lookup. Owners repair"
+            " in parallel; the holders' links are taken to keep up (contention at a busy"
+            " holder is not modelled).",
             "- **Not simulated:** audits (a failed site is taken as found unreachable at once),"
             " the repair of a failed owner's own bundles by its delegates (counted only),"
             " bucket refreshes, records, churn and durability over a year (still to do).",

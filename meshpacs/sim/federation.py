@@ -302,7 +302,8 @@ class Federation:
         # The first pass that finds the failed sites lost: passes run every interval, at a
         # phase of their own; a site is lost once it has been silent for longer than the grace.
         phase = self._rng.uniform(0.0, s.interval_seconds)
-        now = phase + s.interval_seconds * (int(s.lost_after_seconds // s.interval_seconds) + 1)
+        passes = int((s.lost_after_seconds - phase) // s.interval_seconds) + 1
+        now = phase + s.interval_seconds * passes
         while True:
             settled = [b.shares(lost) for b in bundles]
             due = bundles_below(settled, s.threshold, s.bundles_per_pass)

@@ -16,8 +16,9 @@ catalog did not exist yet) is left out rather than reported as 0: an alert on
 from __future__ import annotations
 
 import math
+import operator
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,18 +95,186 @@ class _Families:
         self.all: list[Family] = []
 
     def gauge(self, name: str, help: str) -> Family:
-        return self._add(Family(f"meshpacs_{name}", "gauge", help))
+        return self.add(Family(f"meshpacs_{name}", "gauge", help))
 
     def counter(self, name: str, help: str) -> Family:
-        return self._add(Family(f"meshpacs_{name}_total", "counter", help))
+        return self.add(Family(f"meshpacs_{name}_total", "counter", help))
 
-    def _add(self, family: Family) -> Family:
+    def add(self, family: Family) -> Family:
         self.all.append(family)
         return family
 
 
 def _dict(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
+
+
+def _at(document: Mapping[str, Any], path: str) -> object:
+    """The value at a dotted ``path`` into ``document``; None where a step is missing."""
+    *steps, last = path.split(".")
+    for step in steps:
+        document = _dict(document.get(step))
+    return document.get(last)
+
+
+def _count(value: object) -> int | None:
+    return len(value) if isinstance(value, list) else None
+
+
+def _present(value: object) -> bool:
+    return value is not None
+
+
+_By = tuple[str, Mapping[str, str]]  # a label, and for each of its values the key read
+_Then = Callable[[Any], object]
+
+
+@dataclass(frozen=True)
+class _Read:
+    """A family read straight from a document: one sample, the value at the dotted
+    ``path`` (through ``then``); or, with ``by`` (a label and, for each of its values, the
+    key it is read from), one sample per label value from the mapping at ``path``."""
+
+    name: str
+    kind: str
+    help: str
+    path: str
+    by: _By | None = None
+    then: _Then | None = None
+
+
+def _gauge(
+    name: str, path: str, *, help: str, by: _By | None = None, then: _Then | None = None
+) -> _Read:
+    return _Read(f"meshpacs_{name}", "gauge", help, path, by, then)
+
+
+def _counter(name: str, path: str, *, help: str, by: _By | None = None) -> _Read:
+    return _Read(f"meshpacs_{name}_total", "counter", help, path, by)
+
+
+def _each(label: str, *keys: str) -> _By:
+    """``by`` for a label whose values are the keys they are read from."""
+    return label, {key: key for key in keys}
+
+
+def _fill(out: _Families, document: Mapping[str, Any], reads: Iterable[_Read]) -> None:
+    for read in reads:
+        family = out.add(Family(read.name, read.kind, read.help))
+        found = _at(document, read.path)
+        if read.by is None:
+            family.add(found if read.then is None else read.then(found))
+            continue
+        label, keys = read.by
+        for value, key in keys.items():
+            family.add(_dict(found).get(key), **{label: value})
+
+
+# The families read straight from a document, in the order the page shows them. Paths are
+# into the status document (meshpacs status --json), or into the node's figures for the
+# _FIGURES_ tables.
+# fmt: off
+_AUDITS = (
+    _gauge("shares_at_partners", "audits.placements", by=_each("verdict", *_VERDICTS),
+           help="This site's shares stored at partners, by the verdict of their last audit."),
+    _counter("audits", "audits", by=_each("result", "passed", "failed"),
+             help="Audits of partners holding this site's shares, by result."),
+    _gauge("last_audit_timestamp_seconds", "audits.last_audit_at",
+           help="When the last audit answered (Unix time)."),
+    _counter("repairs", "audits.repairs", by=_each("outcome", "repaired", "failed"),
+             help="Repairs of this site's bundles, by outcome."),
+    _counter("repair_shares_placed", "audits.repairs.shares_placed",
+             help="Shares rebuilt by repair and placed at partners."),
+    _gauge("bundles_below_n", "audits.repairs.bundles_below_n",
+           help="Bundles of this site with fewer than n good shares."),
+    _gauge("replaced_copies_to_delete", "audits.repairs.replaced_copies_to_delete",
+           help="Shares replaced by repair still to be deleted at sites that came back."),
+    _gauge("lost_sites", "audits.repairs.lost_sites", then=_count,
+           help="Partner sites unreachable for longer than lost_after_hours."),
+    _gauge("last_repair_timestamp_seconds", "audits.repairs.last_repair_at",
+           help="When the last repair ran (Unix time)."),
+)
+_UPKEEP = (
+    _gauge("scrub_last_pass_fragments", "scrub.fragments",
+           help="Partners' shares checked by the last scrub pass."),
+    _gauge("scrub_last_pass_bytes", "scrub.bytes",
+           help="Bytes read by the last scrub pass."),
+    _gauge("scrub_last_pass_quarantined", "scrub.quarantined",
+           help="Shares the last scrub pass found rotten."),
+    _gauge("scrub_quarantined_held", "scrub.quarantined_held",
+           help="Rotten shares kept as evidence, not yet replaced."),
+    _gauge("scrub_last_pass_timestamp_seconds", "scrub.finished_at",
+           help="When the last scrub pass ended."),
+    _gauge("delegations", "delegate.delegations",
+           help="Trusted sites that let this node repair for them while down."),
+    _gauge("delegate_acting_for", "delegate.acting_for", then=_count,
+           help="Down sites this node currently repairs for."),
+    _counter("delegate_shares_rebuilt", "delegate.since_start.shares_placed",
+             help="Shares of down sites rebuilt as their delegate, since start."),
+    _gauge("lease_renewed_shares", "leases.renewal.renewed",
+           help="Shares whose lease the last renewal extended."),
+    _gauge("lease_shares", "leases.renewal.fragments",
+           help="Shares the last lease renewal covered."),
+    _gauge("lease_renewal_timestamp_seconds", "leases.renewal.renewed_at",
+           help="When the leases were last renewed."),
+    _counter("lease_expired_removed", "leases.expiry.removed_total",
+             help="Partners' shares removed here out of lease."),
+    _gauge("forget_requests", "forgets", by=_each("state", "pending", "deleting", "done"),
+           help="Forget requests (meshpacs forget) by state."),
+    _gauge("leaving", "leaving", then=_present,
+           help="1 while the node hands back what it holds (meshpacs node leave)."),
+)
+_FIGURES_HELD = (
+    _gauge("fragments_held", "held.fragments",
+           help="Fragments this node stores for partner sites."),
+    _gauge("fragments_held_bytes", "held.bytes",
+           help="Bytes of fragments stored here for partner sites."),
+    _gauge("fragment_owners", "held.owners",
+           help="Partner sites with fragments stored here."),
+    _counter("ingest_instances", "ingest.instances",
+             help="Instances received from the PACS and catalogued."),
+    _counter("ingest_bytes", "ingest.bytes",
+             help="Bytes of instances received from the PACS."),
+    _gauge("local_instances", "ingest.local_instances",
+           help="Instances whose file is kept on this node's disk."),
+)
+_FIGURES_RESTORES = (
+    _counter("restore_instances", "restores",
+             by=("result", {"sent": "instances", "failed": "failed"}),
+             help="Instances this node's C-MOVE/C-GET delivered (sent: stored by the peer)"
+                  " or failed, since start."),
+    _counter("restore_bytes", "restores.bytes",
+             help="Bytes of instances C-MOVE/C-GET delivered, since start."),
+    _counter("restore_mesh_bundles", "restores",
+             by=("result", {"gathered": "mesh_bundles", "failed": "mesh_bundles_failed"}),
+             help="Bundles a retrieve gathered from the mesh (or not), since start."),
+    _counter("restore_mesh_instances", "restores.mesh_instances",
+             help="Instances a retrieve brought back from the mesh, since start."),
+    _counter("restore_mesh_bytes", "restores.mesh_bytes",
+             help="Bytes of instances brought back from the mesh, since start."),
+    _gauge("backup_k", "backup.k",
+           help="Shares needed to rebuild a bundle ([backup] k)."),
+    _gauge("backup_n", "backup.n",
+           help="Shares made of each bundle ([backup] n)."),
+)
+# A meshpacs recover --show-on-dashboard run shown by this node, only while there is one.
+_RECOVERY = (
+    _gauge("recovery_running", "recovery.finished", then=operator.not_,
+           help="1 while a recovery shown here runs (0: finished)."),
+    _gauge("recovery_stalled", "recovery.stalled", then=bool,
+           help="1 if the running recovery stopped writing its progress."),
+    _gauge("recovery_bundles", "recovery.bundles",
+           by=_each("state", "total", "done", "unrecoverable"),
+           help="The recovery's bundles: total, done, unrecoverable."),
+    _gauge("recovery_instances", "recovery.instances",
+           by=_each("state", "total", "delivered", "failed"),
+           help="The recovery's instances: total, delivered, failed."),
+    _gauge("recovery_bytes", "recovery.bytes", by=_each("state", "total", "delivered"),
+           help="Bytes of the recovery's instances: total, delivered."),
+    _gauge("recovery_updated_timestamp_seconds", "recovery.updated_at",
+           help="When the recovery last wrote progress."),
+)
+# fmt: on
 
 
 def render_metrics(status: Mapping[str, Any], figures: Mapping[str, Any] | None = None) -> str:
@@ -116,13 +285,17 @@ def render_metrics(status: Mapping[str, Any], figures: Mapping[str, Any] | None 
     out.gauge("mesh_enabled", "1 if the node takes part in the backup mesh.").add(
         status.get("mesh_enabled")
     )
+    node_figures = _dict(figures)
     _warnings(out, status)
-    _studies(out, status, _dict(figures))
-    _audits(out, _dict(status.get("audits")))
+    _studies(out, status, node_figures)
+    _fill(out, status, _AUDITS)
     _peers(out, status)
-    _upkeep(out, status)
-    _node_figures(out, _dict(figures))
-    _recovery(out, _dict(status.get("recovery")))
+    _fill(out, status, _UPKEEP)
+    _fill(out, node_figures, _FIGURES_HELD)
+    _bundles(out, _dict(node_figures.get("bundles")))
+    _fill(out, node_figures, _FIGURES_RESTORES)
+    if _dict(status.get("recovery")):
+        _fill(out, status, _RECOVERY)
     lines = [line for family in out.all for line in family.lines()]
     return "\n".join(lines) + "\n"
 
@@ -165,43 +338,6 @@ def _studies(out: _Families, status: Mapping[str, Any], figures: Mapping[str, An
         by_state.add(count, state=str(state))
 
 
-def _audits(out: _Families, audits: Mapping[str, Any]) -> None:
-    placements = _dict(audits.get("placements"))
-    shares = out.gauge(
-        "shares_at_partners",
-        "This site's shares stored at partners, by the verdict of their last audit.",
-    )
-    for verdict in _VERDICTS:
-        shares.add(placements.get(verdict), verdict=verdict)
-    results = out.counter("audits", "Audits of partners holding this site's shares, by result.")
-    results.add(audits.get("passed"), result="passed")
-    results.add(audits.get("failed"), result="failed")
-    out.gauge("last_audit_timestamp_seconds", "When the last audit answered (Unix time).").add(
-        audits.get("last_audit_at")
-    )
-    repairs = _dict(audits.get("repairs"))
-    done = out.counter("repairs", "Repairs of this site's bundles, by outcome.")
-    done.add(repairs.get("repaired"), outcome="repaired")
-    done.add(repairs.get("failed"), outcome="failed")
-    out.counter("repair_shares_placed", "Shares rebuilt by repair and placed at partners.").add(
-        repairs.get("shares_placed")
-    )
-    out.gauge("bundles_below_n", "Bundles of this site with fewer than n good shares.").add(
-        repairs.get("bundles_below_n")
-    )
-    out.gauge(
-        "replaced_copies_to_delete",
-        "Shares replaced by repair still to be deleted at sites that came back.",
-    ).add(repairs.get("replaced_copies_to_delete"))
-    lost = repairs.get("lost_sites")
-    out.gauge("lost_sites", "Partner sites unreachable for longer than lost_after_hours.").add(
-        len(lost) if isinstance(lost, list) else None
-    )
-    out.gauge("last_repair_timestamp_seconds", "When the last repair ran (Unix time).").add(
-        repairs.get("last_repair_at")
-    )
-
-
 def _peers(out: _Families, status: Mapping[str, Any]) -> None:
     peers = [p for p in status.get("peers") or [] if isinstance(p, Mapping)]
     counts = out.gauge("peers", "Partner sites by state: up (seen online) or down.")
@@ -236,133 +372,9 @@ def _peers(out: _Families, status: Mapping[str, Any]) -> None:
     )
 
 
-def _upkeep(out: _Families, status: Mapping[str, Any]) -> None:
-    scrub = _dict(status.get("scrub"))
-    out.gauge("scrub_last_pass_fragments", "Partners' shares checked by the last scrub pass.").add(
-        scrub.get("fragments")
-    )
-    out.gauge("scrub_last_pass_bytes", "Bytes read by the last scrub pass.").add(scrub.get("bytes"))
-    out.gauge("scrub_last_pass_quarantined", "Shares the last scrub pass found rotten.").add(
-        scrub.get("quarantined")
-    )
-    out.gauge("scrub_quarantined_held", "Rotten shares kept as evidence, not yet replaced.").add(
-        scrub.get("quarantined_held")
-    )
-    out.gauge("scrub_last_pass_timestamp_seconds", "When the last scrub pass ended.").add(
-        scrub.get("finished_at")
-    )
-    delegate = _dict(status.get("delegate"))
-    out.gauge("delegations", "Trusted sites that let this node repair for them while down.").add(
-        delegate.get("delegations")
-    )
-    acting = delegate.get("acting_for")
-    out.gauge("delegate_acting_for", "Down sites this node currently repairs for.").add(
-        len(acting) if isinstance(acting, list) else None
-    )
-    since = _dict(delegate.get("since_start"))
-    out.counter(
-        "delegate_shares_rebuilt", "Shares of down sites rebuilt as their delegate, since start."
-    ).add(since.get("shares_placed"))
-    leases = _dict(status.get("leases"))
-    renewal = _dict(leases.get("renewal"))
-    out.gauge("lease_renewed_shares", "Shares whose lease the last renewal extended.").add(
-        renewal.get("renewed")
-    )
-    out.gauge("lease_shares", "Shares the last lease renewal covered.").add(
-        renewal.get("fragments")
-    )
-    out.gauge("lease_renewal_timestamp_seconds", "When the leases were last renewed.").add(
-        renewal.get("renewed_at")
-    )
-    expiry = _dict(leases.get("expiry"))
-    out.counter("lease_expired_removed", "Partners' shares removed here out of lease.").add(
-        expiry.get("removed_total")
-    )
-    forgets = _dict(status.get("forgets"))
-    forgotten = out.gauge("forget_requests", "Forget requests (meshpacs forget) by state.")
-    for state in ("pending", "deleting", "done"):
-        forgotten.add(forgets.get(state), state=state)
-    out.gauge("leaving", "1 while the node hands back what it holds (meshpacs node leave).").add(
-        status.get("leaving") is not None
-    )
-
-
-def _node_figures(out: _Families, figures: Mapping[str, Any]) -> None:
-    held = _dict(figures.get("held"))
-    out.gauge("fragments_held", "Fragments this node stores for partner sites.").add(
-        held.get("fragments")
-    )
-    out.gauge("fragments_held_bytes", "Bytes of fragments stored here for partner sites.").add(
-        held.get("bytes")
-    )
-    out.gauge("fragment_owners", "Partner sites with fragments stored here.").add(
-        held.get("owners")
-    )
-    ingest = _dict(figures.get("ingest"))
-    out.counter("ingest_instances", "Instances received from the PACS and catalogued.").add(
-        ingest.get("instances")
-    )
-    out.counter("ingest_bytes", "Bytes of instances received from the PACS.").add(
-        ingest.get("bytes")
-    )
-    out.gauge("local_instances", "Instances whose file is kept on this node's disk.").add(
-        ingest.get("local_instances")
-    )
-    bundles = _dict(figures.get("bundles"))
+def _bundles(out: _Families, bundles: Mapping[str, Any]) -> None:
     count = out.gauge("bundles", "This site's bundles by state (planned, encoded, stored, ...).")
     size = out.gauge("bundle_bytes", "Bytes of this site's bundles by state.")
     for state, entry in sorted(bundles.items()):
         count.add(_dict(entry).get("count"), state=str(state))
         size.add(_dict(entry).get("bytes"), state=str(state))
-    restores = _dict(figures.get("restores"))
-    sent = out.counter(
-        "restore_instances",
-        "Instances this node's C-MOVE/C-GET delivered (sent: stored by the peer) or failed,"
-        " since start.",
-    )
-    sent.add(restores.get("instances"), result="sent")
-    sent.add(restores.get("failed"), result="failed")
-    out.counter("restore_bytes", "Bytes of instances C-MOVE/C-GET delivered, since start.").add(
-        restores.get("bytes")
-    )
-    gathered = out.counter(
-        "restore_mesh_bundles", "Bundles a retrieve gathered from the mesh (or not), since start."
-    )
-    gathered.add(restores.get("mesh_bundles"), result="gathered")
-    gathered.add(restores.get("mesh_bundles_failed"), result="failed")
-    out.counter(
-        "restore_mesh_instances", "Instances a retrieve brought back from the mesh, since start."
-    ).add(restores.get("mesh_instances"))
-    out.counter(
-        "restore_mesh_bytes", "Bytes of instances brought back from the mesh, since start."
-    ).add(restores.get("mesh_bytes"))
-    backup = _dict(figures.get("backup"))
-    out.gauge("backup_k", "Shares needed to rebuild a bundle ([backup] k).").add(backup.get("k"))
-    out.gauge("backup_n", "Shares made of each bundle ([backup] n).").add(backup.get("n"))
-
-
-def _recovery(out: _Families, recovery: Mapping[str, Any]) -> None:
-    """A ``meshpacs recover --show-on-dashboard`` run shown by this node, if any."""
-    if not recovery:
-        return
-    out.gauge("recovery_running", "1 while a recovery shown here runs (0: finished).").add(
-        not recovery.get("finished")
-    )
-    out.gauge("recovery_stalled", "1 if the running recovery stopped writing its progress.").add(
-        bool(recovery.get("stalled"))
-    )
-    bundles = _dict(recovery.get("bundles"))
-    by_state = out.gauge("recovery_bundles", "The recovery's bundles: total, done, unrecoverable.")
-    for state in ("total", "done", "unrecoverable"):
-        by_state.add(bundles.get(state), state=state)
-    instances = _dict(recovery.get("instances"))
-    count = out.gauge("recovery_instances", "The recovery's instances: total, delivered, failed.")
-    for state in ("total", "delivered", "failed"):
-        count.add(instances.get(state), state=state)
-    size = _dict(recovery.get("bytes"))
-    sizes = out.gauge("recovery_bytes", "Bytes of the recovery's instances: total, delivered.")
-    for state in ("total", "delivered"):
-        sizes.add(size.get(state), state=state)
-    out.gauge("recovery_updated_timestamp_seconds", "When the recovery last wrote progress.").add(
-        recovery.get("updated_at")
-    )

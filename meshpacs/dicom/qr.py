@@ -39,10 +39,11 @@ from typing import Any, Protocol, TypeVar
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pynetdicom import _config, build_context
+from pynetdicom import _config, build_context, dsutils, service_class
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
+from meshpacs.dicom.answer_codec import UTF8, encode_answer
 from meshpacs.dicom.auditing import (
     Retrieve,
     record_find,
@@ -62,12 +63,15 @@ __all__ = [
     "FIND_MODELS",
     "GET_MODELS",
     "MOVE_MODELS",
+    "FindAnswer",
     "InstanceUnavailable",
     "MissingInstances",
     "QueryRetrieveService",
     "Recalled",
     "RetrieveRefused",
     "StoredInstance",
+    "encode_answer_identifier",
+    "install_fast_find_answers",
     "install_raw_retrieve",
 ]
 
@@ -545,14 +549,83 @@ def _keys(identifier: Dataset) -> dict[str, str]:
 
 
 def _answer_dataset(answer: Mapping[str, str], identifier: Dataset) -> Dataset:
-    ds = Dataset()
+    ds = FindAnswer(answer, identifier)
     if any(not v.isascii() for v in answer.values()):
-        ds.SpecificCharacterSet = "ISO_IR 192"  # values come back as Unicode text
+        ds.SpecificCharacterSet = UTF8  # values come back as Unicode text
     elif "SpecificCharacterSet" in identifier:
         ds.SpecificCharacterSet = identifier.SpecificCharacterSet
     for keyword, value in answer.items():
         setattr(ds, keyword, value.split("\\") if "\\" in value else value)
     return ds
+
+
+def _answer_charset(answer: Mapping[str, str], identifier: Dataset) -> str | None:
+    """The Specific Character Set :func:`_answer_dataset` gives the answer, as one string."""
+    if any(not v.isascii() for v in answer.values()):
+        return UTF8
+    if "SpecificCharacterSet" not in identifier:
+        return None
+    value = identifier.SpecificCharacterSet
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple | MultiValue):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def encode_answer_identifier(
+    answer: Mapping[str, str], identifier: Dataset, *, implicit: bool, little_endian: bool = True
+) -> bytes | None:
+    """The bytes of the answer's identifier, as pydicom writes :func:`_answer_dataset`'s.
+
+    :func:`~meshpacs.dicom.answer_codec.encode_answer` when it can, else pydicom; None
+    when pydicom cannot encode it either (the peer is then answered a failure).
+    """
+    if little_endian:
+        fast = encode_answer(answer, _answer_charset(answer, identifier), implicit=implicit)
+        if fast is not None:
+            return fast
+    return dsutils.encode(_answer_dataset(answer, identifier), implicit, little_endian)
+
+
+class FindAnswer(Dataset):
+    """A C-FIND answer's dataset that remembers the answer, so that the hook installed by
+    :func:`install_fast_find_answers` can encode it without pydicom's writer."""
+
+    def __init__(self, answer: Mapping[str, str], identifier: Dataset) -> None:
+        super().__init__()
+        self.meshpacs_answer = answer
+        self.meshpacs_identifier = identifier
+
+
+_FAST_MARK = "_meshpacs_fast_find_answers"
+
+
+def install_fast_find_answers() -> None:
+    """Make pynetdicom's C-FIND SCP encode a :class:`FindAnswer` with :mod:`answer_codec`.
+
+    pynetdicom's service classes call the ``encode`` they imported from ``dsutils``; the
+    wrapper takes only our answers in Little Endian and hands everything else on.
+    """
+    current: Callable[..., bytes | None] = getattr(service_class, "encode")  # noqa: B009
+    if getattr(current, _FAST_MARK, False):
+        return
+
+    def encode(
+        ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False
+    ) -> bytes | None:
+        if isinstance(ds, FindAnswer) and is_little_endian and not deflated:
+            fast = encode_answer(
+                ds.meshpacs_answer,
+                _answer_charset(ds.meshpacs_answer, ds.meshpacs_identifier),
+                implicit=is_implicit_vr,
+            )
+            if fast is not None:
+                return fast
+        return current(ds, is_implicit_vr, is_little_endian, deflated)
+
+    setattr(encode, _FAST_MARK, True)
+    setattr(service_class, "encode", encode)  # noqa: B010
 
 
 def _contexts_for(located: list[InstanceLocation]) -> list[PresentationContext]:

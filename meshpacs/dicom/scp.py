@@ -35,6 +35,7 @@ from meshpacs.dicom.qr import (
     GET_MODELS,
     MOVE_MODELS,
     QueryRetrieveService,
+    install_fast_find_answers,
     install_raw_retrieve,
 )
 from meshpacs.dicom.settings import AeSettings
@@ -78,6 +79,7 @@ def configure_pynetdicom(*, log_phi: bool = False) -> None:
     install_pdu_limit()
     install_storage_negotiation(storage_transfer_syntaxes())
     install_raw_retrieve()
+    install_fast_find_answers()
     if not log_phi:
         # At INFO pynetdicom logs every DIMSE message, with UIDs in them.
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)

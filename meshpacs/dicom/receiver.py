@@ -124,7 +124,9 @@ class StorageAssociation:
         try:
             self._serve()
         except _Abort as exc:
-            LOG.warning("aborting the association from %s: %s", self.calling_ae, exc)
+            LOG.warning("aborting the association from %s: %s", self.calling_ae, exc,
+                        extra={"event": "association_aborted", "calling_ae": self.calling_ae,
+                               "instances": self.instances})  # fmt: skip
             self._send_abort(exc.reason)
         except _Closed:
             pass
@@ -250,7 +252,7 @@ class StorageAssociation:
         self._incoming = incoming
         if not (is_valid_uid(sop_class) and is_valid_uid(sop_instance)):
             LOG.warning("refusing an instance from %s: invalid SOP Class or Instance UID",
-                        self.calling_ae)  # fmt: skip
+                        self.calling_ae, extra=self._refusal("invalid_uid"))  # fmt: skip
             incoming.status = STATUS.CANNOT_UNDERSTAND
             return
         meta = file_meta(
@@ -263,7 +265,7 @@ class StorageAssociation:
         try:
             incoming.file = self._ingest.store.open_pending()
         except OSError as exc:
-            self._refuse(incoming, f"no temporary file: {exc.strerror or exc}")
+            self._refuse(incoming, "no_temp_file", f"no temporary file: {exc.strerror or exc}")
             return
         self._append(incoming, memoryview(meta))
 
@@ -277,7 +279,8 @@ class StorageAssociation:
             raise _Abort("dataset on another presentation context than its command")
         if incoming.status == STATUS.SUCCESS:
             if incoming.size + len(pdv.data) > self._ingest.max_instance_bytes:
-                self._refuse(incoming, f"instance over {self._ingest.max_instance_bytes} bytes")
+                limit = self._ingest.max_instance_bytes
+                self._refuse(incoming, "too_large", f"instance over {limit} bytes", limit=limit)
             else:
                 self._append(incoming, pdv.data)
         if pdv.is_last:
@@ -291,7 +294,7 @@ class StorageAssociation:
             while written < len(data):
                 written += os.write(incoming.file.fd, data[written:])
         except OSError as exc:
-            self._refuse(incoming, f"write failed: {exc.strerror or exc}")
+            self._refuse(incoming, "write_failed", f"write failed: {exc.strerror or exc}")
             return
         incoming.hasher.update(data)
         incoming.size += len(data)
@@ -303,11 +306,17 @@ class StorageAssociation:
                     bytes(incoming.head), incoming.context.transfer_syntax
                 )
 
-    def _refuse(self, incoming: _Incoming, reason: str) -> None:
+    def _refuse(self, incoming: _Incoming, code: str, reason: str, **more: int) -> None:
         """Stop writing this dataset: it will be drained and answered Out of Resources."""
-        LOG.warning("refusing an instance from %s: %s", self.calling_ae, reason)
+        LOG.warning("refusing an instance from %s: %s", self.calling_ae, reason,
+                    extra=self._refusal(code, **more))  # fmt: skip
         incoming.status = STATUS.OUT_OF_RESOURCES
         _drop(incoming)
+
+    def _refusal(self, code: str, **more: int) -> dict[str, object]:
+        """Log fields of a refused instance (as the pynetdicom path's): never a UID."""
+        return {"event": "instance_refused", "calling_ae": self.calling_ae, "reason": code,
+                **more}  # fmt: skip
 
     def _finish(self, incoming: _Incoming) -> None:
         status = incoming.status

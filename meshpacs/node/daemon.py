@@ -330,7 +330,10 @@ async def _watch_stability(catalog: Catalog, quiet_seconds: float) -> None:
         try:
             queued = await catalog.mark_stable(quiet_seconds)
         except Exception:
-            LOG.exception("could not update study stability; will retry")
+            LOG.exception("could not update study stability; will retry",
+                          extra={"event": "stability_error"})  # fmt: skip
             continue
         if queued:
-            LOG.info("%d studies stable and queued for backup", len(queued))
+            # The same event as the backup pass's, which queues them when the mesh is on.
+            LOG.info("%d studies stable and queued for backup", len(queued),
+                     extra={"event": "studies_stable", "studies": len(queued)})  # fmt: skip

@@ -99,6 +99,25 @@ class DelegatePass:
     failed: int = 0
     shares_placed: int = 0
 
+    def fields(self) -> dict[str, object]:
+        """The pass as log fields (counts and site IDs only)."""
+        return {
+            "event": "delegate_pass",
+            "owners": self.owners,
+            "owners_down": self.owners_down,
+            "acting_for": list(self.acting_for),
+            "bundles_checked": self.checked,
+            "repaired": self.repaired,
+            "failed": self.failed,
+            "unrecoverable": self.unrecoverable,
+            "shares_placed": self.shares_placed,
+        }
+
+
+def _bundle(owner: str, record_id: str, **more: object) -> dict[str, object]:
+    """Log fields naming one of an owner's bundles by its manifest's record ID prefix."""
+    return {"owner": owner, "bundle": record_id[:12], **more}
+
 
 @dataclass
 class _Check:
@@ -191,7 +210,8 @@ class DelegateRepairer:
             try:
                 await self.repair_once()
             except MeshError as error:
-                _log.error("delegate repair pass failed: %s", error)
+                _log.error("delegate repair pass failed: %s", error,
+                           extra={"event": "delegate_error"})  # fmt: skip
             await self._pause(self.settings.interval_seconds, stop)
 
     async def repair_once(self) -> DelegatePass:
@@ -221,7 +241,7 @@ class DelegateRepairer:
                 "delegate repair: acting for %s (down); %d bundle(s) checked, %d repaired,"
                 " %d failed, %d short of k; %d share(s) placed",
                 ",".join(acting), report.checked, report.repaired, report.failed,
-                report.unrecoverable, report.shares_placed,
+                report.unrecoverable, report.shares_placed, extra=report.fields(),
             )  # fmt: skip
         return report
 
@@ -257,7 +277,8 @@ class DelegateRepairer:
             try:
                 token, _, _ = read_delegation(raw)
             except MeshError as error:
-                _log.warning("delegate repair: an unreadable delegation is kept here: %s", error)
+                _log.warning("delegate repair: an unreadable delegation is kept here: %s", error,
+                             extra={"event": "delegate_unreadable"})  # fmt: skip
                 continue
             # Holders check the signature and certificate; here only what is ours to use.
             if token.delegate_site == self.site_id and now < token.expires_at:
@@ -302,7 +323,9 @@ class DelegateRepairer:
                 )  # fmt: skip
             except MeshError as error:
                 _log.warning("delegate repair: manifest %s of site %s unusable: %s",
-                             record_id[:12], owner, error)  # fmt: skip
+                             record_id[:12], owner, error,
+                             extra={"event": "delegate_manifest_unusable",
+                                    **_bundle(owner, record_id)})  # fmt: skip
                 continue
             found.append((record_id, manifest))
         return found
@@ -331,6 +354,8 @@ class DelegateRepairer:
             _log.warning(
                 "delegate repair: bundle %s of site %s has %d good share(s), k is %d; waiting",
                 record_id[:12], owner, len(check.good), k,
+                extra={"event": "delegate_unrecoverable",
+                       **_bundle(owner, record_id, good=len(check.good), k=k, n=n)},
             )  # fmt: skip
             return
         missing = [share for share in range(n) if share not in check.good]
@@ -340,23 +365,34 @@ class DelegateRepairer:
         except Unrecoverable as error:
             report.unrecoverable += 1
             _log.warning("delegate repair: bundle %s of site %s: %s", record_id[:12], owner,
-                         error)  # fmt: skip
+                         error, extra={"event": "delegate_unrecoverable",
+                                       **_bundle(owner, record_id, good=len(check.good), k=k,
+                                                 n=n)})  # fmt: skip
             return
         except (MeshError, OSError) as error:
             report.failed += 1
             _log.warning("delegate repair of bundle %s of site %s failed: %s",
-                         record_id[:12], owner, brief(error))  # fmt: skip
+                         record_id[:12], owner, brief(error),
+                         extra={"event": "delegate_failed",
+                                **_bundle(owner, record_id, missing=len(missing))})  # fmt: skip
             return
         finally:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
         report.shares_placed += len(placed)
         if not placed:
             report.failed += 1
+            _log.warning("delegate repair of bundle %s of site %s placed nothing",
+                         record_id[:12], owner,
+                         extra={"event": "delegate_failed",
+                                **_bundle(owner, record_id, missing=len(missing))})  # fmt: skip
             return
         report.repaired += 1
         _log.info(
             "delegate repair: bundle %s of site %s back to %d of %d shares (%d placed)",
             record_id[:12], owner, len(check.good) + len(placed), n, len(placed),
+            extra={"event": "delegate_bundle",
+                   **_bundle(owner, record_id, good=len(check.good), n=n,
+                             placed=len(placed), sites=[placed[i] for i in sorted(placed)])},
         )  # fmt: skip
         await self._remember(owner, record_id, manifest, {**check.good, **placed})
 
@@ -385,7 +421,9 @@ class DelegateRepairer:
                         check.waiting.add(share)
                     continue
                 except MeshError as error:
-                    _log.info("delegate repair: site %s refused a check: %s", site, error)
+                    _log.info("delegate repair: site %s refused a check: %s", site, error,
+                              extra={"event": "delegate_check_refused", "owner": owner,
+                                     "site": site})  # fmt: skip
                     continue
                 self._down_since.pop(site, None)
                 found = None if info is None else (info.size, info.set_hash, info.share)
@@ -429,7 +467,9 @@ class DelegateRepairer:
                 await conn.put_fragment(manifest.fragment_ids[share], outputs[share])
 
         async def delete(site: str, share: int) -> None:  # never called: no hedging
-            _log.warning("delegate repair: a surplus share %d stays at site %s", share, site)
+            _log.warning("delegate repair: a surplus share %d stays at site %s", share, site,
+                         extra={"event": "delegate_surplus", "owner": owner, "share": share,
+                                "site": site})  # fmt: skip
 
         placed: dict[int, str] = {}
 
@@ -439,7 +479,9 @@ class DelegateRepairer:
         outcome = await place_shares(missing, sites, put, delete, on_placed, policy=_NO_HEDGE)
         for site, why in outcome.failed.items():
             _log.warning("delegate repair: site %s did not take a share of site %s: %s",
-                         site, owner, why)  # fmt: skip
+                         site, owner, why,
+                         extra={"event": "delegate_share_refused", "owner": owner,
+                                "site": site})  # fmt: skip
         return placed
 
     async def _sites(self, owner: str, manifest: RepairManifest, check: _Check) -> list[str]:

@@ -97,15 +97,38 @@ class RepairPass:
     """What one pass found and did: counts, for logs, status and tests."""
 
     lost_sites: tuple[str, ...] = ()
+    checked: int = 0  # settled bundles reassessed
     below_n: int = 0
+    below_threshold: int = 0  # due for repair, of which ``attempted`` this pass
     attempted: int = 0
     repaired: int = 0
     partial: int = 0
     failed: int = 0
     unrecoverable: int = 0
-    shares_placed: int = 0
+    shares_placed: int = 0  # adopted ones included
     shares_adopted: int = 0  # placed by a delegate while this site was down
+    shares_regenerated: int = 0  # rebuilt here and placed on a new site
+    shares_failed: int = 0  # missing shares of bundles tried that are still missing
     collected: int = 0
+
+    def fields(self) -> dict[str, object]:
+        """The pass as log fields (counts and site IDs only)."""
+        return {
+            "event": "repair_pass",
+            "lost_sites": list(self.lost_sites),
+            "bundles_checked": self.checked,
+            "below_n": self.below_n,
+            "below_threshold": self.below_threshold,
+            "attempted": self.attempted,
+            "repaired": self.repaired,
+            "partial": self.partial,
+            "failed": self.failed,
+            "unrecoverable": self.unrecoverable,
+            "shares_regenerated": self.shares_regenerated,
+            "shares_adopted": self.shares_adopted,
+            "shares_failed": self.shares_failed,
+            "collected": self.collected,
+        }
 
 
 class Repairer:
@@ -146,7 +169,7 @@ class Repairer:
             try:
                 await self.repair_once()
             except MeshError as error:
-                _log.error("repair pass failed: %s", error)
+                _log.error("repair pass failed: %s", error, extra={"event": "repair_error"})
             await self._pause(self.settings.interval_seconds, stop)
 
     async def repair_once(self) -> RepairPass:
@@ -158,9 +181,11 @@ class Repairer:
         report.lost_sites = tuple(sorted(lost))
         lost |= leaving
         settled = await self._catalog.write(lambda db: ledger.reassess(db, lost, now))
+        report.checked = len(settled)
         report.below_n = sum(1 for b in settled if len(b.good) < b.n)
-        due = ledger.bundles_below(settled, s.threshold, s.bundles_per_pass, urgent=leaving)
-        for bundle in due:
+        due = ledger.bundles_below(settled, s.threshold, len(settled), urgent=leaving)
+        report.below_threshold = len(due)
+        for bundle in due[: s.bundles_per_pass]:
             await self._repair(bundle, lost, report, sources=leaving)
         report.collected = await self._collect()
         if report.attempted or report.collected or lost:
@@ -169,7 +194,7 @@ class Repairer:
                 " %d failed, %d short of k; %d share(s) placed, %d replaced fragment(s) deleted",
                 len(lost), ",".join(report.lost_sites) or "-", report.below_n, report.repaired,
                 report.partial, report.failed, report.unrecoverable, report.shares_placed,
-                report.collected,
+                report.collected, extra=report.fields(),
             )  # fmt: skip
         return report
 
@@ -185,6 +210,9 @@ class Repairer:
         report.attempted += 1
         workdir = self._work_dir / f"bundle-{bundle.bundle_ref}"
         missing = bundle.missing_shares
+        fields = {"bundle_row": bundle.bundle_ref, "good": len(bundle.good), "k": bundle.k,
+                  "n": bundle.n}  # fmt: skip
+        adopted: dict[int, str] = {}
         try:
             planned = self._planned(bundle, sources)
             adopted = await self._adopt(bundle, planned, missing, lost)
@@ -199,6 +227,7 @@ class Repairer:
             _log.warning(
                 "repair: bundle row %d has %d good share(s), k is %d; waiting for more: %s",
                 bundle.bundle_ref, len(bundle.good), bundle.k, error,
+                extra={"event": "repair_unrecoverable", **fields},
             )  # fmt: skip
             return
         except (MeshError, OSError) as error:
@@ -217,9 +246,14 @@ class Repairer:
             )
         )
         report.shares_placed += placed
+        # An error after adopting leaves placed at 0, the adopted shares recorded all the same.
+        report.shares_regenerated += max(0, placed - len(adopted))
+        report.shares_failed += len(missing) - max(placed, len(adopted))
         if not placed:
             report.failed += 1
-            _log.warning("repair of bundle row %d placed nothing: %s", bundle.bundle_ref, detail)
+            _log.warning("repair of bundle row %d placed nothing: %s", bundle.bundle_ref, detail,
+                         extra={"event": "repair_failed", **fields,
+                                "missing": len(missing)})  # fmt: skip
             return
         if len(after.good) >= after.n:
             report.repaired += 1
@@ -228,6 +262,8 @@ class Repairer:
         _log.info(
             "repair: bundle row %d back to %d of %d good shares (%d regenerated, %d placed)",
             bundle.bundle_ref, len(after.good), after.n, len(missing), placed,
+            extra={"event": "repair_bundle", **fields, "good_after": len(after.good),
+                   "missing": len(missing), "placed": placed, "adopted": len(adopted)},
         )  # fmt: skip
         await self._announce(after)
 
@@ -293,6 +329,8 @@ class Repairer:
             _log.warning(
                 "repair: site %s did not take a share of bundle row %d: %s",
                 site, bundle.bundle_ref, why,
+                extra={"event": "repair_share_refused", "bundle_row": bundle.bundle_ref,
+                       "site": site},
             )  # fmt: skip
         return len(adopted) + sum(1 for share in missing if share in outcome.placed)
 
@@ -330,6 +368,9 @@ class Repairer:
                 "repair: bundle row %d: %d share(s) a trusted peer placed while this site was"
                 " down are recorded (%s)", bundle.bundle_ref, len(adopted),
                 ",".join(f"{share}@{site}" for share, site in sorted(adopted.items())),
+                extra={"event": "repair_adopted", "bundle_row": bundle.bundle_ref,
+                       "shares": sorted(adopted),
+                       "sites": [adopted[share] for share in sorted(adopted)]},
             )  # fmt: skip
         return adopted
 
@@ -385,7 +426,9 @@ class Repairer:
                 await self._publisher.study_protected(after.study_ref)
         except MeshError as error:
             _log.warning("repair: trusted peers not told of bundle row %d: %s",
-                         after.bundle_ref, error)  # fmt: skip
+                         after.bundle_ref, error,
+                         extra={"event": "repair_announce_failed",
+                                "bundle_row": after.bundle_ref})  # fmt: skip
 
     # -- cleaning up --------------------------------------------------------------------
 
@@ -405,7 +448,9 @@ class Repairer:
                 continue
             except MeshError as error:
                 _log.warning("repair: site %s refused to delete a replaced fragment: %s",
-                             item.holder_site, error)  # fmt: skip
+                             item.holder_site, error,
+                             extra={"event": "repair_delete_refused",
+                                    "site": item.holder_site})  # fmt: skip
                 continue
             await self._catalog.write(partial(ledger.forget_superseded, item=item))
             await self._catalog.write(

@@ -44,6 +44,7 @@ from meshpacs.dicom.receiver import MAX_COMMAND_BYTES
 from meshpacs.dicom.storage import InstanceStore
 from meshpacs.errors import FormatError
 
+from ..node.logfields import event_fields
 from .conftest import AE_TITLE, Node, running_node
 from .test_bad_input import CT, EXPLICIT, assert_store_still_works, part10, store
 
@@ -451,3 +452,43 @@ async def test_both_paths_store_the_same_bytes(tmp_path: Path) -> None:
             (path,) = node.store.instances_dir.rglob("*.dcm")
             stored.append(path.read_bytes())
     assert stored[0] == stored[1]
+
+
+# -- what the log says of a refusal ---------------------------------------------------------
+
+
+def _c_store_status(sock: socket.socket) -> int | None:
+    kind, body = _read_pdu(sock)
+    assert kind == pdu.P_DATA_TF
+    (pdv,) = pdu.iter_pdvs(memoryview(body))
+    return pdu.decode_command(pdv.data).us(0x0900)
+
+
+async def test_refusals_and_aborts_are_logged_with_fields_and_no_uid(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad_uid = "1.2.840.10008.99..7"  # two dots in a row: not a UID, still UID-shaped
+    async with running_node(tmp_path / "node", max_instance_bytes=200_000) as node:
+
+        def refused() -> int | None:
+            with _raw_association(node.port) as sock:
+                sock.sendall(_p_data(1, 0x03, _store_command(sop_instance=bad_uid)))
+                sock.sendall(_p_data(1, 0x02, b"\x08\x00\x16\x00"))
+                status = _c_store_status(sock)
+                sock.sendall(ABUSES["an unknown PDU type"][0])
+                _expect_abort(sock)
+                return status
+
+        assert await asyncio.to_thread(refused) == 0xC000  # cannot understand
+        big = part10(tmp_path / "big.dcm", "1.2.3.300.11", pixels=1_000_000)
+        assert await asyncio.to_thread(store, node.port, big, "CAPPED") == 0xA700
+
+    invalid, too_large = event_fields(caplog.records, "instance_refused")
+    assert (invalid["level"], invalid["logger"]) == ("WARNING", "meshpacs.dicom")
+    assert (invalid["calling_ae"], invalid["reason"]) == ("RAWPEER", "invalid_uid")
+    assert (too_large["calling_ae"], too_large["reason"]) == ("CAPPED", "too_large")
+    assert too_large["limit"] == 200_000
+    (aborted,) = event_fields(caplog.records, "association_aborted")
+    assert (aborted["calling_ae"], aborted["instances"]) == ("RAWPEER", 0)
+    assert "0x09" in aborted["msg"]
+    assert bad_uid not in caplog.text and "1.2.3.300.11" not in caplog.text

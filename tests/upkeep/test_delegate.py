@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from meshpacs.transport.server import FragmentServer, ServerLimits
 from meshpacs.upkeep.delegate import DelegateRepairer, DelegateSettings
 
 from ..federation.helpers import Site, make_site
+from ..node.logfields import event_fields
 from ..store.helpers import Fragment, make_bundle, put
 
 OWNER, DELEGATE = "owner", "delegate"
@@ -202,3 +205,34 @@ async def test_a_connection_the_holder_dropped_is_opened_again_once(world: World
     )  # fmt: skip
     assert world.opened == sorted([*HOLDERS, "holder-1"])
     assert world.all_closed()
+
+
+async def test_a_pass_and_each_bundle_it_could_not_rebuild_log_fields(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    await world.servers[2].close()  # holder-2 is gone; no site is free to take its shares
+    caplog.set_level(logging.INFO, logger="meshpacs.delegate")
+    report = await repairer(world, nobody).repair_once()
+    assert (report.checked, report.failed) == (BUNDLES, BUNDLES)
+    (line,) = event_fields(caplog.records, "delegate_pass")
+    assert line["level"] == "INFO" and line["logger"] == "meshpacs.delegate"
+    assert (line["owners"], line["owners_down"], line["acting_for"]) == (1, 1, [OWNER])
+    assert (line["bundles_checked"], line["repaired"], line["failed"]) == (BUNDLES, 0, BUNDLES)
+    assert (line["unrecoverable"], line["shares_placed"]) == (0, 0)
+    failed = event_fields(caplog.records, "delegate_failed")
+    assert len(failed) == BUNDLES and {f["owner"] for f in failed} == {OWNER}
+    assert all(re.fullmatch(r"[0-9a-f]{12}", f["bundle"]) and f["missing"] == 1 for f in failed)
+    assert len({f["bundle"] for f in failed}) == BUNDLES
+
+
+async def test_a_bundle_short_of_k_is_logged_with_its_counts(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    for server in world.servers[1:]:
+        await server.close()  # one share of each bundle left; k is 2
+    caplog.set_level(logging.INFO, logger="meshpacs.delegate")
+    await repairer(world, nobody).repair_once()
+    short = event_fields(caplog.records, "delegate_unrecoverable")
+    assert [(f["owner"], f["good"], f["k"], f["n"]) for f in short] == [(OWNER, 1, 2, 3)] * BUNDLES
+    (line,) = event_fields(caplog.records, "delegate_pass")
+    assert (line["unrecoverable"], line["failed"]) == (BUNDLES, 0)

@@ -4,6 +4,7 @@ directories (the transport and the mesh have their own tests)."""
 from __future__ import annotations
 
 import io
+import logging
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from meshpacs.metadata import repair as repair_ledger
 from meshpacs.upkeep import Auditor, AuditSettings, Repairer, RepairSettings
 
 from ..backup.helpers import Site, decode_all, open_site
+from ..node.logfields import event_fields
 from .helpers import DirHolders
 
 K, N = 2, 4  # threshold 3: one lost share waits, two are repaired
@@ -326,3 +328,61 @@ async def test_when_no_new_site_is_left_the_site_whose_copy_rotted_takes_it_agai
     assert after[rotten.share].holder_site == rotten.holder_site
     assert path.read_bytes() == original  # the bad copy deleted, the share put again
     assert await state(site) == "stored"
+
+
+async def test_a_pass_logs_its_counts_as_fields(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    holders = holders_of(site)
+    before = {p.share: p for p in await placements(site)}
+    gone = sorted({before[0].holder_site, before[1].holder_site})
+    originals = await lose(site, holders, *gone)
+    # A delegate rebuilt share 0 while the owner was down: adopted, share 1 regenerated.
+    free = sorted(set(site.partners.sites) - {p.holder_site for p in before.values()} - {"owner"})
+    (site.partners.root / free[0]).mkdir(exist_ok=True)
+    (site.partners.root / free[0] / before[0].fragment_id).write_bytes(
+        originals[before[0].fragment_id]
+    )
+    caplog.set_level(logging.INFO, logger="meshpacs.repair")
+
+    report = await repairer(site, holders, adopt=True).repair_once()
+
+    assert (report.shares_adopted, report.shares_regenerated, report.shares_failed) == (1, 1, 0)
+    (line,) = event_fields(caplog.records, "repair_pass")
+    assert line["level"] == "INFO" and line["logger"] == "meshpacs.repair"
+    assert line["lost_sites"] == gone
+    assert (line["bundles_checked"], line["below_n"], line["below_threshold"]) == (1, 1, 1)
+    assert (line["attempted"], line["repaired"], line["partial"], line["failed"]) == (1, 1, 0, 0)
+    assert (line["shares_regenerated"], line["shares_adopted"], line["shares_failed"]) == (1, 1, 0)
+    assert (line["unrecoverable"], line["collected"]) == (0, report.collected)
+    (adopted,) = event_fields(caplog.records, "repair_adopted")
+    assert (adopted["bundle_row"], adopted["shares"], adopted["sites"]) == (1, [0], [free[0]])
+    (bundle,) = event_fields(caplog.records, "repair_bundle")
+    assert (bundle["bundle_row"], bundle["good"], bundle["good_after"], bundle["n"]) == (1, 2, N, N)
+    assert (bundle["missing"], bundle["placed"], bundle["adopted"]) == (2, 2, 1)
+    assert "1.2.3." not in caplog.text  # the instances' UIDs
+
+
+async def test_a_pass_short_of_k_or_of_sites_counts_it_in_its_fields(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    holders = holders_of(site)
+    placed = await placements(site)
+    await lose(site, holders, *(p.holder_site for p in placed[:2]))
+    spare = set(site.partners.sites) - {p.holder_site for p in placed} - {"owner"}
+    site.partners.down |= spare  # no site can take a share: both missing shares fail
+    caplog.set_level(logging.INFO, logger="meshpacs.repair")
+    await repairer(site, holders).repair_once()
+    (line,) = event_fields(caplog.records, "repair_pass")
+    assert (line["failed"], line["shares_regenerated"], line["shares_failed"]) == (1, 0, 2)
+    (failed,) = event_fields(caplog.records, "repair_failed")
+    assert (failed["bundle_row"], failed["good"], failed["missing"]) == (1, 2, 2)
+
+    caplog.clear()
+    site.clock.advance(1)
+    await lose(site, holders, placed[2].holder_site)  # one good share left; k is 2
+    await repairer(site, holders).repair_once()
+    (line,) = event_fields(caplog.records, "repair_pass")
+    assert (line["unrecoverable"], line["shares_failed"], line["below_threshold"]) == (1, 0, 1)
+    (short,) = event_fields(caplog.records, "repair_unrecoverable")
+    assert (short["bundle_row"], short["good"], short["k"], short["n"]) == (1, 1, K, N)

@@ -97,6 +97,7 @@ SIZES = {
 }
 STAGES = ("codec", "ingest", "backup", "recover")
 SCRIPT_OF = {stage: f"bench_{stage}.py" for stage in STAGES}
+SUBJECT = {"codec": "codec", "ingest": "meshpacs", "backup": "backup", "recover": "mesh"}
 TITLES = {
     "codec": "Bundle codec vs raw zfec + AES-256-GCM (issue 2)",
     "ingest": "C-STORE ingest vs dcmtk storescp and Orthanc (issue 3)",
@@ -419,7 +420,8 @@ def plot_stage(runs: Sequence[dict[str, Any]], stage: str, command: str) -> Any:
     for i, label in enumerate(labels):
         values = [series(stage, r["result"]).get(label, math.nan) for r in chosen]
         xs = [g + (i - (len(labels) - 1) / 2) * width for g in range(len(chosen))]
-        axes.bar(xs, values, width, label=label, hatch="//" if i == 0 else None)
+        mine = label.startswith(SUBJECT[stage])
+        axes.bar(xs, values, width, label=label, hatch="//" if mine else None)
     axes.set_xticks(
         range(len(chosen)),
         [f"{r['size']}\n{data_bytes(stage, r['result']) / 1e6:.0f} MB" for r in chosen],
@@ -432,6 +434,8 @@ def plot_stage(runs: Sequence[dict[str, Any]], stage: str, command: str) -> Any:
 
 def plot_scaling(runs: Sequence[dict[str, Any]], command: str) -> Any:
     """Stage time and peak memory against data size, a line per stage, studies marked."""
+    from matplotlib.ticker import FuncFormatter
+
     figure, (times, memory) = _figure("Time and memory against the data size", command, rows=2)
     for stage in STAGES:
         chosen = sorted(
@@ -457,6 +461,10 @@ def plot_scaling(runs: Sequence[dict[str, Any]], command: str) -> Any:
         axes.set_xlabel("study data, MB (st. = studies)")
         axes.set_ylabel(label)
         axes.grid(alpha=0.3, which="both")
+        # Plain numbers: a narrow log range otherwise gets labels like 1.05 x 10^1.
+        axes.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axes.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        axes.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     if times.get_legend_handles_labels()[0]:
         times.legend(fontsize=8)
         memory.legend(fontsize=6)

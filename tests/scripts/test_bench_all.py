@@ -339,3 +339,12 @@ def test_run_measured_keeps_stdout_and_the_memory_of_its_descendants(tmp_path: P
     assert measured.max_rss_bytes > 80_000_000
     assert measured.peak_tree_rss_bytes > 80_000_000
     assert measured.wall_seconds >= 1.2
+
+
+def test_the_real_document_has_one_section_to_rewrite(all_runs: list[dict[str, Any]]) -> None:
+    text = (SCRIPT.parents[1] / "docs" / "benchmarks.md").read_text()
+    assert text.count(bench_all.BEGIN) == 1 and text.count(bench_all.END) == 1
+    section = bench_all.render_section(results_of(all_runs), "bench")
+    rewritten = bench_all.replace_section(text, section)
+    assert rewritten.split(bench_all.BEGIN)[0] == text.split(bench_all.BEGIN)[0]
+    assert rewritten.split(bench_all.END)[1] == text.split(bench_all.END)[1]

@@ -16,6 +16,8 @@ Codes, most urgent first:
     too_few_partners         fewer partner sites online than n
     no_trusted_peer          no escrow of the site key: a lost phrase loses the archive
     one_trusted_peer         escrow is 1-of-1: one site holds the whole site key
+    recovery_stalled         a recovery shown here has not reported for 5 minutes
+    recovery_incomplete      a recovery shown here ended without everything back
     backlog_old              a study has waited more than an hour to be protected
     studies_degraded         bundles with fewer than n good shares at partners
     shares_failed_audit      shares at partners that failed their audit or are missing
@@ -134,6 +136,7 @@ def site_warnings(
             f"The mesh is off ([mesh] enabled = false): {studies['total']} studies are kept"
             " on this node only, and a lost disk loses them.",
         )
+    _recovery(found, _dict(document.get("recovery")), now)
     _protection(found, document, config)
     _audits(found, document, config)
     _storage(found, document, config)
@@ -180,6 +183,47 @@ def _mesh(found: _Found, document: Mapping[str, Any], config: NodeConfig, now: f
             " site alone holds the whole site key, and losing it loses the escrow. Name"
             " three trusted sites.",
         )
+
+
+_RERUN = (
+    "run the same meshpacs recover command again: its --workdir journal resumes it, and"
+    " nothing is delivered twice"
+)
+
+
+def _recovery(found: _Found, recovery: Mapping[str, Any], now: float) -> None:
+    """A ``meshpacs recover --show-on-dashboard`` run that stopped short (status shows a
+    finished one for a day only, so the warning goes with it)."""
+    if not recovery:
+        return
+    site = str(recovery.get("site_id") or "?")
+    updated = _number(recovery.get("updated_at"))
+    if recovery.get("stalled"):
+        silent = f"for {_duration(now - updated)}" if updated is not None else "at all"
+        found.add(
+            "recovery_stalled",
+            f"The recovery of site {site} shown here has not reported progress {silent}"
+            f" ({recovery.get('phase') or 'unknown phase'}): check that its meshpacs recover"
+            f" still runs; if it stopped, {_RERUN}.",
+        )
+        return
+    outcome = recovery.get("outcome")
+    if not recovery.get("finished") or outcome not in ("incomplete", "failed", "interrupted"):
+        return
+    studies = _dict(recovery.get("studies"))
+    done = f"{studies.get('done', 0)} of {studies.get('total', 0)} studies delivered"
+    if outcome == "incomplete":
+        bundles, instances = _dict(recovery.get("bundles")), _dict(recovery.get("instances"))
+        why = (
+            f"finished incomplete: {done}, {bundles.get('unrecoverable', 0)} bundles"
+            f" unrecoverable and {instances.get('failed', 0)} instances failed. Bring the"
+            " partner sites holding its shares and the target back online, then"
+        )
+    elif outcome == "failed":
+        why = f"failed ({done}): read the command's output for the error, fix it, then"
+    else:
+        why = f"was interrupted ({done}):"
+    found.add("recovery_incomplete", f"The recovery of site {site} {why} {_RERUN}.")
 
 
 def _protection(found: _Found, document: Mapping[str, Any], config: NodeConfig) -> None:

@@ -3,10 +3,12 @@ triggers it (and not from the one next to it)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import sqlite3
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,7 +22,13 @@ from meshpacs.metadata.health import AuditTarget
 from meshpacs.node.config import NodeConfig
 from meshpacs.node.leave import request_leave
 from meshpacs.node.status import site_status
+from meshpacs.recovery.progress import DASHBOARD_FILE as RECOVERY_FILE
+from meshpacs.recovery.progress import ProgressFile
+from meshpacs.recovery.report import RecoveryReport, UnrecoverableBundle
+from meshpacs.web.server import DashboardServer
 from tests.store.helpers import make_bundle
+from tests.web.exposition import parse_exposition
+from tests.web.test_server import TOKEN, get
 
 from .status_sites import add_study, hold_for, make_site, peers_seen
 
@@ -271,3 +279,108 @@ def test_a_recovery_is_shown_while_it_runs_and_for_a_day_after(tmp_path: Path) -
     path.write_text(json.dumps(done))
     assert status(config, NOW + 3600)["recovery"]["outcome"] == "complete"
     assert status(config, NOW + 2 * 86400)["recovery"] is None  # old news
+
+
+# -- a recovery shown here (meshpacs recover --show-on-dashboard) ---------------------------
+
+
+def recovered(delivered: int, *, unrecoverable: int = 0, failed: int = 0) -> RecoveryReport:
+    """A recovery of site-a's 3 studies (10 instances each) that delivered ``delivered``."""
+    lost = tuple(
+        UnrecoverableBundle(bytes([i]) * 32, UID, 10, "too few good fragments")
+        for i in range(unrecoverable)
+    )
+    return RecoveryReport(
+        target="ORTHANC@127.0.0.1:4242", studies_planned=3, studies_delivered=delivered,
+        instances_planned=30, instances_delivered=delivered * 10, instances_resumed=0,
+        instances_this_run=delivered * 10, bytes_planned=300, bytes_delivered=delivered * 100,
+        bytes_resumed=0, bytes_this_run=delivered * 100, seconds=60.0, unrecoverable=lost,
+        failed=(), failed_count=failed, bundles_planned=3, bundles_delivered=delivered,
+    )  # fmt: skip
+
+
+def shown_here(config: NodeConfig, at: float) -> ProgressFile:
+    """The progress document ``meshpacs recover`` keeps in this node's state/recovery.json,
+    its clock stopped at ``at``."""
+    config.state_dir.mkdir(exist_ok=True)
+    return ProgressFile("site-a", [config.state_dir / RECOVERY_FILE], clock=lambda: at)
+
+
+async def last_written_at(config: NodeConfig, at: float, report: RecoveryReport) -> None:
+    """A run that was recovering and last wrote its progress at ``at``."""
+    async with shown_here(config, at).running(lambda: report, interval=3600):
+        while not (config.state_dir / RECOVERY_FILE).exists():
+            await asyncio.sleep(0.01)  # its first write; the next would be in an hour
+
+
+def warning(config: NodeConfig, code: str, now: float = NOW) -> str | None:
+    found = [w["message"] for w in status(config, now)["warnings"] if w["code"] == code]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+async def test_a_recovery_silent_for_five_minutes_is_stalled(tmp_path: Path) -> None:
+    config = make_site(tmp_path / "site", mesh=False)
+    await last_written_at(config, NOW - 60, recovered(1))
+    assert warning(config, "recovery_stalled") is None
+    assert warning(config, "recovery_stalled", NOW + 230) is None  # 4 min 50 s
+    message = warning(config, "recovery_stalled", NOW + 600)
+    assert message is not None
+    assert "site site-a" in message and "for 11 minutes (recovering)" in message
+    assert "run the same meshpacs recover command again" in message
+    assert warning(config, "recovery_incomplete", NOW + 600) is None
+    # Planning also writes the document: a run that stops there stalls as well.
+    shown_here(config, NOW - 400).write(None)
+    assert "(planning)" in str(warning(config, "recovery_stalled"))
+
+
+async def test_a_recovery_that_ended_short_is_incomplete_for_a_day(tmp_path: Path) -> None:
+    config = make_site(tmp_path / "site", mesh=False)
+    shown = shown_here(config, NOW - 60)
+    shown.write(recovered(3), outcome="complete")
+    assert warning(config, "recovery_incomplete") is None
+
+    shown.write(recovered(2, unrecoverable=1, failed=4), outcome="incomplete")
+    message = warning(config, "recovery_incomplete")
+    assert message is not None and message.startswith("The recovery of site site-a finished")
+    assert "2 of 3 studies delivered, 1 bundles unrecoverable and 4 instances failed" in message
+    assert "partner sites holding its shares" in message and "--workdir" in message
+    assert UID not in message
+    assert warning(config, "recovery_stalled", NOW + 3600) is None  # finished: not stalled
+    assert warning(config, "recovery_incomplete", NOW + 2 * 86400) is None  # old news
+
+    shown.write(recovered(1), outcome="failed")
+    message = warning(config, "recovery_incomplete")
+    assert message is not None and "failed (1 of 3 studies delivered)" in message
+    assert "read the command's output" in message
+    shown.write(recovered(1), outcome="interrupted")
+    assert "was interrupted (1 of 3 studies delivered)" in str(
+        warning(config, "recovery_incomplete")
+    )
+
+
+async def test_recovery_warnings_show_in_status_and_on_metrics(tmp_path: Path) -> None:
+    stalled = make_site(tmp_path / "stalled", mesh=False)
+    await last_written_at(stalled, time.time() - 600, recovered(1))
+    short = make_site(tmp_path / "short", mesh=False)
+    shown_here(short, time.time() - 60).write(recovered(2, unrecoverable=1), outcome="incomplete")
+    for config, code in ((stalled, "recovery_stalled"), (short, "recovery_incomplete")):
+        result = CliRunner().invoke(
+            app, ["status", "--config", str(config_file(config))], env={"COLUMNS": "300"}
+        )
+        assert result.exit_code == 0, result.output
+        assert f"  ! [{code}] The recovery of site site-a" in result.output
+        result = CliRunner().invoke(app, ["status", "--config", str(config_file(config)), "--json"])
+        assert code in [w["code"] for w in json.loads(result.output)["warnings"]]
+
+        server = DashboardServer(token=TOKEN, status=partial(site_status, config))
+        await server.start()
+        try:
+            answer, _, body = await get(server.port, "/metrics", f"Authorization: Bearer {TOKEN}")
+        finally:
+            await server.close()
+        assert answer == 200
+        warnings = parse_exposition(body.decode())["meshpacs_warnings"]
+        assert warnings.value(code=code) == 1
+        other = {"recovery_stalled", "recovery_incomplete"} - {code}
+        assert other.pop() not in {labels.get("code") for labels, _ in warnings.samples}

@@ -6,6 +6,8 @@ import random
 import struct
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from meshpacs.errors import FederationError, FormatError, LimitExceeded, MeshError, UnknownVersion
 from meshpacs.federation import FederationCA
@@ -194,3 +196,102 @@ def test_a_typed_code_matches_in_any_case_with_or_without_dashes() -> None:
     assert not recovery_code_matches(code, request(seed=2).code)
     assert not recovery_code_matches(code, code[:-1])
     assert not recovery_code_matches(code, "")
+
+
+# Bytes written by the code as it was (2026-12), kept so that every request and
+# authorisation already handed out still reads the same: a fixed CA key and certificate,
+# and Ed25519 signs deterministically, so signing again must give these very bytes.
+PINNED_CA_KEY = bytes(range(32))
+PINNED_CA_CERT = b"""-----BEGIN CERTIFICATE-----
+MIIBCjCBvaADAgECAgEBMAUGAytlcDAiMSAwHgYDVQQDDBdtZXNocGFjcyBwaW5u
+ZWQgdGVzdCBDQTAgFw0yNjAxMDEwMDAwMDBaGA8yMTI2MDEwMTAwMDAwMFowIjEg
+MB4GA1UEAwwXbWVzaHBhY3MgcGlubmVkIHRlc3QgQ0EwKjAFBgMrZXADIQADoQe/
+884Qvh1w3RjnS8CZZ+TWMJulDV8d3IZkElUxuKMWMBQwEgYDVR0TAQH/BAgwBgEB
+/wIBADAFBgMrZXADQQAWhTymupvUhrDua4QruwMaaCl7XmlpUM+iWC8cOuJ8Ipbh
+vqa27uzSximW0U+/kimrSwUJg/kUpjfIrq7VnJEH
+-----END CERTIFICATE-----
+"""
+PINNED_REQUEST = RecoveryRequest(
+    "st-marys",
+    bytes.fromhex("38b4e652e44da7f2370d9e260e271365"),
+    bytes.fromhex("50a4a3a6d07f5c0c332f8b1224083fd22b902f8911e81818f8c99d5d5d983195"),
+    1_800_000_000,
+)
+PINNED_REQUEST_BYTES = bytes.fromhex(
+    "01"  # version
+    "08" "73742d6d61727973"  # site ID: length, "st-marys"
+    "38b4e652e44da7f2370d9e260e271365"  # request ID
+    "50a4a3a6d07f5c0c332f8b1224083fd22b902f8911e81818f8c99d5d5d983195"  # requester key
+    "000000006b49d200"  # created at
+)  # fmt: skip
+PINNED_ISSUED_AT = 1_800_000_600
+PINNED_AUTHORISATION_BYTES = bytes.fromhex(
+    "01"
+    "08" "73742d6d61727973"
+    "38b4e652e44da7f2370d9e260e271365"
+    "50a4a3a6d07f5c0c332f8b1224083fd22b902f8911e81818f8c99d5d5d983195"
+    "000000006b49d458" "000000006b4b25d8"  # issued at, expires at
+    "1e8d44bf540e48b0320f51e8830d497317f989e1c040d7009a2c629ec39939c9"  # CA fingerprint
+    "5553885cf1f80f86950906ac5f47d06ad558690534da0c661e1c78d5be6492a6"  # signature
+    "09586c81ec48e919d8ecd2df3a263ad08aa8d6b99a3712dac5f8ba7ce101f401"
+)  # fmt: skip
+
+
+def test_requests_and_authorisations_written_before_read_and_write_the_same() -> None:
+    assert encode_request(PINNED_REQUEST) == PINNED_REQUEST_BYTES
+    assert decode_request(PINNED_REQUEST_BYTES) == PINNED_REQUEST
+    cert = x509.load_pem_x509_certificate(PINNED_CA_CERT)
+    key = Ed25519PrivateKey.from_private_bytes(PINNED_CA_KEY)
+    again = sign_authorisation(PINNED_REQUEST, key, cert, now=PINNED_ISSUED_AT, valid_seconds=DAY)
+    assert again == PINNED_AUTHORISATION_BYTES
+    granted = verify_authorisation(
+        PINNED_AUTHORISATION_BYTES, cert, now=PINNED_ISSUED_AT + 60, site_id="st-marys"
+    )
+    assert (granted.site_id, granted.request_id, granted.requester_key) == (
+        PINNED_REQUEST.site_id, PINNED_REQUEST.request_id, PINNED_REQUEST.requester_key,
+    )  # fmt: skip
+    assert (granted.issued_at, granted.expires_at) == (PINNED_ISSUED_AT, PINNED_ISSUED_AT + DAY)
+    assert granted.code == PINNED_REQUEST.code == "da9f-6717-ca76-8531-5e13"
+
+
+def _request_bytes(site: bytes) -> bytes:
+    """A request naming ``site`` as given, the rest as the pinned one's."""
+    rest = PINNED_REQUEST_BYTES[2 + 8 :]
+    return b"\x01" + bytes([len(site) % 256]) + site + rest
+
+
+@pytest.mark.parametrize("site", [b"a", b"-", b"0-9", b"z" * 64, b"st-marys"])
+def test_every_valid_site_id_reads_in_both_formats(site: bytes) -> None:
+    data = _request_bytes(site)
+    assert decode_request(data).site_id == site.decode()
+    assert encode_request(decode_request(data)) == data
+    body = b"\x01" + bytes([len(site)]) + site + PINNED_AUTHORISATION_BYTES[10:]
+    assert read_authorisation(body)[0].site_id == site.decode()
+
+
+@pytest.mark.parametrize(
+    "site", [b"", b"St-marys", b"st marys", b"st_marys", b"st-mar\xffs", b"st\x00"]
+)
+def test_an_invalid_site_id_is_a_format_error_in_both_formats(site: bytes) -> None:
+    with pytest.raises(FormatError):
+        decode_request(_request_bytes(site))
+    with pytest.raises(FormatError):
+        read_authorisation(b"\x01" + bytes([len(site)]) + site + PINNED_AUTHORISATION_BYTES[10:])
+
+
+def test_every_cut_and_every_wrong_length_byte_is_a_format_error() -> None:
+    for data in (PINNED_REQUEST_BYTES, PINNED_AUTHORISATION_BYTES):
+        read = decode_request if data is PINNED_REQUEST_BYTES else read_authorisation
+        for end in range(len(data)):
+            with pytest.raises(FormatError):
+                read(data[:end])
+        for length in (0, 7, 9, 64, 65, 255):
+            with pytest.raises(FormatError):
+                read(data[:1] + bytes([length]) + data[2:])
+
+
+def test_a_site_id_over_64_makes_either_format_too_long_to_read() -> None:
+    with pytest.raises(LimitExceeded):
+        decode_request(_request_bytes(b"z" * 65))
+    with pytest.raises(LimitExceeded):
+        read_authorisation(b"\x01" + bytes([65]) + b"z" * 65 + PINNED_AUTHORISATION_BYTES[10:])

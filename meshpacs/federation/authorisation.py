@@ -66,6 +66,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from meshpacs.errors import FederationError, FormatError, LimitExceeded, UnknownVersion
 from meshpacs.federation.certs import CLOCK_SKEW, certificate_public_key, raw_public_key
 from meshpacs.federation.names import SITE_ID_MAX_LENGTH, site_id_problem
+from meshpacs.keys.fields import SITE_ID, site_field, take_site_field
 
 __all__ = [
     "AUTHORISATION_VERSION",
@@ -171,22 +172,17 @@ def _check_fields(site_id: str, request_id: bytes, requester_key: bytes) -> None
 
 
 def _subject(site_id: str, request_id: bytes, requester_key: bytes) -> bytes:
-    raw = site_id.encode("ascii")
-    return bytes([len(raw)]) + raw + request_id + requester_key
+    site = site_field(site_id, "recovery request site ID", SITE_ID)
+    return site + request_id + requester_key
 
 
 def _read_subject(data: bytes, what: str) -> tuple[str, bytes, bytes, int]:
     """site ID, request ID, key, and the offset after them; lengths checked before slicing."""
-    length = data[1] if len(data) > 1 else 0
-    end = 2 + length + REQUEST_ID_SIZE + _KEY_SIZE
-    if not 1 <= length <= SITE_ID_MAX_LENGTH or len(data) < end:
-        raise FormatError(f"{what} is truncated or its site ID length is out of range")
-    try:
-        site_id = data[2 : 2 + length].decode("ascii")
-    except UnicodeDecodeError:
-        raise FormatError(f"{what} site ID is not ASCII") from None
-    request_id = data[2 + length : 2 + length + REQUEST_ID_SIZE]
-    key = data[2 + length + REQUEST_ID_SIZE : end]
+    site_id, offset = take_site_field(data, 1, f"{what} site ID", SITE_ID)
+    end = offset + REQUEST_ID_SIZE + _KEY_SIZE
+    if len(data) < end:
+        raise FormatError(f"{what} is truncated")
+    request_id, key = data[offset : offset + REQUEST_ID_SIZE], data[offset + REQUEST_ID_SIZE : end]
     _check_fields(site_id, request_id, key)
     return site_id, request_id, key, end
 

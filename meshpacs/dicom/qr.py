@@ -24,6 +24,12 @@ path it hands back stays readable until the generator is closed (the handler clo
 when the retrieve ends, however it ends). An instance the hook cannot bring back fails
 its sub-operation with a PHI-free reason (the final status then says some failed). The
 dicom room knows nothing of the mesh: the hook is a Protocol defined here.
+
+C-FIND arrives on two paths: pynetdicom's (:meth:`QueryRetrieveService.handle_find`) and
+the node's own for query-only associations (:mod:`find_receiver`). Both go through
+:meth:`QueryRetrieveService.find` (identifier to query, answers, the audit trail's Query
+event) and encode answers as :func:`encode_answer_identifier` does, the bytes pydicom
+writes for :func:`_answer_dataset`'s dataset (:mod:`answer_codec`, pydicom when it cannot).
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ __all__ = [
     "GET_MODELS",
     "MOVE_MODELS",
     "FindAnswer",
+    "FindCaller",
+    "Found",
     "InstanceUnavailable",
     "MissingInstances",
     "QueryRetrieveService",
@@ -206,6 +214,24 @@ def install_raw_retrieve() -> None:
     Association.send_c_store = send_c_store  # type: ignore[method-assign]
 
 
+@dataclass(frozen=True)
+class FindCaller:
+    """Who asked a C-FIND, for its audit event and the log."""
+
+    calling_ae: str
+    address: str
+    called_ae: str
+
+
+@dataclass(frozen=True)
+class Found:
+    """A C-FIND's result: a failure status, or the answers (then each goes Pending)."""
+
+    failure: int | None
+    identifier: Dataset = field(default_factory=Dataset)
+    answers: Sequence[dict[str, str]] = ()
+
+
 class QueryRetrieveService:
     """C-FIND, C-MOVE and C-GET handlers for pynetdicom, answering from the catalog."""
 
@@ -246,47 +272,84 @@ class QueryRetrieveService:
     # -- C-FIND ----------------------------------------------------------------------
 
     def handle_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
-        root = FIND_MODELS.get(str(event.request.AffectedSOPClassUID))
+        """EVT_C_FIND: :meth:`find`, each answer as a dataset pynetdicom encodes."""
+        found = self.find(
+            str(event.request.AffectedSOPClassUID),
+            lambda: event.identifier,
+            FindCaller(
+                calling_ae=_calling(event),
+                address=str(event.assoc.requestor.address),
+                called_ae=str(event.assoc.acceptor.ae_title).strip(),
+            ),
+        )
+        if found.failure is not None:
+            yield found.failure, None
+            return
+        for answer in found.answers:
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            yield PENDING, _answer_dataset(answer, found.identifier)
+
+    def find(
+        self, sop_class_uid: str, identifier: Callable[[], Dataset], caller: FindCaller
+    ) -> Found:
+        """One C-FIND, whichever path received it: the query, its answers, its audit event.
+
+        ``identifier`` decodes the request's identifier (pydicom decodes lazily, so a
+        malformed one may only fail when read: that is a refusal, like a bad key).
+        """
+        root = FIND_MODELS.get(sop_class_uid)
         asked: dict[str, Any] = {}
         try:
-            identifier = event.identifier
-            asked.update(level=_level(identifier), keywords=_keys(identifier))
+            decoded = identifier()
+            asked.update(level=_level(decoded), keywords=_keys(decoded))
             query = FindQuery(root or "", asked["level"], asked["keywords"])  # type: ignore[arg-type]
             answers: list[dict[str, str]] = self._call(lambda: self._catalog.find(query))
         except LimitExceeded as exc:
             LOG.warning("C-FIND refused: %s", exc)
-            self._audit_find(event, asked, Outcome.MINOR_FAILURE, f"refused: {exc}")
-            yield OUT_OF_RESOURCES, None
-            return
+            self._audit_find(caller, sop_class_uid, asked, Outcome.MINOR_FAILURE, f"refused: {exc}")
+            return Found(OUT_OF_RESOURCES)
         except (InvalidQuery, ValueError) as exc:
             LOG.warning("C-FIND refused: %s", exc)
-            self._audit_find(event, asked, Outcome.MINOR_FAILURE, f"refused: {_safe(exc)}")
-            yield IDENTIFIER_MISMATCH, None
-            return
+            self._audit_find(
+                caller, sop_class_uid, asked, Outcome.MINOR_FAILURE, f"refused: {_safe(exc)}"
+            )
+            return Found(IDENTIFIER_MISMATCH)
         except Exception as exc:
             LOG.error("C-FIND failed: %s", _safe(exc))
-            self._audit_find(event, asked, Outcome.SERIOUS_FAILURE, f"failed: {_safe(exc)}")
-            yield UNABLE_TO_PROCESS, None
-            return
-        LOG.info("C-FIND from %s: %d matches", _calling(event), len(answers))
-        self._audit_find(event, asked, Outcome.SUCCESS, "")
-        for answer in answers:
-            if event.is_cancelled:
-                yield CANCEL, None
-                return
-            yield PENDING, _answer_dataset(answer, identifier)
+            self._audit_find(
+                caller, sop_class_uid, asked, Outcome.SERIOUS_FAILURE, f"failed: {_safe(exc)}"
+            )
+            return Found(UNABLE_TO_PROCESS)
+        LOG.info("C-FIND from %s: %d matches", caller.calling_ae, len(answers))
+        self._audit_find(caller, sop_class_uid, asked, Outcome.SUCCESS, "")
+        return Found(None, decoded, answers)
+
+    def encode_answer(
+        self, found: Found, answer: Mapping[str, str], *, implicit: bool, little_endian: bool
+    ) -> bytes | None:
+        """One answer's identifier as :meth:`handle_find`'s dataset would be encoded."""
+        return encode_answer_identifier(
+            answer, found.identifier, implicit=implicit, little_endian=little_endian
+        )
 
     def _audit_find(
-        self, event: Any, asked: Mapping[str, Any], outcome: Outcome, description: str
+        self,
+        caller: FindCaller,
+        sop_class_uid: str,
+        asked: Mapping[str, Any],
+        outcome: Outcome,
+        description: str,
     ) -> None:
         if self.trail is None:
             return
         record_find(
             self.trail,
-            calling_ae=_calling(event),
-            address=str(event.assoc.requestor.address),
-            called_ae=str(event.assoc.acceptor.ae_title).strip(),
-            sop_class_uid=str(event.request.AffectedSOPClassUID),
+            calling_ae=caller.calling_ae,
+            address=caller.address,
+            called_ae=caller.called_ae,
+            sop_class_uid=sop_class_uid,
             level=str(asked.get("level", "")),
             keywords=asked.get("keywords", {}).keys(),
             outcome=outcome,

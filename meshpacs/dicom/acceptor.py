@@ -7,7 +7,9 @@ unrestricted storage service counts them) and Verification, with no extended neg
 (roles, user identity, asynchronous operations), is what a PACS pushing studies sends:
 the node negotiates it here and :class:`StorageAssociation` serves it. Everything else
 (Query/Retrieve, C-GET with its role selection, TLS, anything unusual) goes to pynetdicom
-untouched, as the socket was never read.
+untouched, as the socket was never read. A request of the same plain kind that proposes
+only the Q/R FIND models (and Verification) is served by :class:`FindAssociation`, which
+answers C-FINDs without pynetdicom's per-message machinery (``direct_find``).
 
 Negotiation is pynetdicom's own: the same presentation-context function
 (``negotiate_unrestricted``, with the node's transfer-syntax rule installed by
@@ -24,7 +26,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol, cast
 
 from pydicom.uid import UID
 from pynetdicom import (
@@ -42,8 +44,10 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from meshpacs.dicom import pdu
 from meshpacs.dicom.auditing import record_received, record_rejected_caller
+from meshpacs.dicom.find_receiver import FindAssociation
 from meshpacs.dicom.ingest import IngestService
 from meshpacs.dicom.pdulimit import MAX_CONTROL_PDU
+from meshpacs.dicom.qr import FIND_MODELS, FindCaller, QueryRetrieveService
 from meshpacs.dicom.receiver import AcceptedContext, StorageAssociation
 from meshpacs.dicom.settings import AeSettings
 from meshpacs.trail import TrailWriter
@@ -66,31 +70,49 @@ _CALLED_AE_NOT_RECOGNIZED = (0x01, 0x01, 0x07)
 _LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)
 
 
+class Served(Protocol):
+    """An association the node serves itself (storage or query)."""
+
+    calling_ae: str
+
+    def run(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
 class ReceiverHub:
-    """The storage associations in flight: for the association limit and for shutdown."""
+    """The associations the node serves itself, in flight: for the limit and for shutdown.
+
+    ``qr`` set: query associations are served here too (when ``direct_find``).
+    """
 
     def __init__(
-        self, settings: AeSettings, ingest: IngestService, trail: TrailWriter | None = None
+        self,
+        settings: AeSettings,
+        ingest: IngestService,
+        trail: TrailWriter | None = None,
+        qr: QueryRetrieveService | None = None,
     ) -> None:
         self.settings = settings
         self.ingest = ingest
         self.trail = trail
-        self._active: set[StorageAssociation] = set()
+        self.qr = qr
+        self._active: set[Served] = set()
         self._lock = threading.Lock()
 
     @property
-    def active(self) -> list[StorageAssociation]:
+    def active(self) -> list[Served]:
         with self._lock:
             return list(self._active)
 
-    def admit(self, association: StorageAssociation, others: int) -> bool:
+    def admit(self, association: Served, others: int) -> bool:
         with self._lock:
             if len(self._active) + others >= self.settings.max_associations:
                 return False
             self._active.add(association)
             return True
 
-    def release(self, association: StorageAssociation) -> None:
+    def release(self, association: Served) -> None:
         with self._lock:
             self._active.discard(association)
 
@@ -122,16 +144,24 @@ class MeshRequestHandler(RequestHandler):
         except (OSError, TimeoutError):
             _close(sock)
             return
-        request = _storage_request(raw)
+        request = _plain_request(raw)
         others = self._pynetdicom_acceptors()
-        if request is None:
+        if request is not None and hub.settings.direct_storage and _only(request, _is_storage):
+            _serve_storage(sock, len(raw), request, hub, self.server.contexts, others)
+        elif (
+            request is not None
+            and hub.qr is not None
+            and hub.settings.direct_find
+            and _only(request, _is_find)
+            and _proposes(request, _is_find)
+        ):
+            _serve_find(sock, len(raw), request, hub, hub.qr, self.server.contexts, others)
+        else:
             if others + len(hub.active) >= hub.settings.max_associations and raw:
                 _reject(sock, len(raw), _LOCAL_LIMIT_EXCEEDED,
                         "association rejected: the association limit is reached")  # fmt: skip
                 return
             super().handle()
-            return
-        _serve_storage(sock, len(raw), request, hub, self.server.contexts, others)
 
     def _pynetdicom_acceptors(self) -> int:
         return sum(1 for a in self.server.active_associations if a.is_acceptor)
@@ -165,8 +195,8 @@ def _peek_pdu(sock: socket.socket, timeout: float) -> bytes:
         seen = len(data)
 
 
-def _storage_request(raw: bytes) -> pdu_primitives.A_ASSOCIATE | None:
-    """The request as a primitive when it is a plain storage request, else None."""
+def _plain_request(raw: bytes) -> pdu_primitives.A_ASSOCIATE | None:
+    """The request as a primitive when it has no extended negotiation, else None."""
     if not raw:
         return None
     try:
@@ -177,18 +207,31 @@ def _storage_request(raw: bytes) -> pdu_primitives.A_ASSOCIATE | None:
         return None
     if not all(isinstance(item, _PLAIN_USER_ITEMS) for item in primitive.user_information):
         return None
-    contexts = primitive.presentation_context_definition_list
-    if not contexts or not all(_is_storage_or_echo(cx) for cx in contexts):
-        return None
     return primitive
 
 
-def _is_storage_or_echo(cx: PresentationContext) -> bool:
-    """Verification, or what ``negotiate_unrestricted`` treats as a storage SOP class."""
-    uid = UID(str(cx.abstract_syntax))
-    if uid == VERIFICATION:
-        return True
+def _only(request: pdu_primitives.A_ASSOCIATE, kind: Any) -> bool:
+    """Whether every proposed context is Verification or of ``kind``."""
+    contexts = request.presentation_context_definition_list
+    return bool(contexts) and all(
+        str(cx.abstract_syntax) == VERIFICATION or kind(UID(str(cx.abstract_syntax)))
+        for cx in contexts
+    )
+
+
+def _proposes(request: pdu_primitives.A_ASSOCIATE, kind: Any) -> bool:
+    """Whether some proposed context is of ``kind`` (an echo alone stays on its old path)."""
+    contexts = request.presentation_context_definition_list
+    return any(kind(UID(str(cx.abstract_syntax))) for cx in contexts)
+
+
+def _is_storage(uid: UID) -> bool:
+    """What ``negotiate_unrestricted`` treats as a storage SOP class."""
     return bool(uid.is_private or uid in _STORAGE_UIDS or not hasattr(sop_class, uid.keyword))
+
+
+def _is_find(uid: UID) -> bool:
+    return uid in FIND_MODELS
 
 
 def _serve_storage(
@@ -202,42 +245,22 @@ def _serve_storage(
     settings = hub.settings
     calling = str(request.calling_ae_title).strip()
     peer = _peer_address(sock)
-    rejection = _ae_rejection(request, settings)
-    if rejection is not None:
-        _reject(sock, request_length, rejection, f"association from {calling} rejected")
-        if calling_ae_refused(calling, settings):
-            record_rejected_caller(
-                hub.trail,
-                calling_ae=calling,
-                address=peer,
-                called_ae=str(request.called_ae_title).strip(),
-            )
+    results = _negotiate(sock, request_length, request, hub, supported)
+    if results is None:
         return
-    negotiate = getattr(acse, "negotiate_unrestricted")  # noqa: B009 - wrapped at run time
-    results, _roles = negotiate(request.presentation_context_definition_list, supported, None)
     association = StorageAssociation(
         sock,
         ingest=hub.ingest,
-        contexts={
-            cx.context_id: AcceptedContext(
-                cx.context_id, str(cx.abstract_syntax), str(cx.transfer_syntax[0])
-            )
-            for cx in results
-            if cx.result == 0x00
-        },
+        contexts=_accepted(results),
         calling_ae=calling,
         max_pdu=settings.max_pdu,
         implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
         implementation_version_name=PYNETDICOM_IMPLEMENTATION_VERSION,
     )
-    if not hub.admit(association, others):
-        _reject(sock, request_length, _LOCAL_LIMIT_EXCEEDED,
-                "association rejected: the association limit is reached")  # fmt: skip
+    if not _admit(sock, request_length, hub, association, others):
         return
     try:
-        _recv_exactly(sock, request_length)  # consume the request we peeked at
-        sock.settimeout(settings.network_timeout)
-        sock.sendall(_accept_pdu(request, results, settings.max_pdu))
+        _accept(sock, request_length, request, results, settings)
         LOG.info("storage association from %s accepted", calling)
         association.run()
         LOG.info("storage association from %s ended after %d instances",
@@ -256,6 +279,113 @@ def _serve_storage(
             failed=association.refused,
         )
         hub.release(association)
+
+
+def _serve_find(
+    sock: socket.socket,
+    request_length: int,
+    request: pdu_primitives.A_ASSOCIATE,
+    hub: ReceiverHub,
+    qr: QueryRetrieveService,
+    supported: list[PresentationContext],
+    others: int,
+) -> None:
+    settings = hub.settings
+    calling = str(request.calling_ae_title).strip()
+    results = _negotiate(sock, request_length, request, hub, supported)
+    if results is None:
+        return
+    association = FindAssociation(
+        sock,
+        qr=qr,
+        contexts=_accepted(results),
+        caller=FindCaller(
+            calling_ae=calling,
+            address=_peer_address(sock),
+            called_ae=str(request.called_ae_title).strip(),
+        ),
+        max_pdu=settings.max_pdu,
+        peer_max_pdu=_peer_max_pdu(request),
+    )
+    if not _admit(sock, request_length, hub, association, others):
+        return
+    try:
+        _accept(sock, request_length, request, results, settings)
+        LOG.info("query association from %s accepted", calling)
+        association.run()
+        LOG.info("query association from %s ended after %d queries",
+                 calling, association.queries)  # fmt: skip
+    except OSError as exc:
+        LOG.warning("association from %s failed: %s", calling, exc.strerror or exc)
+        _close(sock)
+    finally:
+        hub.release(association)
+
+
+def _negotiate(
+    sock: socket.socket,
+    request_length: int,
+    request: pdu_primitives.A_ASSOCIATE,
+    hub: ReceiverHub,
+    supported: list[PresentationContext],
+) -> list[PresentationContext] | None:
+    """pynetdicom's checks and context negotiation; None once the request is rejected."""
+    calling = str(request.calling_ae_title).strip()
+    rejection = _ae_rejection(request, hub.settings)
+    if rejection is not None:
+        peer = _peer_address(sock)  # before the rejection closes the socket
+        _reject(sock, request_length, rejection, f"association from {calling} rejected")
+        if calling_ae_refused(calling, hub.settings):
+            record_rejected_caller(
+                hub.trail,
+                calling_ae=calling,
+                address=peer,
+                called_ae=str(request.called_ae_title).strip(),
+            )
+        return None
+    negotiate = getattr(acse, "negotiate_unrestricted")  # noqa: B009 - wrapped at run time
+    results, _roles = negotiate(request.presentation_context_definition_list, supported, None)
+    return list(results)
+
+
+def _accepted(results: list[PresentationContext]) -> dict[int, AcceptedContext]:
+    return {
+        cast(int, cx.context_id): AcceptedContext(
+            cast(int, cx.context_id), str(cx.abstract_syntax), str(cx.transfer_syntax[0])
+        )
+        for cx in results
+        if cx.result == 0x00
+    }
+
+
+def _admit(
+    sock: socket.socket, request_length: int, hub: ReceiverHub, association: Served, others: int
+) -> bool:
+    if hub.admit(association, others):
+        return True
+    _reject(sock, request_length, _LOCAL_LIMIT_EXCEEDED,
+            "association rejected: the association limit is reached")  # fmt: skip
+    return False
+
+
+def _accept(
+    sock: socket.socket,
+    request_length: int,
+    request: pdu_primitives.A_ASSOCIATE,
+    results: list[PresentationContext],
+    settings: AeSettings,
+) -> None:
+    _recv_exactly(sock, request_length)  # consume the request we peeked at
+    sock.settimeout(settings.network_timeout)
+    sock.sendall(_accept_pdu(request, results, settings.max_pdu))
+
+
+def _peer_max_pdu(request: pdu_primitives.A_ASSOCIATE) -> int:
+    """The peer's Maximum Length Received (0: no limit, as PS3.8 D.1 reads a missing one)."""
+    for item in request.user_information:
+        if isinstance(item, pdu_primitives.MaximumLengthNotification):
+            return int(item.maximum_length_received)
+    return 0
 
 
 def _ae_rejection(

@@ -50,6 +50,7 @@ __all__ = [
     "encode_command",
     "iter_pdvs",
     "p_data_pdu",
+    "p_data_pdus",
     "parse_header",
     "release_rp_pdu",
     "uid_value",
@@ -109,6 +110,27 @@ def p_data_pdu(context_id: int, command: bytes) -> bytes:
     """A P-DATA-TF carrying a whole command set in one last fragment."""
     pdv = _PDV_HEADER.pack(len(command) + 2, context_id, 0x03) + command
     return _HEADER.pack(P_DATA_TF, len(pdv)) + pdv
+
+
+def p_data_pdus(context_id: int, data: bytes, *, command: bool, max_pdu: int) -> bytes:
+    """A whole command set or dataset as P-DATA-TF PDUs of one fragment each.
+
+    No PDU is longer than ``max_pdu`` (the peer's Maximum Length Received; 0 means no
+    limit), fragments cut as pynetdicom cuts them: ``max_pdu - 6`` bytes of value each.
+    """
+    step = (len(data) or 1) if max_pdu == 0 else max(max_pdu - _PDV_HEADER.size, 1)
+    kind = 0x01 if command else 0x00
+    out = bytearray()
+    offset = 0
+    while True:
+        chunk = data[offset : offset + step]
+        offset += step
+        last = offset >= len(data)
+        out += _HEADER.pack(P_DATA_TF, len(chunk) + _PDV_HEADER.size)
+        out += _PDV_HEADER.pack(len(chunk) + 2, context_id, kind | (0x02 if last else 0))
+        out += chunk
+        if last:
+            return bytes(out)
 
 
 def release_rp_pdu() -> bytes:

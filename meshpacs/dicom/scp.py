@@ -164,8 +164,8 @@ class DicomAE:
             ),
         )
         server.contexts = CheapCopyContexts(server.contexts)  # copied for every association
-        if s.direct_storage:
-            server.hub = ReceiverHub(s, self._ingest, self._trail)
+        if s.direct_storage or s.direct_find:
+            server.hub = ReceiverHub(s, self._ingest, self._trail, self._qr)
         thread = threading.Thread(target=server.serve_forever, name="meshpacs-dicom-accept")
         thread.daemon = True
         thread.start()

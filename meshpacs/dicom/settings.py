@@ -25,3 +25,6 @@ class AeSettings:
     # Serve plain storage associations with the node's own receiver (meshpacs.dicom.receiver)
     # instead of pynetdicom's; off only to compare the two.
     direct_storage: bool = True
+    # Serve associations that only query (C-FIND, C-ECHO) with the node's own
+    # meshpacs.dicom.find_receiver instead of pynetdicom's; off only to compare the two.
+    direct_find: bool = True

@@ -84,6 +84,13 @@ async def either_node(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
         yield started
 
 
+@pytest.fixture(params=["direct", "pynetdicom"])
+async def either_find_node(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Node]:
+    """A node whose query associations go through one path (find_receiver), then the other."""
+    async with running_node(tmp_path, direct_find=request.param == "direct") as started:
+        yield started
+
+
 async def dcmtk(args: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run a dcmtk tool (dcmtk's own, never pynetdicom's namesake) with Nagle off."""
     tool = dcmtk_tool(args[0]) or args[0]

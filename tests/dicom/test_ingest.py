@@ -192,9 +192,10 @@ async def test_a_dataset_without_study_uid_is_kept_and_flagged(node: Node, tmp_p
 
 
 async def test_accepted_and_opened_sockets_have_tcp_nodelay(node: Node) -> None:
-    """Both receive paths: the node's own (storage and echo) and pynetdicom's (Q/R)."""
+    """Both receive paths: the node's own (storage, echo, find) and pynetdicom's (retrieve)."""
     from pynetdicom.sop_class import (  # type: ignore[attr-defined]
         StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelMove,
         Verification,
     )
 
@@ -210,7 +211,7 @@ async def test_accepted_and_opened_sockets_have_tcp_nodelay(node: Node) -> None:
             client = nodelay(assoc.dul.socket.socket)
             server = node.ae._server
             assert server is not None
-            if server.hub is not None and abstract_syntax == Verification:
+            if server.hub is not None and server.hub.active:
                 (receiving,) = server.hub.active
                 return client, nodelay(receiving.socket)
             (acceptor,) = server.active_associations
@@ -218,7 +219,11 @@ async def test_accepted_and_opened_sockets_have_tcp_nodelay(node: Node) -> None:
         finally:
             assoc.release()
 
-    for syntax in (Verification, StudyRootQueryRetrieveInformationModelFind):
+    for syntax in (
+        Verification,
+        StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelMove,
+    ):
         client, accepted = await asyncio.to_thread(check, syntax)
         assert client and accepted, syntax
 

@@ -58,12 +58,22 @@ async def scu(
     )
 
 
-@pytest.fixture
-async def loaded(node: Node) -> AsyncIterator[Node]:
+async def load(node: Node) -> Node:
     args = [TOOLS["storescu"], "-aet", "LOADER", "-aec", AE_TITLE, "127.0.0.1", str(node.port)]
     done = await dcmtk([*args, *map(str, HIERARCHY)])
     assert done.returncode == 0, done.stderr
-    yield node
+    return node
+
+
+@pytest.fixture
+async def loaded(node: Node) -> AsyncIterator[Node]:
+    yield await load(node)
+
+
+@pytest.fixture
+async def find_loaded(either_find_node: Node) -> AsyncIterator[Node]:
+    """Loaded, its C-FINDs answered by one path, then the other."""
+    yield await load(either_find_node)
 
 
 async def findscu(
@@ -100,9 +110,9 @@ async def findscu(
     ids=["patient", "study", "series", "image"],
 )
 async def test_findscu_finds_exactly_the_hierarchy_at_each_level(
-    loaded: Node, tmp_path: Path, root: str, level: str, keys: tuple[str, ...], expected
+    find_loaded: Node, tmp_path: Path, root: str, level: str, keys: tuple[str, ...], expected
 ) -> None:  # type: ignore[no-untyped-def]
-    answers = await findscu(loaded, root, level, *keys, out=tmp_path / "rsp")
+    answers = await findscu(find_loaded, root, level, *keys, out=tmp_path / "rsp")
     unique = keys[0]
     got = [str(a.get(unique)) for a in answers]
     assert len(got) == len(set(got))
@@ -111,7 +121,7 @@ async def test_findscu_finds_exactly_the_hierarchy_at_each_level(
 
 
 async def test_wildcard_and_date_range_match_what_the_files_say(
-    loaded: Node, tmp_path: Path
+    find_loaded: Node, tmp_path: Path
 ) -> None:
     hs = headers()
     name = str(hs[0].PatientName)
@@ -120,7 +130,7 @@ async def test_wildcard_and_date_range_match_what_the_files_say(
         h.PatientID for h in hs if fnmatch.fnmatchcase(str(h.PatientName).upper(), pattern.upper())
     }
     answers = await findscu(
-        loaded, "-P", "PATIENT", "PatientID", f"PatientName={pattern}", out=tmp_path / "a"
+        find_loaded, "-P", "PATIENT", "PatientID", f"PatientName={pattern}", out=tmp_path / "a"
     )
     assert {a.PatientID for a in answers} == want
 
@@ -130,16 +140,23 @@ async def test_wildcard_and_date_range_match_what_the_files_say(
         h.StudyInstanceUID for h in hs if h.get("StudyDate") and low <= h.StudyDate <= high
     }
     answers = await findscu(
-        loaded, "-S", "STUDY", "StudyInstanceUID", f"StudyDate={low}-{high}", out=tmp_path / "b"
+        find_loaded,
+        "-S",
+        "STUDY",
+        "StudyInstanceUID",
+        f"StudyDate={low}-{high}",
+        out=tmp_path / "b",
     )
     assert {a.StudyInstanceUID for a in answers} == want_studies
 
 
-async def test_universal_matching_returns_values_and_counts(loaded: Node, tmp_path: Path) -> None:
+async def test_universal_matching_returns_values_and_counts(
+    find_loaded: Node, tmp_path: Path
+) -> None:
     hs = headers()
     study = hs[0].StudyInstanceUID
     answers = await findscu(
-        loaded, "-S", "STUDY", f"StudyInstanceUID={study}", "PatientName", "ModalitiesInStudy",
+        find_loaded, "-S", "STUDY", f"StudyInstanceUID={study}", "PatientName", "ModalitiesInStudy",
         "NumberOfStudyRelatedInstances", out=tmp_path / "c",
     )  # fmt: skip
     assert len(answers) == 1
@@ -282,8 +299,9 @@ async def test_odd_files_and_compressed_syntaxes_come_back_byte_identical(
 
 
 async def test_c_find_with_an_over_long_value_fails_and_the_node_goes_on(
-    node: Node, tmp_path: Path
+    either_find_node: Node, tmp_path: Path
 ) -> None:
+    node = either_find_node
     done = await dcmtk([TOOLS["findscu"], "-v", "-P", "-aet", "FINDER", "-aec", AE_TITLE,
                         "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=" + "A" * 5000,
                         "127.0.0.1", str(node.port)])  # fmt: skip

@@ -35,6 +35,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
 
@@ -212,7 +213,9 @@ async def test_both_paths_accept_and_reject_the_same_contexts(tmp_path: Path) ->
     ]
     answers = []
     for direct in (True, False):
-        async with running_node(tmp_path / str(direct), direct_storage=direct) as node:
+        async with running_node(
+            tmp_path / str(direct), direct_storage=direct, direct_find=direct
+        ) as node:
             answers.append(await asyncio.to_thread(_accepted, node.port, contexts))
             server = node.ae._server
             assert server is not None and (server.hub is not None) is direct
@@ -222,7 +225,7 @@ async def test_both_paths_accept_and_reject_the_same_contexts(tmp_path: Path) ->
     assert [reason for _, reason in rejected] == [0x04, 0x04]
 
 
-async def test_storage_goes_direct_and_query_goes_to_pynetdicom(node: Node) -> None:
+async def test_storage_and_find_go_direct_and_retrieves_to_pynetdicom(node: Node) -> None:
     def which(abstract_syntax: str) -> tuple[int, int]:
         ae = AE(ae_title="ROUTED")
         ae.add_requested_context(abstract_syntax)
@@ -236,7 +239,8 @@ async def test_storage_goes_direct_and_query_goes_to_pynetdicom(node: Node) -> N
             assoc.release()
 
     assert await asyncio.to_thread(which, CT) == (1, 0)
-    assert await asyncio.to_thread(which, StudyRootQueryRetrieveInformationModelFind) == (0, 1)
+    assert await asyncio.to_thread(which, StudyRootQueryRetrieveInformationModelFind) == (1, 0)
+    assert await asyncio.to_thread(which, StudyRootQueryRetrieveInformationModelMove) == (0, 1)
 
 
 async def test_the_association_limit_counts_both_paths(tmp_path: Path) -> None:

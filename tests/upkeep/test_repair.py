@@ -81,13 +81,33 @@ async def lose(site: Site, holders: DirHolders, *sites: str) -> dict[str, bytes]
     return held
 
 
+async def lose_holders_of_shares_0_and_1(
+    site: Site, holders: DirHolders
+) -> tuple[dict[int, ledger.Placement], list[str], dict[str, bytes]]:
+    """Two of the bundle's sites lost for good: below its threshold, so repair must act.
+
+    Returns the placements before, by share, the lost sites and what they held."""
+    before = {p.share: p for p in await placements(site)}
+    gone = sorted({before[0].holder_site, before[1].holder_site})
+    return before, gone, await lose(site, holders, *gone)
+
+
+def free_sites(site: Site, before: dict[int, ledger.Placement]) -> list[str]:
+    """The partner sites that held none of the bundle's shares."""
+    return sorted(set(site.partners.sites) - {p.holder_site for p in before.values()} - {"owner"})
+
+
+def put_copy(site: Site, holder: str, fragment_id: str, data: bytes) -> None:
+    """``data`` on ``holder``'s disk under ``fragment_id``, as a delegate would leave it."""
+    (site.partners.root / holder).mkdir(exist_ok=True)
+    (site.partners.root / holder / fragment_id).write_bytes(data)
+
+
 async def test_a_bundle_below_its_threshold_is_regenerated_exactly_on_new_sites(
     site: Site,
 ) -> None:
     holders = holders_of(site)
-    before = {p.share: p for p in await placements(site)}
-    gone = sorted({before[0].holder_site, before[1].holder_site})
-    originals = await lose(site, holders, *gone)
+    _, gone, originals = await lose_holders_of_shares_0_and_1(site, holders)
 
     report = await repairer(site, holders).repair_once()
 
@@ -115,21 +135,14 @@ async def test_shares_a_delegate_placed_while_the_owner_was_down_are_adopted_not
     site: Site,
 ) -> None:
     holders = holders_of(site)
-    before = {p.share: p for p in await placements(site)}
-    gone = sorted({before[0].holder_site, before[1].holder_site})
-    originals = await lose(site, holders, *gone)
+    before, gone, originals = await lose_holders_of_shares_0_and_1(site, holders)
     # A delegate rebuilt share 0 on a free site (same ID, same bytes); share 1 it did not.
-    free = sorted(set(site.partners.sites) - {p.holder_site for p in before.values()} - {"owner"})
-    (site.partners.root / free[0]).mkdir(exist_ok=True)
-    (site.partners.root / free[0] / before[0].fragment_id).write_bytes(
-        originals[before[0].fragment_id]
-    )
-    # A copy whose bytes do not belong to the bundle is not taken for the share.
-    (site.partners.root / free[1]).mkdir(exist_ok=True)
-    (site.partners.root / free[1] / before[1].fragment_id).write_bytes(
-        # another share's bytes (all shares are one size) under share 1's ID
-        (site.partners.root / before[2].holder_site / before[2].fragment_id).read_bytes()
-    )
+    free = free_sites(site, before)
+    put_copy(site, free[0], before[0].fragment_id, originals[before[0].fragment_id])
+    # A copy whose bytes do not belong to the bundle is not taken for the share: another
+    # share's bytes (all shares are one size) under share 1's ID.
+    other = (site.partners.root / before[2].holder_site / before[2].fragment_id).read_bytes()
+    put_copy(site, free[1], before[1].fragment_id, other)
     held_before = {p.name for p in (site.partners.root / free[0]).iterdir()}
 
     report = await repairer(site, holders, adopt=True).repair_once()
@@ -154,11 +167,8 @@ async def test_an_adopted_share_counts_in_its_pass_even_when_the_rest_cannot_be_
     before = {p.share: p for p in await placements(site)}
     originals = await lose(site, holders, *sorted({p.holder_site for p in before.values()}))
     # Every holder is gone; a delegate had rebuilt share 0 only: one share, k is 2.
-    free = sorted(set(site.partners.sites) - {p.holder_site for p in before.values()} - {"owner"})
-    (site.partners.root / free[0]).mkdir(exist_ok=True)
-    (site.partners.root / free[0] / before[0].fragment_id).write_bytes(
-        originals[before[0].fragment_id]
-    )
+    free = free_sites(site, before)
+    put_copy(site, free[0], before[0].fragment_id, originals[before[0].fragment_id])
     owner = repairer(site, holders, adopt=True)
 
     report = await owner.repair_once()
@@ -334,15 +344,10 @@ async def test_a_pass_logs_its_counts_as_fields(
     site: Site, caplog: pytest.LogCaptureFixture
 ) -> None:
     holders = holders_of(site)
-    before = {p.share: p for p in await placements(site)}
-    gone = sorted({before[0].holder_site, before[1].holder_site})
-    originals = await lose(site, holders, *gone)
+    before, gone, originals = await lose_holders_of_shares_0_and_1(site, holders)
     # A delegate rebuilt share 0 while the owner was down: adopted, share 1 regenerated.
-    free = sorted(set(site.partners.sites) - {p.holder_site for p in before.values()} - {"owner"})
-    (site.partners.root / free[0]).mkdir(exist_ok=True)
-    (site.partners.root / free[0] / before[0].fragment_id).write_bytes(
-        originals[before[0].fragment_id]
-    )
+    free = free_sites(site, before)
+    put_copy(site, free[0], before[0].fragment_id, originals[before[0].fragment_id])
     caplog.set_level(logging.INFO, logger="meshpacs.repair")
 
     report = await repairer(site, holders, adopt=True).repair_once()

@@ -147,10 +147,10 @@ def full_figures() -> dict[str, Any]:
     }
 
 
-def full_recovery() -> dict[str, Any]:
+def full_recovery(**changes: object) -> dict[str, Any]:
     """A ``meshpacs recover --show-on-dashboard`` run this node shows, still running and
-    stalled (it stopped writing its progress)."""
-    return {
+    stalled (it stopped writing its progress), with ``changes`` made."""
+    document = {
         "version": 1,
         "site_id": "site-a",
         "phase": "recovering",
@@ -165,3 +165,4 @@ def full_recovery() -> dict[str, Any]:
         "bytes": {"total": 4_800_000, "delivered": 1_500_000},
         "stalled": True,
     }
+    return {**document, **changes}

@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 from meshpacs.web.dashboard import render_dashboard
 from meshpacs.web.history import Snapshot
 
-from .documents import NOW, full_figures, full_status
+from .documents import NOW, full_figures, full_recovery, full_status
 
 
 def card(page: str, kind: str) -> str:
@@ -81,36 +81,17 @@ def test_a_new_site_says_what_is_missing_rather_than_inventing_figures() -> None
     assert 'id="warnings"' not in page  # no warnings in the document: no section
 
 
-def recovery_document(**changes: object) -> dict[str, object]:
-    document: dict[str, object] = {
-        "version": 1,
-        "site_id": "st-marys",
-        "phase": "recovering",
-        "finished": False,
-        "outcome": None,
-        "started_at": NOW - 600,
-        "updated_at": NOW - 2,
-        "target": "ORTHANC@10.1.2.20:4242",
-        "bundles": {"total": 10, "done": 3, "unrecoverable": 1},
-        "studies": {"total": 8, "done": 2},
-        "instances": {"total": 400, "delivered": 120, "failed": 0},
-        "bytes": {"total": 4_000_000, "delivered": 1_200_000},
-        "stalled": False,
-    }
-    return {**document, **changes}
-
-
 def test_a_recovery_in_the_document_is_shown() -> None:
-    status = {**full_status(), "recovery": recovery_document()}
+    status = {**full_status(), "recovery": full_recovery(stalled=False)}
     page = render_dashboard(status, full_figures(), now=NOW)
     assert "No recovery running." not in page
-    assert "<dt>bundles</dt><dd>3 of 10 done, 1 unrecoverable</dd>" in page
-    assert "<dt>instances</dt><dd>120 of 400 delivered, 0 failed</dd>" in page
-    assert "<dt>bytes</dt><dd>1.2 MB of 4.0 MB</dd>" in page
+    assert "<dt>bundles</dt><dd>5 of 12 done, 1 unrecoverable</dd>" in page
+    assert "<dt>instances</dt><dd>150 of 480 delivered, 2 failed</dd>" in page
+    assert "<dt>bytes</dt><dd>1.5 MB of 4.8 MB</dd>" in page
     assert "<dt>state</dt><dd>recovering</dd>" in page
-    assert "<dt>started</dt><dd>10 min ago" in page
-    stalled = {**full_status(), "recovery": recovery_document(stalled=True)}
+    assert "<dt>started</dt><dd>67 min ago" in page
+    stalled = {**full_status(), "recovery": full_recovery()}
     assert "is meshpacs recover still running?" in render_dashboard(stalled, now=NOW)
-    done = recovery_document(finished=True, outcome="complete", phase="finished")
+    done = full_recovery(finished=True, outcome="complete", phase="finished", stalled=False)
     page = render_dashboard({**full_status(), "recovery": done}, now=NOW)
     assert "<dt>state</dt><dd>finished: complete</dd>" in page

@@ -14,7 +14,6 @@ from meshpacs.web.metrics import CONTENT_TYPE, render_metrics
 
 from .documents import full_figures, full_recovery, full_status
 from .exposition import parse_exposition
-from .test_dashboard import recovery_document
 
 
 def test_every_line_parses_and_every_family_is_documented_and_named_meshpacs() -> None:
@@ -118,14 +117,14 @@ def test_a_new_sites_real_status_document_renders(tmp_path: Path) -> None:
 
 
 def test_a_recovery_shown_here_has_its_gauges() -> None:
-    status = {**full_status(), "recovery": recovery_document()}
+    status = {**full_status(), "recovery": full_recovery(stalled=False)}
     m = parse_exposition(render_metrics(status, full_figures()))
     assert m["meshpacs_recovery_running"].value() == 1
     assert m["meshpacs_recovery_stalled"].value() == 0
-    assert m["meshpacs_recovery_bundles"].value(state="done") == 3
+    assert m["meshpacs_recovery_bundles"].value(state="done") == 5
     assert m["meshpacs_recovery_bundles"].value(state="unrecoverable") == 1
-    assert m["meshpacs_recovery_instances"].value(state="delivered") == 120
-    assert m["meshpacs_recovery_bytes"].value(state="total") == 4_000_000
+    assert m["meshpacs_recovery_instances"].value(state="delivered") == 150
+    assert m["meshpacs_recovery_bytes"].value(state="total") == 4_800_000
     assert "meshpacs_recovery_running" not in parse_exposition(render_metrics(full_status()))
 
 

@@ -1,6 +1,7 @@
 """The site-ID field of the signed and sealed formats: a length byte, then the site ID.
 
-Escrow releases (:mod:`meshpacs.keys.escrow`), delegation tokens
+Escrow releases (:mod:`meshpacs.keys.escrow`), recovery requests and authorisations
+(:mod:`meshpacs.federation.authorisation`), delegation tokens
 (:mod:`meshpacs.federation.delegation`) and repair manifests
 (:mod:`meshpacs.metadata.manifest`) all name sites the same way::
 
@@ -8,10 +9,10 @@ Escrow releases (:mod:`meshpacs.keys.escrow`), delegation tokens
     0       1     L = len(site), 1..SITE_FIELD_MAX
     1       L     site           ASCII, of the characters the format allows
 
-The formats differ only in which characters they take (``charset``): releases check the
-federation's site-ID rule themselves; tokens take any ASCII, their fields checking the
-rule after; manifests take printable ASCII. Each keeps its own, so every byte string one
-of them ever wrote still reads, and reads as before.
+The formats differ only in which characters they take (``charset``): releases, requests
+and authorisations check the federation's site-ID rule themselves; tokens take any ASCII,
+their fields checking the rule after; manifests take printable ASCII. Each keeps its own,
+so every byte string one of them ever wrote still reads, and reads as before.
 
 Pure functions over bytes. Errors are :class:`~meshpacs.errors.FormatError` naming the
 field (``what``), never the bytes a peer sent.

@@ -97,6 +97,50 @@ def recover_json(size: int, speed: float, studies: int) -> dict[str, Any]:
     }
 
 
+def retrieve_json(size: int, speed: float) -> dict[str, Any]:
+    rows = [
+        {"source": s, "operation": o, "best_mb_s": speed * f, "median_s": size / speed / f / 1e6}
+        for s, f in (("orthanc", 3.0), ("meshpacs", 1.0))
+        for o in ("move", "get")
+    ]
+    ratios = {
+        "C-MOVE meshpacs/orthanc": {"best": 0.33, "median": 0.3},
+        "C-GET meshpacs/orthanc": {"best": 0.34, "median": 0.31},
+    }
+    return {"results": rows, "ratios": ratios, "setup": {"bytes": size, "files": 19}}
+
+
+def catalog_json(instances: int, smi_ms: float, full_over_empty: float) -> dict[str, Any]:
+    """bench_catalog.py's --json: SMI* through pynetdicom misses 200 ms, the rest meet it."""
+
+    def find(matches: int, ms: float) -> dict[str, float]:
+        return {"matches": matches, "median_ms": ms, "worst_ms": ms * 1.2}
+
+    def dicom(answers: int, ms: float) -> dict[str, float]:
+        return {"answers": answers, "median_ms": ms, "worst_ms": ms * 1.2}
+
+    return {
+        "instances": instances,
+        "catalog_bytes": instances * 232,
+        "fill_per_second": 9300,
+        "ingest_full_per_second": round(1300 * full_over_empty),
+        "ingest_empty_per_second": 1300,
+        "ingest_full_over_empty": full_over_empty,
+        "find": {
+            "study, PatientName=SMI*": find(1238, smi_ms),
+            "study, PatientName=SMITH*": find(149, 12.0),
+            "study, PatientID exact": find(1, 0.2),
+            "patient, PatientName=SMI*": find(486, 3.0),
+        },
+        "find_through_dicom": {
+            "direct": {"study, PatientName=SMI*": dicom(1238, 180.0),
+                       "study, PatientID exact": dicom(1, 50.0)},
+            "pynetdicom": {"study, PatientName=SMI*": dicom(1238, 1764.0),
+                           "study, PatientID exact": dicom(1, 60.0)},
+        },
+    }  # fmt: skip
+
+
 def fixture_result(plan: Any) -> dict[str, Any]:
     size = bench_all.SIZES[plan.size]
     speed = {"small": 50.0, "medium": 80.0, "large": 90.0, "huge": 95.0}[plan.size]
@@ -104,8 +148,12 @@ def fixture_result(plan: Any) -> dict[str, Any]:
         return codec_json(size.bytes, speed * 5)
     if plan.stage == "ingest":
         return ingest_json(size.bytes, speed)
+    if plan.stage == "retrieve":
+        return retrieve_json(size.bytes, speed)
     if plan.stage == "backup":
         return backup_json(size.bytes, speed, size.studies)
+    if plan.stage == "catalog":
+        return catalog_json(size.instances, 82.0, 0.75)
     return recover_json(size.bytes, speed, size.studies)
 
 
@@ -155,6 +203,9 @@ def test_each_size_sets_the_data_size_of_each_script() -> None:
     assert plans["codec", "small"].args == ("--size-mib", "10", "--json")
     assert plans["ingest", "small"].args == ("--count", "19", "--json")
     assert plans["backup", "small"].args == ("--gb", "0.01", "--studies", "2", "--json")
+    assert plans["retrieve", "small"].args == ("--count", "19", "--json")
+    assert plans["catalog", "small"].args == ("--instances", "100000", "--json")
+    assert plans["catalog", "huge"].args == ("--instances", "1000000", "--json")
     assert plans["recover", "huge"].args == ("--gb", "1", "--studies", "1", "--json")
     assert plans["recover", "huge"].command() == (
         ".venv/bin/python scripts/bench_recover.py --gb 1 --studies 1 --json"
@@ -164,8 +215,21 @@ def test_each_size_sets_the_data_size_of_each_script() -> None:
 def test_rounds_reach_every_script_and_the_codec_keeps_three_repeats() -> None:
     plans = {p.stage: p for p in bench_all.plan_runs(["small"], bench_all.STAGES, 1)}
     assert plans["codec"].args[-3:] == ("--repeat", "3", "--json")
-    for stage in ("ingest", "backup", "recover"):
+    for stage in ("ingest", "retrieve", "backup", "recover"):
         assert plans[stage].args[-3:] == ("--rounds", "1", "--json")
+    # The catalog's rounds are its ingest probes; its C-FINDs keep a median of three.
+    assert plans["catalog"].args[-5:] == ("--rounds", "1", "--repeat", "3", "--json")
+
+
+def test_the_catalog_runs_once_at_a_million_instances_in_a_full_run() -> None:
+    plans = bench_all.plan_runs(list(bench_all.SIZES), ["catalog"], None)
+    runs = bench_all.run_plans(plans, fake_run, lambda r: None)
+    ran = [r for r in runs if r["same_as"] is None]
+    assert [(r["size"], r["result"]["instances"]) for r in ran] == [
+        ("small", 100_000),
+        ("medium", 1_000_000),
+    ]
+    assert [r["same_as"] for r in runs if r["size"] in ("large", "huge")] == ["medium"] * 2
 
 
 def test_a_command_repeated_at_another_size_runs_once_and_shows_at_both() -> None:
@@ -178,7 +242,8 @@ def test_a_command_repeated_at_another_size_runs_once_and_shows_at_both() -> Non
         return fake_run(plan)
 
     runs = bench_all.run_plans(plans, runner, lambda r: saves.append(len(r)))
-    assert ("codec", "huge") not in ran and ("ingest", "huge") not in ran
+    for stage in ("codec", "ingest", "retrieve", "catalog"):  # one series, or 1M instances
+        assert (stage, "huge") not in ran
     assert ("backup", "huge") in ran and ("recover", "huge") in ran
     codec_huge = next(r for r in runs if r["stage"] == "codec" and r["size"] == "huge")
     assert codec_huge["same_as"] == "large"
@@ -195,15 +260,49 @@ def test_series_put_the_stage_first_and_its_anchors_beside_it() -> None:
     assert recover == {"mesh recovery": 60.0, "Orthanc C-MOVE": 50.0}
     ingest = bench_all.series("ingest", ingest_json(10_000_000, 10.0))
     assert ingest["meshpacs, 1 assoc."] == 15.0 and ingest["storescp, 4 assoc."] == 160.0
+    retrieve = bench_all.series("retrieve", retrieve_json(10_000_000, 20.0))
+    assert list(retrieve.items()) == [  # ours first (hatched), each beside its anchor
+        ("meshpacs C-MOVE", 20.0),
+        ("Orthanc C-MOVE", 60.0),
+        ("meshpacs C-GET", 20.0),
+        ("Orthanc C-GET", 60.0),
+    ]
+    assert next(iter(retrieve)).startswith(bench_all.SUBJECT["retrieve"])
 
 
 def test_ratios_carry_their_targets_and_verdicts() -> None:
-    (backup,) = bench_all.ratios("backup", backup_json(10_000_000, 40.0, 2))
+    (backup,) = bench_all.checks("backup", backup_json(10_000_000, 40.0, 2))
     assert (backup.value, backup.target, backup.met()) == (0.5, 0.6, False)
-    ingest = bench_all.ratios("ingest", ingest_json(10_000_000, 10.0))
+    assert backup.gap() == pytest.approx(0.1)
+    ingest = bench_all.checks("ingest", ingest_json(10_000_000, 10.0))
     one = next(r for r in ingest if r.name == "meshpacs / Orthanc, 1 association")
-    assert one.met() is True and one.target == 1.3
+    assert one.met() is True and one.target == 1.3 and one.gap() is None
     assert all(r.met() is None for r in ingest if "storescp" in r.name)
+    retrieve = bench_all.checks("retrieve", retrieve_json(10_000_000, 10.0))
+    assert [(r.name, r.value, r.met()) for r in retrieve] == [
+        ("C-MOVE meshpacs / Orthanc", 0.33, None),  # issue 3 set no target for it
+        ("C-GET meshpacs / Orthanc", 0.34, None),
+    ]
+
+
+def test_the_catalog_targets_are_a_ceiling_on_find_and_a_floor_on_ingest() -> None:
+    checks = {c.name: c for c in bench_all.checks("catalog", catalog_json(1_000_000, 82.0, 0.75))}
+    ingest = checks["ingest full / empty"]
+    assert (ingest.target, ingest.met(), ingest.gap()) == (0.8, False, pytest.approx(0.05))
+    inside = checks["C-FIND PatientName=SMI*, in the catalog"]
+    assert (inside.target, inside.at_most, inside.met()) == (200.0, True, True)
+    slow = checks["findscu PatientName=SMI*, pynetdicom path"]
+    assert (slow.met(), slow.gap()) == (False, pytest.approx(1564.0))
+    assert checks["findscu PatientName=SMI*, direct path"].met() is True
+    # Only study-level name wildcards are the target's case: not an exact ID, not patients.
+    assert not any("PatientID" in name or "patient level" in name for name in checks)
+    assert bench_all._check(slow) == "1,764 ms, target ≤ 200 ms (**not met**: 1,564 ms over)"
+    assert bench_all._check(ingest) == "0.75, target ≥ 0.80 (**not met**: 0.05 short)"
+
+
+def test_a_catalog_below_a_million_instances_gets_no_verdict() -> None:
+    checks = bench_all.checks("catalog", catalog_json(100_000, 500.0, 0.5))
+    assert checks and all(c.target is None and c.met() is None for c in checks)
 
 
 def test_stage_time_is_the_stage_not_the_whole_run() -> None:
@@ -211,6 +310,8 @@ def test_stage_time_is_the_stage_not_the_whole_run() -> None:
     assert bench_all.stage_seconds("ingest", ingest_json(10_000_000, 10.0)) == 2.0
     codec = bench_all.stage_seconds("codec", codec_json(90_000_000, 100.0))
     assert codec == pytest.approx(1.0)
+    retrieve = bench_all.stage_seconds("retrieve", retrieve_json(10_000_000, 20.0))
+    assert retrieve == pytest.approx(0.5)  # the node's C-MOVE, not Orthanc's nor C-GET
 
 
 # -- the summary ----------------------------------------------------------------------------
@@ -258,11 +359,46 @@ def test_every_table_and_figure_names_its_command(all_runs: list[dict[str, Any]]
     for run in all_runs:
         if not run["same_as"]:
             assert f"`{run['command']}`" in section
-    assert section.count("Commands (each a run") == len(bench_all.STAGES)
+    assert section.count("Commands (each a run") == len(bench_all.DATA_STAGES)
+    assert "- medium, large, huge: `.venv/bin/python scripts/bench_catalog.py" in section
     assert "quick run" not in section
     assert "quick run, not the reference figures" in bench_all.render_section(
         results_of(all_runs, quick=True), "bench"
     )
+
+
+def test_the_summary_shows_each_target_met_or_by_how_much_not(
+    all_runs: list[dict[str, Any]],
+) -> None:
+    section = bench_all.render_section(results_of(all_runs), "bench")
+    targets = section.split("### Against the targets")[1].split("\n### ")[0]
+    assert "| backup | small | backup / min(codec, TLS copy) | 0.50 | ≥ 0.60 |" in targets
+    assert "**not met**: 0.10 short |" in targets
+    assert (
+        "| catalog | medium, large, huge | findscu PatientName=SMI*, pynetdicom path"
+        " | 1,764 ms | ≤ 200 ms | **not met**: 1,564 ms over |"
+    ) in targets
+    assert "| catalog | medium, large, huge | C-FIND PatientName=SMI*, in the catalog" in targets
+    assert "| catalog | small |" not in targets  # 100,000 instances: no verdict
+    assert "| retrieve |" not in targets  # no target set
+    catalog = section.split("### The catalog at scale")[1]
+    assert "| medium, large, huge | 1,000,000 | PatientName=SMI* | 1,238 | 82 ms (met)" in catalog
+    assert "| small | 100,000 | PatientName=SMI* | 1,238 | 82 ms | 180 ms | 1,764 ms |" in catalog
+    assert "0.75, target ≥ 0.80 (**not met**: 0.05 short)" in catalog
+    retrieve = section.split("### C-MOVE and C-GET")[1].split("\n### ")[0]
+    assert "the Orthanc-to-Orthanc C-MOVE is the recovery stage's anchor" in retrieve
+    assert "| 0.33 | 0.34 | ok |" in retrieve
+
+
+def test_a_failed_catalog_run_is_reported_and_draws_no_figure(
+    all_runs: list[dict[str, Any]],
+) -> None:
+    runs = [r for r in all_runs if r["size"] == "small"]
+    broken = next(r for r in runs if r["stage"] == "catalog")
+    broken.update(result=None, exit_code=1, error="no JSON on stdout (exit 1)")
+    section = bench_all.render_section(results_of(runs), "bench")
+    assert "| small | - | - | - | - | - | - | 12 s | - | - | failed: no JSON on stdout" in section
+    assert "![catalog]" not in section and bench_all.figure_names(runs)["catalog"] is None
 
 
 def test_a_failed_run_is_reported_and_left_out_of_the_figures(
@@ -284,8 +420,7 @@ def test_every_figure_carries_the_command(all_runs: list[dict[str, Any]]) -> Non
     import matplotlib.pyplot as plt
 
     command = "scripts/bench_all --sizes small,medium,large,huge"
-    figures = [bench_all.plot_stage(all_runs, s, command) for s in bench_all.STAGES]
-    figures.append(bench_all.plot_scaling(all_runs, command))
+    figures = [bench_all.plot(all_runs, s, command) for s in [*bench_all.STAGES, "scaling"]]
     for figure in figures:
         assert command in [t.get_text() for t in figure.texts]
         plt.close(figure)

@@ -9,11 +9,14 @@
                    failed, repairers' passes on a simulated clock (bundles_below,
                    good_shares, upkeep.targets)
     run.py         simulate(SimConfig): the whole run as plain data
+    durability.py  a year of churn (outages, departures, disk losses, regional disasters)
+                   against k-of-n and replication: bundles lost, live shares, repair traffic
 
 ``scripts/simulate_federation.py`` prints it, writes it as JSON and draws docs/scale.md.
 Nothing here touches a socket, a file or the wall clock; the same seed gives the same run.
 """
 
+from meshpacs.sim.durability import Churn, DurabilityConfig, Scheme, durability
 from meshpacs.sim.federation import Balance, FailureOutcome, Federation, SimBundle
 from meshpacs.sim.network import LookupResult, MemoryNetwork, SimDht
 from meshpacs.sim.run import SimConfig, simulate
@@ -21,15 +24,19 @@ from meshpacs.sim.sites import LatencyModel, SimSite, make_sites
 
 __all__ = [
     "Balance",
+    "Churn",
+    "DurabilityConfig",
     "FailureOutcome",
     "Federation",
     "LatencyModel",
     "LookupResult",
     "MemoryNetwork",
+    "Scheme",
     "SimBundle",
     "SimConfig",
     "SimDht",
     "SimSite",
+    "durability",
     "make_sites",
     "simulate",
 ]

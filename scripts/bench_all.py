@@ -50,9 +50,20 @@ docs/benchmarks.md) unless ``--out`` and ``--doc`` say otherwise: its figures ar
 of the machinery, not the reference figures. ``--from-results FILE`` redraws the figures
 and the summary from a kept results.json without running anything.
 
-A full run takes an hour or more and wants a quiet machine.
+How long a full run takes (an estimate, not measured: scaled from the quick run, whose
+benchmarks took 126 s on this 2-CPU machine with other work on it, and from each script's
+documented run at its default size in docs/benchmarks.md): about 40-50 minutes on a quiet
+machine, longer on a loaded one. By case: small 3-4 min, medium about 9 (the catalog's
+million-instance run is 3-4 of them: its fill at ~9,000 instances/s), large about 20,
+huge about 7 (backup and recovery only; the rest reuse large). Ingest at large
+dominates (about 7-9 min: three rounds of a 1 GB series into Orthanc at ~75 MB/s, on
+one and on four associations, beside storescp and the node), then retrieve, backup and
+recovery at large (3-4 min each). The codec at 1 GB holds ~5 GB of buffers; retrieve at
+large keeps the series in three places at once (the files, Orthanc, the node), a few GB
+of temporary disk. Stages run one at a time, so an interrupted run (Ctrl-C or SIGTERM)
+keeps and draws what has finished.
 
-    scripts/bench_all                          # every size (see above; a quiet machine)
+    scripts/bench_all                          # every size (40-50 min; a quiet machine)
     scripts/bench_all --quick                  # small only, into a temp dir (a few minutes)
     scripts/bench_all --sizes small,medium --stages codec,ingest
     scripts/bench_all --from-results docs/bench/results.json

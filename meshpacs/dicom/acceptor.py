@@ -26,7 +26,9 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any, Protocol, cast
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar, cast
 
 from pydicom.uid import UID
 from pynetdicom import (
@@ -43,12 +45,13 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from meshpacs.dicom import pdu
+from meshpacs.dicom.association import AcceptedContext, DirectAssociation
 from meshpacs.dicom.auditing import record_received, record_rejected_caller
 from meshpacs.dicom.find_receiver import FindAssociation
 from meshpacs.dicom.ingest import IngestService
 from meshpacs.dicom.pdulimit import MAX_CONTROL_PDU
 from meshpacs.dicom.qr import FIND_MODELS, FindCaller, QueryRetrieveService
-from meshpacs.dicom.receiver import AcceptedContext, StorageAssociation
+from meshpacs.dicom.receiver import StorageAssociation
 from meshpacs.dicom.settings import AeSettings
 from meshpacs.trail import TrailWriter
 
@@ -78,6 +81,9 @@ class Served(Protocol):
     def run(self) -> None: ...
 
     def abort(self) -> None: ...
+
+
+_Direct = TypeVar("_Direct", bound=DirectAssociation)
 
 
 class ReceiverHub:
@@ -147,7 +153,7 @@ class MeshRequestHandler(RequestHandler):
         request = _plain_request(raw)
         others = self._pynetdicom_acceptors()
         if request is not None and hub.settings.direct_storage and _only(request, _is_storage):
-            _serve_storage(sock, len(raw), request, hub, self.server.contexts, others)
+            _serve_storage(_Arrival(sock, len(raw), request, hub, self.server.contexts, others))
         elif (
             request is not None
             and hub.qr is not None
@@ -155,7 +161,8 @@ class MeshRequestHandler(RequestHandler):
             and _only(request, _is_find)
             and _proposes(request, _is_find)
         ):
-            _serve_find(sock, len(raw), request, hub, hub.qr, self.server.contexts, others)
+            arrival = _Arrival(sock, len(raw), request, hub, self.server.contexts, others)
+            _serve_find(arrival, hub.qr)
         else:
             if others + len(hub.active) >= hub.settings.max_associations and raw:
                 _reject(sock, len(raw), _LOCAL_LIMIT_EXCEEDED,
@@ -234,91 +241,99 @@ def _is_find(uid: UID) -> bool:
     return uid in FIND_MODELS
 
 
-def _serve_storage(
-    sock: socket.socket,
-    request_length: int,
-    request: pdu_primitives.A_ASSOCIATE,
-    hub: ReceiverHub,
-    supported: list[PresentationContext],
-    others: int,
-) -> None:
-    settings = hub.settings
-    calling = str(request.calling_ae_title).strip()
-    peer = _peer_address(sock)
-    results = _negotiate(sock, request_length, request, hub, supported)
-    if results is None:
-        return
-    association = StorageAssociation(
-        sock,
-        ingest=hub.ingest,
-        contexts=_accepted(results),
-        calling_ae=calling,
-        max_pdu=settings.max_pdu,
-        implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
-        implementation_version_name=PYNETDICOM_IMPLEMENTATION_VERSION,
-    )
-    if not _admit(sock, request_length, hub, association, others):
-        return
-    try:
-        _accept(sock, request_length, request, results, settings)
-        LOG.info("storage association from %s accepted", calling)
-        association.run()
-        LOG.info("storage association from %s ended after %d instances",
-                 calling, association.instances)  # fmt: skip
-    except OSError as exc:
-        LOG.warning("association from %s failed: %s", calling, exc.strerror or exc)
-        _close(sock)
-    finally:
-        # Recorded before the release, so that a stopping AE waits for the record too.
+@dataclass(frozen=True)
+class _Arrival:
+    """A plain association request, peeked at and left unread on its socket."""
+
+    sock: socket.socket
+    length: int  # of the A-ASSOCIATE-RQ on the socket
+    request: pdu_primitives.A_ASSOCIATE
+    hub: ReceiverHub
+    supported: list[PresentationContext]
+    others: int  # associations pynetdicom accepted and still serves
+
+    @property
+    def calling_ae(self) -> str:
+        return str(self.request.calling_ae_title).strip()
+
+
+def _serve_storage(arrival: _Arrival) -> None:
+    settings, hub = arrival.hub.settings, arrival.hub
+    peer = _peer_address(arrival.sock)
+
+    def storage(contexts: dict[int, AcceptedContext]) -> StorageAssociation:
+        return StorageAssociation(
+            arrival.sock,
+            ingest=hub.ingest,
+            contexts=contexts,
+            calling_ae=arrival.calling_ae,
+            max_pdu=settings.max_pdu,
+            implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
+            implementation_version_name=PYNETDICOM_IMPLEMENTATION_VERSION,
+        )
+
+    def record(association: StorageAssociation) -> None:
         record_received(
             hub.trail,
-            calling_ae=calling,
+            calling_ae=arrival.calling_ae,
             address=peer,
             called_ae=settings.ae_title,
             stored=association.instances,
             failed=association.refused,
         )
-        hub.release(association)
+
+    _serve_direct(arrival, storage, record)
 
 
-def _serve_find(
-    sock: socket.socket,
-    request_length: int,
-    request: pdu_primitives.A_ASSOCIATE,
-    hub: ReceiverHub,
-    qr: QueryRetrieveService,
-    supported: list[PresentationContext],
-    others: int,
+def _serve_find(arrival: _Arrival, qr: QueryRetrieveService) -> None:
+    caller = FindCaller(
+        calling_ae=arrival.calling_ae,
+        address=_peer_address(arrival.sock),
+        called_ae=str(arrival.request.called_ae_title).strip(),
+    )
+
+    def query(contexts: dict[int, AcceptedContext]) -> FindAssociation:
+        return FindAssociation(
+            arrival.sock,
+            qr=qr,
+            contexts=contexts,
+            caller=caller,
+            max_pdu=arrival.hub.settings.max_pdu,
+            peer_max_pdu=_peer_max_pdu(arrival.request),
+        )
+
+    _serve_direct(arrival, query)
+
+
+def _serve_direct(
+    arrival: _Arrival,
+    make: Callable[[dict[int, AcceptedContext]], _Direct],
+    record: Callable[[_Direct], None] | None = None,
 ) -> None:
-    settings = hub.settings
-    calling = str(request.calling_ae_title).strip()
-    results = _negotiate(sock, request_length, request, hub, supported)
+    """Negotiate, admit, accept, then serve the association ``make`` builds until it ends.
+
+    ``record`` (the audit trail's) runs once it ended, before the association is released,
+    so that a stopping AE waits for the record too.
+    """
+    sock, length, request, hub = arrival.sock, arrival.length, arrival.request, arrival.hub
+    results = _negotiate(sock, length, request, hub, arrival.supported)
     if results is None:
         return
-    association = FindAssociation(
-        sock,
-        qr=qr,
-        contexts=_accepted(results),
-        caller=FindCaller(
-            calling_ae=calling,
-            address=_peer_address(sock),
-            called_ae=str(request.called_ae_title).strip(),
-        ),
-        max_pdu=settings.max_pdu,
-        peer_max_pdu=_peer_max_pdu(request),
-    )
-    if not _admit(sock, request_length, hub, association, others):
+    association = make(_accepted(results))
+    if not _admit(sock, length, hub, association, arrival.others):
         return
     try:
-        _accept(sock, request_length, request, results, settings)
-        LOG.info("query association from %s accepted", calling)
+        _accept(sock, length, request, results, hub.settings)
+        LOG.info("%s association from %s accepted", association.served, arrival.calling_ae)
         association.run()
-        LOG.info("query association from %s ended after %d queries",
-                 calling, association.queries)  # fmt: skip
+        LOG.info("%s association from %s ended after %s",
+                 association.served, arrival.calling_ae, association.tally)  # fmt: skip
     except OSError as exc:
-        LOG.warning("association from %s failed: %s", calling, exc.strerror or exc)
+        LOG.warning("association from %s failed: %s", arrival.calling_ae, exc.strerror or exc)
         _close(sock)
     finally:
+        if record is not None:
+            record(association)
         hub.release(association)
 
 

@@ -6,69 +6,47 @@ the node's time goes"). For associations that only store and echo, the node read
 P-DATA PDUs itself, in the thread that accepted the connection, with blocking reads: each
 dataset fragment goes from the PDU buffer to the temporary file and into the SHA-256 as it
 arrives, so the file is never read back, and nothing polls. Framing lives in :mod:`pdu`
-(sans-I/O); the association was negotiated by :mod:`acceptor`; storing and cataloguing is
+(sans-I/O), the PDU loop it shares with the query receiver in :mod:`association`; the
+association was negotiated by :mod:`acceptor`; storing and cataloguing is
 :class:`IngestService`'s, the same code the pynetdicom path uses.
 
-What a peer sends is bounded before anything is allocated: a PDU longer than the maximum
-the node announced, a command set over :data:`MAX_COMMAND_BYTES`, a PDV on a context that
-was not accepted, or a dataset with no C-STORE before it ends the association with an
-A-ABORT. A dataset over the size cap is read to its end but not written, and answered
+What a peer sends is bounded before anything is allocated (:mod:`association`: a PDU
+longer than the maximum the node announced, a command set over its bound, a PDV on a
+context that was not accepted); a dataset with no C-STORE before it ends the association
+with an A-ABORT too. A dataset over the size cap is read to its end but not written, and answered
 with Out of Resources, so the association and the instances behind it carry on.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import socket
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from meshpacs.dicom import pdu
+from meshpacs.dicom.association import (
+    C_ECHO_RQ,
+    C_ECHO_RSP,
+    NO_DATASET,
+    UNEXPECTED_PDU,
+    AcceptedContext,
+    DirectAssociation,
+    ProtocolAbort,
+)
 from meshpacs.dicom.attributes import HeaderAttributes, attributes_from_head
 from meshpacs.dicom.identifiers import is_valid_uid
 from meshpacs.dicom.ingest import STATUS, IngestService, ReceivedInstance
 from meshpacs.dicom.part10 import file_meta
 from meshpacs.dicom.storage import HEAD_BYTES, InstanceStore, PendingFile
-from meshpacs.errors import FormatError
 
-__all__ = ["MAX_COMMAND_BYTES", "AcceptedContext", "StorageAssociation"]
+__all__ = ["StorageAssociation"]
 
 LOG = logging.getLogger("meshpacs.dicom")
-# A C-STORE-RQ command set is about 200 bytes; nothing legitimate comes near this.
-MAX_COMMAND_BYTES = 64 * 1024
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
-C_ECHO_RQ = 0x0030
-C_ECHO_RSP = 0x8030
-_NO_DATASET = 0x0101
-# A-ABORT source and reasons (PS3.8 9.3.8).
-_PROVIDER = 2
-_UNEXPECTED_PDU = 2
-_UNRECOGNIZED_PDU = 1
-_INVALID_PARAMETER = 6
-
-
-@dataclass(frozen=True)
-class AcceptedContext:
-    context_id: int
-    abstract_syntax: str
-    transfer_syntax: str
-
-
-class _Abort(Exception):
-    """The peer broke the protocol: send A-ABORT with ``reason`` and end the association."""
-
-    def __init__(self, message: str, reason: int = _INVALID_PARAMETER) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class _Closed(Exception):
-    """The association is over (released, aborted by the peer, connection gone)."""
 
 
 @dataclass
@@ -86,8 +64,11 @@ class _Incoming:
     early: HeaderAttributes | None = None  # parsed as soon as the head was in
 
 
-class StorageAssociation:
+class StorageAssociation(DirectAssociation):
     """Serve one storage association on a connected, negotiated socket until it ends."""
+
+    served = "storage"
+    data_name = "a dataset"
 
     def __init__(
         self,
@@ -100,151 +81,43 @@ class StorageAssociation:
         implementation_class_uid: str,
         implementation_version_name: str,
     ) -> None:
-        self._sock = sock
+        super().__init__(sock, contexts=contexts, calling_ae=calling_ae, max_pdu=max_pdu)
         self._ingest = ingest
-        self._contexts = dict(contexts)
-        self.calling_ae = calling_ae
-        self._max_pdu = max_pdu
         self._implementation = (implementation_class_uid, implementation_version_name)
-        self._buffer = bytearray(max_pdu)
-        self._command = bytearray()
-        self._command_cx: int | None = None
         self._incoming: _Incoming | None = None
-        self._send_lock = threading.Lock()
-        self._aborted = False
         self.instances = 0
         self.refused = 0  # instances answered with a failure status
 
     @property
-    def socket(self) -> socket.socket:
-        return self._sock
+    def tally(self) -> str:
+        return f"{self.instances} instances"
 
-    def run(self) -> None:
-        """Read PDUs until release, abort, timeout or a protocol error; never raises."""
-        try:
-            self._serve()
-        except _Abort as exc:
-            LOG.warning("aborting the association from %s: %s", self.calling_ae, exc,
-                        extra={"event": "association_aborted", "calling_ae": self.calling_ae,
-                               "instances": self.instances})  # fmt: skip
-            self._send_abort(exc.reason)
-        except _Closed:
-            pass
-        except TimeoutError:
-            LOG.warning("association from %s idle past the network timeout: aborted",
-                        self.calling_ae)  # fmt: skip
-            self._send_abort(0)
-        except OSError as exc:
-            if not self._aborted:
-                LOG.warning("connection from %s lost: %s", self.calling_ae, exc.strerror or exc)
-        except Exception:
-            LOG.exception("storage association from %s failed", self.calling_ae)
-            self._send_abort(0)
-        finally:
-            self._discard_partial()
-            self._close()
+    def _data_arriving(self) -> bool:
+        return self._incoming is not None
 
-    def abort(self) -> None:
-        """From another thread (shutdown): A-ABORT the peer and unblock the reader."""
-        self._send_abort(0, source=0)
-        self._aborted = True
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
+    def _abort_fields(self) -> dict[str, object]:
+        return {"event": "association_aborted", "calling_ae": self.calling_ae,
+                "instances": self.instances}  # fmt: skip
 
-    # -- reading ------------------------------------------------------------------
-
-    def _serve(self) -> None:
-        header = bytearray(pdu.HEADER_LENGTH)
-        while True:
-            self._read_into(memoryview(header))
-            kind, length = pdu.parse_header(header)
-            if kind == pdu.P_DATA_TF:
-                if length > self._max_pdu:
-                    raise _Abort(f"P-DATA PDU of {length} bytes, over {self._max_pdu}")
-                body = memoryview(self._buffer)[:length]
-                self._read_into(body)
-                self._on_p_data(body)
-            elif kind == pdu.A_RELEASE_RQ:
-                self._read_small(length)
-                if self._incoming is not None or self._command:
-                    LOG.warning("association from %s released mid-message: partial data discarded",
-                                self.calling_ae)  # fmt: skip
-                self._send(pdu.release_rp_pdu())
-                raise _Closed
-            elif kind == pdu.A_ABORT:
-                self._read_small(length)
-                if self._incoming is not None:
-                    LOG.warning("association from %s aborted mid-dataset: partial data discarded",
-                                self.calling_ae)  # fmt: skip
-                raise _Closed
-            elif kind in (pdu.A_ASSOCIATE_RQ, pdu.A_ASSOCIATE_AC, pdu.A_ASSOCIATE_RJ,
-                          pdu.A_RELEASE_RP):  # fmt: skip
-                raise _Abort(f"unexpected PDU type 0x{kind:02x}", _UNEXPECTED_PDU)
-            else:
-                raise _Abort(f"unrecognised PDU type 0x{kind:02x}", _UNRECOGNIZED_PDU)
-
-    def _read_into(self, view: memoryview) -> None:
-        got = 0
-        while got < len(view):
-            n = self._sock.recv_into(view[got:])
-            if n == 0:
-                if self._incoming is not None:
-                    LOG.warning("association from %s ended mid-dataset: partial data discarded",
-                                self.calling_ae)  # fmt: skip
-                raise _Closed
-            got += n
-
-    def _read_small(self, length: int) -> None:
-        if length > 64:
-            raise _Abort(f"control PDU of {length} bytes")
-        self._read_into(memoryview(bytearray(length)))
-
-    def _on_p_data(self, body: memoryview) -> None:
-        try:
-            pdvs = list(pdu.iter_pdvs(body))
-        except FormatError as exc:
-            raise _Abort(str(exc)) from None
-        for pdv in pdvs:
-            if pdv.context_id not in self._contexts:
-                raise _Abort(f"data on presentation context {pdv.context_id}, not accepted")
-            if pdv.is_command:
-                self._on_command_fragment(pdv)
-            else:
-                self._on_dataset_fragment(pdv)
+    def _ended(self) -> None:
+        if self._incoming is not None:
+            _drop(self._incoming)
+            self._incoming = None
 
     # -- commands -----------------------------------------------------------------
-
-    def _on_command_fragment(self, pdv: pdu.Pdv) -> None:
-        if self._incoming is not None:
-            raise _Abort("command fragment while a dataset was arriving", _UNEXPECTED_PDU)
-        if self._command_cx is not None and pdv.context_id != self._command_cx:
-            raise _Abort("command fragments on two presentation contexts")
-        self._command_cx = pdv.context_id
-        if len(self._command) + len(pdv.data) > MAX_COMMAND_BYTES:
-            raise _Abort(f"command set over {MAX_COMMAND_BYTES} bytes")
-        self._command += pdv.data
-        if not pdv.is_last:
-            return
-        try:
-            command = pdu.decode_command(self._command)
-        except FormatError as exc:
-            raise _Abort(f"unreadable command set: {exc}") from None
-        self._command.clear()
-        self._command_cx = None
-        self._dispatch(self._contexts[pdv.context_id], command)
 
     def _dispatch(self, context: AcceptedContext, command: pdu.Command) -> None:
         message_id = command.message_id
         if message_id is None:
-            raise _Abort("command without a Message ID")
+            raise ProtocolAbort("command without a Message ID")
         if command.field == C_ECHO_RQ and not command.has_dataset:
             self._respond(context, C_ECHO_RSP, message_id, STATUS.SUCCESS,
                           command.elements.get(0x0002, b""), None)  # fmt: skip
         elif command.field == C_STORE_RQ and command.has_dataset:
             self._begin_store(context, command, message_id)
         else:
-            raise _Abort(f"DIMSE command 0x{command.field or 0:04x} is not served here",
-                         _UNEXPECTED_PDU)  # fmt: skip
+            raise ProtocolAbort(f"DIMSE command 0x{command.field or 0:04x} is not served here",
+                                UNEXPECTED_PDU)  # fmt: skip
 
     def _begin_store(self, context: AcceptedContext, command: pdu.Command, message_id: int) -> None:
         sop_class, sop_instance = command.text(0x0002), command.text(0x1000)
@@ -271,12 +144,12 @@ class StorageAssociation:
 
     # -- datasets -----------------------------------------------------------------
 
-    def _on_dataset_fragment(self, pdv: pdu.Pdv) -> None:
+    def _on_data_fragment(self, pdv: pdu.Pdv) -> None:
         incoming = self._incoming
         if incoming is None:
-            raise _Abort("dataset fragment without a C-STORE request", _UNEXPECTED_PDU)
+            raise ProtocolAbort("dataset fragment without a C-STORE request", UNEXPECTED_PDU)
         if pdv.context_id != incoming.context.context_id:
-            raise _Abort("dataset on another presentation context than its command")
+            raise ProtocolAbort("dataset on another presentation context than its command")
         if incoming.status == STATUS.SUCCESS:
             if incoming.size + len(pdv.data) > self._ingest.max_instance_bytes:
                 limit = self._ingest.max_instance_bytes
@@ -346,11 +219,6 @@ class StorageAssociation:
             self.instances += 1
         return status
 
-    def _discard_partial(self) -> None:
-        if self._incoming is not None:
-            _drop(self._incoming)
-            self._incoming = None
-
     # -- writing ------------------------------------------------------------------
 
     def _respond(
@@ -365,7 +233,7 @@ class StorageAssociation:
         elements = {
             0x0100: pdu.us_value(command_field),
             0x0120: pdu.us_value(message_id),
-            0x0800: pdu.us_value(_NO_DATASET),
+            0x0800: pdu.us_value(NO_DATASET),
             0x0900: pdu.us_value(status),
         }
         if sop_class_raw is not None:
@@ -373,20 +241,6 @@ class StorageAssociation:
         if sop_instance_raw is not None:
             elements[0x1000] = _even(sop_instance_raw)
         self._send(pdu.p_data_pdu(context.context_id, pdu.encode_command(elements)))
-
-    def _send(self, data: bytes) -> None:
-        with self._send_lock:
-            self._sock.sendall(data)
-
-    def _send_abort(self, reason: int, source: int = _PROVIDER) -> None:
-        if self._aborted:
-            return
-        with contextlib.suppress(OSError):
-            self._send(pdu.abort_pdu(source, reason))
-
-    def _close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._sock.close()
 
 
 def _drop(incoming: _Incoming) -> None:

@@ -40,9 +40,11 @@ from meshpacs.trail.log import read_entries
 from meshpacs.trail.messages import AuditSource
 
 from .conftest import AE_TITLE, Node, running_node
+from .routing import served_by
 
 STUDY_FIND = str(StudyRootQueryRetrieveInformationModelFind)
 PATIENT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
+VERIFICATION = str(Verification)
 IMPLICIT = "1.2.840.10008.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"
 AUDIT_KEY = b"q" * 32
@@ -246,30 +248,15 @@ async def test_both_paths_send_the_very_same_bytes(
         assert all(len(p) - 1 <= max_pdu for a in direct_answers for p in a.pdus)
 
 
-def _routes(node: Node, sop_class: str) -> tuple[int, int]:
-    ae = AE(ae_title="ROUTED")
-    ae.add_requested_context(sop_class)
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", node.port, ae_title=AE_TITLE)
-    assert assoc.is_established
-    try:
-        server = node.ae._server
-        assert server is not None and server.hub is not None
-        return len(server.hub.active), len(server.active_associations)
-    finally:
-        assoc.release()
-
-
 async def test_query_associations_go_direct_and_retrieves_to_pynetdicom(tmp_path: Path) -> None:
     async with running_node(tmp_path / "on") as node:
-        assert await asyncio.to_thread(_routes, node, STUDY_FIND) == (1, 0)
-        assert (
-            await asyncio.to_thread(_routes, node, str(StudyRootQueryRetrieveInformationModelMove))
-        ) == (0, 1)
+        assert await asyncio.to_thread(served_by, node, STUDY_FIND, VERIFICATION) == (1, 0)
+        move = str(StudyRootQueryRetrieveInformationModelMove)
+        assert await asyncio.to_thread(served_by, node, move, VERIFICATION) == (0, 1)
         server = node.ae._server
         assert server is not None and server.hub is not None
     async with running_node(tmp_path / "off", direct_find=False) as node:
-        assert await asyncio.to_thread(_routes, node, STUDY_FIND) == (0, 1)
+        assert await asyncio.to_thread(served_by, node, STUDY_FIND, VERIFICATION) == (0, 1)
 
 
 def _find_then_cancel(port: int) -> tuple[Answers, Answers]:

@@ -40,13 +40,14 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from meshpacs.dicom import pdu
+from meshpacs.dicom.association import MAX_COMMAND_BYTES
 from meshpacs.dicom.part10 import file_meta
-from meshpacs.dicom.receiver import MAX_COMMAND_BYTES
 from meshpacs.dicom.storage import InstanceStore
 from meshpacs.errors import FormatError
 
 from ..node.logfields import event_fields
 from .conftest import AE_TITLE, Node, running_node
+from .routing import served_by
 from .test_bad_input import CT, EXPLICIT, assert_store_still_works, part10, store
 
 IMPLICIT = "1.2.840.10008.1.2"
@@ -226,21 +227,11 @@ async def test_both_paths_accept_and_reject_the_same_contexts(tmp_path: Path) ->
 
 
 async def test_storage_and_find_go_direct_and_retrieves_to_pynetdicom(node: Node) -> None:
-    def which(abstract_syntax: str) -> tuple[int, int]:
-        ae = AE(ae_title="ROUTED")
-        ae.add_requested_context(abstract_syntax)
-        assoc = ae.associate("127.0.0.1", node.port, ae_title=AE_TITLE)
-        assert assoc.is_established
-        try:
-            server = node.ae._server
-            assert server is not None and server.hub is not None
-            return len(server.hub.active), len(server.active_associations)
-        finally:
-            assoc.release()
-
-    assert await asyncio.to_thread(which, CT) == (1, 0)
-    assert await asyncio.to_thread(which, StudyRootQueryRetrieveInformationModelFind) == (1, 0)
-    assert await asyncio.to_thread(which, StudyRootQueryRetrieveInformationModelMove) == (0, 1)
+    find = str(StudyRootQueryRetrieveInformationModelFind)
+    move = str(StudyRootQueryRetrieveInformationModelMove)
+    assert await asyncio.to_thread(served_by, node, CT) == (1, 0)
+    assert await asyncio.to_thread(served_by, node, find) == (1, 0)
+    assert await asyncio.to_thread(served_by, node, move) == (0, 1)
 
 
 async def test_the_association_limit_counts_both_paths(tmp_path: Path) -> None:

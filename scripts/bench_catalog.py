@@ -20,7 +20,10 @@ path the ingest writer takes, committed with ``synchronous=FULL`` like every C-S
    one-month Study Date range, and a patient-level name query;
    then three of them through DICOM (dcmtk findscu, association included), against the
    node's own C-FIND path (``direct``, meshpacs.dicom.find_receiver) and pynetdicom's,
-   side by side in turns (``--find-path`` picks one);
+   side by side in turns (``--find-path`` picks one); the same through a plain-socket
+   SCU that only frames PDUs and reads each status (the node's time at its DICOM port,
+   without a client's own per-answer work); and findscu against a server replaying the
+   direct path's recorded answers at once (findscu's own floor for the same bytes);
 3. ingest: probes of ``--probe`` new instances in transactions of ``--batch`` (1 = one
    C-STORE per commit, as one storescu association does), ``--rounds`` into the full
    catalog and as many into an empty one, in turns (the order swapped each round), so
@@ -44,18 +47,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataset import Dataset
+from pynetdicom import build_context, dsutils, pdu_primitives
+from pynetdicom._globals import APPLICATION_CONTEXT_NAME
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+
+from meshpacs.dicom import pdu
 from meshpacs.dicom.ingest import CatalogWriter, IngestService
 from meshpacs.dicom.qr import QueryRetrieveService
 from meshpacs.dicom.scp import AeSettings, DicomAE, configure_pynetdicom
@@ -249,18 +261,166 @@ def _findscu(port: int, level: str, match: dict[str, str]) -> tuple[float, int]:
     return ms, (done.stdout + done.stderr).count("Find Response:")
 
 
+_STUDY_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+_PENDING = (0xFF00, 0xFF01)
+
+
+@dataclass(frozen=True)
+class _RawFind:
+    """What a plain-socket SCU sends for one C-FIND: prepared before the clock starts."""
+
+    associate: bytes
+    find: bytes
+
+    @classmethod
+    def of(cls, level: str, match: dict[str, str]) -> _RawFind:
+        primitive = pdu_primitives.A_ASSOCIATE()
+        primitive.application_context_name = APPLICATION_CONTEXT_NAME
+        primitive.calling_ae_title = "BENCH_PACS"
+        primitive.called_ae_title = _AE_TITLE
+        context = build_context(_STUDY_FIND, [_EXPLICIT_LE])
+        context.context_id = 1
+        primitive.presentation_context_definition_list = [context]
+        max_length = pdu_primitives.MaximumLengthNotification()
+        max_length.maximum_length_received = 16384
+        class_uid = pdu_primitives.ImplementationClassUIDNotification()
+        class_uid.implementation_class_uid = "1.2.826.0.1.3680043.9.7433.9"
+        primitive.user_information = [max_length, class_uid]
+        rq = A_ASSOCIATE_RQ()
+        rq.from_primitive(primitive)
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = level
+        for key in _RETURN_KEYS[level]:
+            setattr(identifier, key, match.get(key, ""))
+        data = dsutils.encode(identifier, False, True)
+        assert data is not None
+        command = pdu.encode_command({
+            0x0002: pdu.uid_value(_STUDY_FIND), 0x0100: pdu.us_value(0x0020),
+            0x0110: pdu.us_value(1), 0x0700: pdu.us_value(0), 0x0800: pdu.us_value(1),
+        })  # fmt: skip
+        find = pdu.p_data_pdu(1, command) + pdu.p_data_pdus(1, data, command=False, max_pdu=16384)
+        return cls(bytes(rq.encode()), find)
+
+
+def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    header = _read_exactly(sock, pdu.HEADER_LENGTH)
+    kind, length = pdu.parse_header(header)
+    return kind, _read_exactly(sock, length)
+
+
+def _read_exactly(sock: socket.socket, length: int) -> bytes:
+    data = bytearray()
+    while len(data) < length:
+        chunk = sock.recv(length - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return bytes(data)
+
+
+def _raw_findscu(port: int, request: _RawFind) -> tuple[float, int]:
+    """Association, one C-FIND and release over a plain socket, reading only the statuses:
+    (ms, answers). What the node takes at its port, with next to no client in it."""
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(request.associate)
+        if _read_pdu(sock)[0] != pdu.A_ASSOCIATE_AC:
+            raise RuntimeError("association not accepted")
+        sock.sendall(request.find)
+        answers, status = 0, None
+        while status is None or status in _PENDING:
+            kind, body = _read_pdu(sock)
+            if kind != pdu.P_DATA_TF:
+                raise RuntimeError(f"PDU type 0x{kind:02x} before the final status")
+            for pdv in pdu.iter_pdvs(memoryview(body)):
+                if pdv.is_command:  # one fragment each: the node's answers fit a 16 KiB PDU
+                    status = pdu.decode_command(pdv.data).us(0x0900)
+                    answers += status in _PENDING
+        sock.sendall(pdu.release_rq_pdu())
+        _read_pdu(sock)
+    return (time.perf_counter() - started) * 1000, answers
+
+
+def _recorded(port: int, level: str, match: dict[str, str]) -> list[bytes]:
+    """Every PDU the node at ``port`` sends findscu asking ``match``, in order (a proxy)."""
+    stream = bytearray()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def forward() -> None:
+            client, _ = listener.accept()
+            with client, socket.create_connection(("127.0.0.1", port)) as node:
+                down = threading.Thread(target=_pump, args=(node, client, stream))
+                down.start()
+                _pump(client, node, None)
+                down.join()
+
+        proxy = threading.Thread(target=forward)
+        proxy.start()
+        _findscu(listener.getsockname()[1], level, match)
+        proxy.join()
+    pdus, offset = [], 0
+    while offset < len(stream):
+        _, length = pdu.parse_header(stream[offset : offset + pdu.HEADER_LENGTH])
+        pdus.append(bytes(stream[offset : offset + pdu.HEADER_LENGTH + length]))
+        offset += pdu.HEADER_LENGTH + length
+    return pdus
+
+
+def _pump(source: socket.socket, sink: socket.socket, copy: bytearray | None) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            if copy is not None:
+                copy += data
+            sink.sendall(data)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
+
+
+def _replaying(listener: socket.socket, pdus: list[bytes]) -> None:
+    """Answer each association with the recorded PDUs: the accept, then every answer at once
+    when the identifier's last fragment is in, then the release reply. No work per answer."""
+    accept, answers, release = pdus[0], b"".join(pdus[1:-1]), pdus[-1]
+    while True:
+        try:
+            client, _ = listener.accept()
+        except OSError:
+            return  # the listener was closed: done
+        with client, contextlib.suppress(OSError):
+            while True:
+                kind, body = _read_pdu(client)
+                if kind == pdu.A_ASSOCIATE_RQ:
+                    client.sendall(accept)
+                elif kind == pdu.P_DATA_TF and body[5] & 0x03 == 0x02:  # last dataset fragment
+                    client.sendall(answers)
+                elif kind == pdu.A_RELEASE_RQ:
+                    client.sendall(release)
+                    break
+
+
 _PATHS = {"direct": True, "pynetdicom": False}  # AeSettings.direct_find
+_DICOM_QUERIES = ("study, PatientName=SMI*", "study, PatientName=SMITH*", "study, PatientID exact")
+
+
+def _summary(runs: list[tuple[float, int]]) -> dict[str, float]:
+    times = [ms for ms, _ in runs]
+    return {
+        "answers": runs[-1][1],
+        "median_ms": round(statistics.median(times), 1),
+        "worst_ms": round(max(times), 1),
+    }
 
 
 async def _find_through_dicom(
     catalog: Catalog, tmp: Path, repeat: int, paths: list[str]
-) -> dict[str, dict[str, dict[str, float]]]:
+) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
     """The issue's query as a PACS asks it: dcmtk findscu against the node's own Q/R SCP
     (meshpacs.dicom.qr over this catalog), timed from start to the last answer.
 
     One AE per receive path (``direct``: meshpacs.dicom.find_receiver, the node's default;
     ``pynetdicom``: its C-FIND SCP), over the same catalog, asked in turns so that the
-    machine's drift falls on both alike."""
+    machine's drift falls on both alike; in the same turns a plain-socket SCU asks each
+    path (``at_the_port``), and findscu asks a server replaying what the direct path sent
+    (``findscu_replayed``, when that path is measured)."""
     configure_pynetdicom()
     store = InstanceStore(tmp / "instances", tmp / "tmp")
     writer = CatalogWriter(catalog)
@@ -276,26 +436,35 @@ async def _find_through_dicom(
         )
         for path in paths
     }
-    figures: dict[str, dict[str, dict[str, float]]] = {path: {} for path in paths}
+    figures: dict[str, dict[str, dict[str, dict[str, float]]]] = {
+        "findscu": {path: {} for path in paths},
+        "at_the_port": {path: {} for path in paths},
+        "findscu_replayed": {},
+    }
     try:
         ports = {path: await asyncio.to_thread(ae.start) for path, ae in aes.items()}
-        for name in (
-            "study, PatientName=SMI*",
-            "study, PatientName=SMITH*",
-            "study, PatientID exact",
-        ):
+        for name in _DICOM_QUERIES:
             level, match = _QUERIES[name]
-            runs: dict[str, list[tuple[float, int]]] = {path: [] for path in paths}
-            for _ in range(repeat):
-                for path in paths:
-                    runs[path].append(await asyncio.to_thread(_findscu, ports[path], level, match))
-            for path in paths:
-                times = [ms for ms, _ in runs[path]]
-                figures[path][name] = {
-                    "answers": runs[path][-1][1],
-                    "median_ms": round(statistics.median(times), 1),
-                    "worst_ms": round(max(times), 1),
-                }
+            raw = _RawFind.of(level, match)
+            with socket.create_server(("127.0.0.1", 0)) as replay:
+                if "direct" in ports:
+                    pdus = await asyncio.to_thread(_recorded, ports["direct"], level, match)
+                    threading.Thread(target=_replaying, args=(replay, pdus), daemon=True).start()
+                runs: dict[str, list[tuple[float, int]]] = {}
+                for _ in range(repeat):
+                    for path in paths:
+                        ms = await asyncio.to_thread(_findscu, ports[path], level, match)
+                        runs.setdefault(f"findscu {path}", []).append(ms)
+                        ms = await asyncio.to_thread(_raw_findscu, ports[path], raw)
+                        runs.setdefault(f"at_the_port {path}", []).append(ms)
+                    if "direct" in ports:
+                        replayed = await asyncio.to_thread(
+                            _findscu, replay.getsockname()[1], level, match
+                        )
+                        runs.setdefault("findscu_replayed direct", []).append(replayed)
+            for kind, kind_runs in runs.items():
+                where, path = kind.split()
+                figures[where].setdefault(path, {})[name] = _summary(kind_runs)
     finally:
         for ae in aes.values():
             await asyncio.to_thread(ae.stop, 2.0)
@@ -342,7 +511,7 @@ async def run(args: argparse.Namespace, say: Any) -> dict[str, Any]:
             finds = await _find_times(catalog, args.repeat)
             paths = list(_PATHS) if args.find_path == "both" else [args.find_path]
             say(f"   and through DICOM: dcmtk findscu, {args.repeat} times each, {paths}")
-            dicom_finds = await _find_through_dicom(catalog, Path(tmp), args.repeat, paths)
+            dicom = await _find_through_dicom(catalog, Path(tmp), args.repeat, paths)
             say(
                 f"3. ingest probes of {args.probe} instances, {args.batch} a commit, into the"
                 " full catalog and an empty one in turns"
@@ -363,7 +532,9 @@ async def run(args: argparse.Namespace, say: Any) -> dict[str, Any]:
         "ingest_empty_per_second": round(empty_rate),
         "ingest_full_over_empty": round(full_rate / empty_rate, 3),
         "find": finds,
-        "find_through_dicom": dicom_finds,
+        "find_through_dicom": dicom["findscu"],
+        "find_at_the_port": dicom["at_the_port"],
+        "findscu_replayed": dicom["findscu_replayed"],
     }
 
 
@@ -381,19 +552,25 @@ def _verdict(figures: dict[str, Any]) -> str:
             f"C-FIND {name}: {find['matches']} matches, median {find['median_ms']:.1f} ms,"
             f" worst {find['worst_ms']:.1f} ms"
         )
-    for path, finds in figures["find_through_dicom"].items():
-        for name, find in finds.items():
-            lines.append(
-                f"findscu ({path} path) {name}: {find['answers']} answers,"
-                f" median {find['median_ms']:.1f} ms, worst {find['worst_ms']:.1f} ms"
-                " (association and every answer included)"
-            )
+    for key, client, what in (
+        ("find_through_dicom", "findscu", "association and every answer included"),
+        ("find_at_the_port", "plain-socket SCU", "the node at its port"),
+        ("findscu_replayed", "findscu, answers replayed", "findscu's own floor"),
+    ):
+        for path, finds in figures[key].items():
+            for name, find in finds.items():
+                lines.append(
+                    f"{client} ({path} path) {name}: {find['answers']} answers,"
+                    f" median {find['median_ms']:.1f} ms, worst {find['worst_ms']:.1f} ms ({what})"
+                )
     inside = figures["find"]["study, PatientName=SMI*"]["median_ms"]
     for path, finds in figures["find_through_dicom"].items():
         outside = finds["study, PatientName=SMI*"]["median_ms"]
+        port = figures["find_at_the_port"][path]["study, PatientName=SMI*"]["median_ms"]
         lines.append(
-            f"the issue's query: median {inside:.1f} ms in the catalog, {outside:.1f} ms through"
-            f" DICOM ({path} path), against the 200 ms target"
+            f"the issue's query: median {inside:.1f} ms in the catalog, {port:.1f} ms at the"
+            f" node's DICOM port, {outside:.1f} ms through findscu ({path} path), against the"
+            " 200 ms target"
         )
     return "\n".join(lines)
 

@@ -53,6 +53,7 @@ __all__ = [
     "p_data_pdus",
     "parse_header",
     "release_rp_pdu",
+    "release_rq_pdu",
     "uid_value",
     "us_value",
 ]
@@ -131,6 +132,10 @@ def p_data_pdus(context_id: int, data: bytes, *, command: bool, max_pdu: int) ->
         out += chunk
         if last:
             return bytes(out)
+
+
+def release_rq_pdu() -> bytes:
+    return _HEADER.pack(A_RELEASE_RQ, 4) + bytes(4)
 
 
 def release_rp_pdu() -> bytes:

@@ -187,7 +187,7 @@ class RawScu:
                     return Answers(pdus, pending, status)
 
     def release(self) -> None:
-        self.sock.sendall(pdu._HEADER.pack(pdu.A_RELEASE_RQ, 4) + bytes(4))  # type: ignore[attr-defined]
+        self.sock.sendall(pdu.release_rq_pdu())
         kind, _ = self.read_pdu()
         assert kind == pdu.A_RELEASE_RP
         self.sock.close()

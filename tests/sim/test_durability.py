@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -168,3 +170,40 @@ def test_the_harsh_churn_is_harsher_and_zero_losses_get_an_upper_bound() -> None
     assert 0 < typical.outage_over(grace) < harsh.outage_over(grace) < 1
     assert typical.outage_over(3600 * typical.outage_median_hours) == pytest.approx(0.5)
     assert rule_of_three(30_000) == pytest.approx(1e-4)
+
+
+def load_script() -> Any:
+    path = Path(__file__).resolve().parents[2] / "scripts" / "simulate_federation.py"
+    spec = importlib.util.spec_from_file_location("simulate_federation", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_report_names_its_seed_and_each_rewrite_keeps_the_other_part() -> None:
+    script = load_script()
+    config = dataclasses.replace(
+        SMALL, sites=30, bundles_per_site=2, days=30.0, schemes=(Scheme(4, 7), Scheme(1, 3)),
+        churns=(Churn.typical(),),
+    )  # fmt: skip
+    result = durability(config)
+    result.update(elapsed_s=1.0, command="simulate_federation.py --durability --write-docs")
+    assert "seed 5" in script.durability_summary(result)
+    section = script.durability_document(result)
+    assert section.startswith(script.BEGIN) and section.endswith(script.END)
+    assert (
+        "| typical | 4-of-7 | 1.75x | 6 | 0 of 60 | 0 (< 608,333) |"
+    )  # 3 / 60 over 30 days, a year in section
+    page = "# scale\n\nthe rest\n"
+    with_it = script.with_section(page, section)
+    assert with_it.startswith(page.rstrip("\n")) and script.marked_section(with_it) == section
+    # The main run's page keeps the durability section; the durability run keeps the rest.
+    assert script.marked_section(script.with_section("# new\n", section)) == section
+    newer = script.with_section(with_it, section.replace("typical", "mild"))
+    assert (
+        newer.startswith("# scale\n\nthe rest")
+        and "mild" in newer
+        and newer.count(script.BEGIN) == 1
+    )
+    assert script.with_section(page, "") == page

@@ -177,7 +177,7 @@ class DurabilityConfig:
     """What to simulate; ``quick`` sizes are for a first look and for tests."""
 
     sites: int = 1000
-    bundles_per_site: int = 50
+    bundles_per_site: int = 20
     seed: int = 1
     days: float = 365.0
     bundle_bytes: int = 256 * 1024**2

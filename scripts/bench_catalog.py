@@ -21,8 +21,8 @@ path the ingest writer takes, committed with ``synchronous=FULL`` like every C-S
    then three of them through DICOM (dcmtk findscu, association included), against the
    node's own C-FIND path (``direct``, meshpacs.dicom.find_receiver) and pynetdicom's,
    side by side in turns (``--find-path`` picks one); the same through a plain-socket
-   SCU that only frames PDUs and reads each status (the node's time at its DICOM port,
-   without a client's own per-answer work); and findscu against a server replaying the
+   SCU in a process of its own that only frames PDUs and reads each status (the node's
+   time at its DICOM port, without a client's own per-answer work); and findscu against a server replaying the
    direct path's recorded answers at once (findscu's own floor for the same bytes);
 3. ingest: probes of ``--probe`` new instances in transactions of ``--batch`` (1 = one
    C-STORE per commit, as one storescu association does), ``--rounds`` into the full
@@ -341,6 +341,44 @@ def _raw_findscu(port: int, request: _RawFind) -> tuple[float, int]:
     return (time.perf_counter() - started) * 1000, answers
 
 
+class _RawScuProcess:
+    """:func:`_raw_findscu` in a process of its own, kept for the whole run: in the node's
+    process its reading would compete with the node's threads for the GIL."""
+
+    def __init__(self) -> None:
+        self._child = subprocess.Popen(
+            [sys.executable, __file__, "--raw-scu-worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def ask(self, port: int, name: str) -> tuple[float, int]:
+        assert self._child.stdin is not None and self._child.stdout is not None
+        self._child.stdin.write(json.dumps([port, name]) + "\n")
+        self._child.stdin.flush()
+        line = self._child.stdout.readline()
+        if not line:
+            raise RuntimeError("the plain-socket SCU process ended")
+        ms, answers = json.loads(line)
+        return float(ms), int(answers)
+
+    def close(self) -> None:
+        assert self._child.stdin is not None
+        self._child.stdin.close()
+        self._child.wait(10)
+
+
+def _raw_scu_worker() -> None:
+    """The child of :class:`_RawScuProcess`: one [port, query name] a line, one answer a line."""
+    requests: dict[str, _RawFind] = {}
+    for line in sys.stdin:
+        port, name = json.loads(line)
+        if name not in requests:
+            requests[name] = _RawFind.of(*_QUERIES[name])
+        print(json.dumps(_raw_findscu(port, requests[name])), flush=True)
+
+
 def _recorded(port: int, level: str, match: dict[str, str]) -> list[bytes]:
     """Every PDU the node at ``port`` sends findscu asking ``match``, in order (a proxy)."""
     stream = bytearray()
@@ -441,11 +479,11 @@ async def _find_through_dicom(
         "at_the_port": {path: {} for path in paths},
         "findscu_replayed": {},
     }
+    raw_scu = _RawScuProcess()
     try:
         ports = {path: await asyncio.to_thread(ae.start) for path, ae in aes.items()}
         for name in _DICOM_QUERIES:
             level, match = _QUERIES[name]
-            raw = _RawFind.of(level, match)
             with socket.create_server(("127.0.0.1", 0)) as replay:
                 if "direct" in ports:
                     pdus = await asyncio.to_thread(_recorded, ports["direct"], level, match)
@@ -455,7 +493,7 @@ async def _find_through_dicom(
                     for path in paths:
                         ms = await asyncio.to_thread(_findscu, ports[path], level, match)
                         runs.setdefault(f"findscu {path}", []).append(ms)
-                        ms = await asyncio.to_thread(_raw_findscu, ports[path], raw)
+                        ms = await asyncio.to_thread(raw_scu.ask, ports[path], name)
                         runs.setdefault(f"at_the_port {path}", []).append(ms)
                     if "direct" in ports:
                         replayed = await asyncio.to_thread(
@@ -466,6 +504,7 @@ async def _find_through_dicom(
                 where, path = kind.split()
                 figures[where].setdefault(path, {})[name] = _summary(kind_runs)
     finally:
+        raw_scu.close()
         for ae in aes.values():
             await asyncio.to_thread(ae.stop, 2.0)
         await writer.stop()
@@ -590,7 +629,11 @@ def main() -> None:
         help="which C-FIND receive path findscu asks (both: side by side, in turns)",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--raw-scu-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.raw_scu_worker:
+        _raw_scu_worker()
+        return
     figures = asyncio.run(run(args, lambda m: print(m, file=sys.stderr, flush=True)))
     print(json.dumps(figures, indent=2) if args.json else _verdict(figures))
 

@@ -22,8 +22,9 @@ path the ingest writer takes, committed with ``synchronous=FULL`` like every C-S
    node's own C-FIND path (``direct``, meshpacs.dicom.find_receiver) and pynetdicom's,
    side by side in turns (``--find-path`` picks one); the same through a plain-socket
    SCU in a process of its own that only frames PDUs and reads each status (the node's
-   time at its DICOM port, without a client's own per-answer work); and findscu against a server replaying the
-   direct path's recorded answers at once (findscu's own floor for the same bytes);
+   time at its DICOM port, without a client's own per-answer work); and findscu against
+   a server replaying the direct path's recorded answers at once (findscu's own floor
+   for the same bytes);
 3. ingest: probes of ``--probe`` new instances in transactions of ``--batch`` (1 = one
    C-STORE per commit, as one storescu association does), ``--rounds`` into the full
    catalog and as many into an empty one, in turns (the order swapped each round), so

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,8 @@ import pytest
 from meshpacs.node.config import NodeConfig, load_config
 from meshpacs.node.daemon import NodeStarted, run_node
 from meshpacs.testbed import TestbedPlan, TestbedSite, create_testbed
+
+HALT_SECONDS = 120
 
 
 @dataclass
@@ -90,7 +91,16 @@ async def federation(tmp_path: Path) -> AsyncIterator[FederationFactory]:
         return fed
 
     yield make
+    stuck: list[str] = []
     for fed in made:
         for site in fed.sites:
-            with contextlib.suppress(Exception):
-                await site.halt()
+            # Bounded: a halt that waits forever (seen once after a partition test) would
+            # hang the worker past every timeout; a site that will not stop fails the test.
+            try:
+                await asyncio.wait_for(site.halt(), HALT_SECONDS)
+            except TimeoutError:
+                stuck.append(site.site_id)
+            except Exception:
+                pass
+    if stuck:
+        pytest.fail(f"sites did not stop within {HALT_SECONDS} s: {', '.join(stuck)}")

@@ -47,7 +47,7 @@ from meshpacs.transport.frames import (
     encode_renewal,
     encode_request,
 )
-from meshpacs.transport.server import CHUNK, HAS_BODY
+from meshpacs.transport.server import CHUNK, CLOSE_SECONDS, HAS_BODY
 
 __all__ = ["FragmentInfo", "PartnerConnection"]
 
@@ -117,8 +117,9 @@ class PartnerConnection:
 
     async def close(self) -> None:
         self._writer.close()
+        # Bounded: a partner that never answers TLS close_notify must not hold us.
         with contextlib.suppress(Exception):
-            await self._writer.wait_closed()
+            await asyncio.wait_for(self._writer.wait_closed(), CLOSE_SECONDS)
 
     async def __aenter__(self) -> PartnerConnection:
         return self

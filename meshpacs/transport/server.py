@@ -91,6 +91,7 @@ OnCorruptReport = Callable[[str, str], Awaitable[bool]]
 # (delegation bytes, presenting site) -> the owner it may act for; MeshError if none.
 VerifyDelegation = Callable[[bytes, str], str]
 HANDSHAKE_SECONDS = 15.0
+CLOSE_SECONDS = 5.0  # for a partner to answer TLS close_notify; then we just drop it
 _STREAM_LIMIT = 2**16  # asyncio.start_server's default
 
 
@@ -158,6 +159,11 @@ class FragmentServer:
         bound = self._server.sockets[0].getsockname()
         return str(bound[0]), int(bound[1])
 
+    @property
+    def connections(self) -> int:
+        """Connections being served or handshaking now."""
+        return len(self._connections)
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -170,8 +176,10 @@ class FragmentServer:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
+        secured = False
         try:
-            if not await self._handshake(writer):
+            secured = await self._handshake(writer)
+            if not secured:
                 return
             if self._slots.locked():
                 _log.warning("transport: connection limit reached, refusing a connection")
@@ -180,9 +188,7 @@ class FragmentServer:
                 await self._serve(reader, writer)
         finally:
             self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            await _hang_up(writer, secured)
 
     async def _handshake(self, writer: asyncio.StreamWriter) -> bool:
         address = _address(writer)
@@ -564,6 +570,19 @@ class _HandshakeFirst(asyncio.StreamReaderProtocol):
         if isinstance(transport, asyncio.ReadTransport):
             transport.pause_reading()
         super().connection_made(transport)
+
+
+async def _hang_up(writer: asyncio.StreamWriter, secured: bool) -> None:
+    """Close the connection; wait for the close only once TLS was set up.
+
+    After a ``start_tls`` that failed or was cancelled, CPython 3.11 never tells the stream
+    the socket closed (the TLS layer keeps ``connection_lost`` from a protocol it never
+    connected), so ``wait_closed`` would wait forever: a node stopping while a peer was
+    mid-handshake hung in :meth:`FragmentServer.close`."""
+    writer.close()
+    if secured:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.wait_closed(), CLOSE_SECONDS)
 
 
 def _address(writer: asyncio.StreamWriter) -> str:

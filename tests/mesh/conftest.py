@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +59,17 @@ class RunningSite:
             self.task = None
 
 
+def _dump_stacks(site_id: str) -> None:
+    """Print where every task and thread is, so that a halt that hangs says why."""
+    print(f"--- site {site_id} did not stop: asyncio tasks ---", file=sys.stderr)
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=12, file=sys.stderr)
+    print("--- threads ---", file=sys.stderr)
+    for ident, frame in sys._current_frames().items():
+        print(f"thread {ident}:", file=sys.stderr)
+        traceback.print_stack(frame, limit=12, file=sys.stderr)
+
+
 @dataclass
 class Federation:
     plan: TestbedPlan
@@ -100,6 +113,7 @@ async def federation(tmp_path: Path) -> AsyncIterator[FederationFactory]:
                 await asyncio.wait_for(site.halt(), HALT_SECONDS)
             except TimeoutError:
                 stuck.append(site.site_id)
+                _dump_stacks(site.site_id)
             except Exception:
                 pass
     if stuck:

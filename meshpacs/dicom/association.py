@@ -13,6 +13,7 @@ never raises: a peer never crashes the daemon.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import logging
 import socket
@@ -69,7 +70,7 @@ class AssociationClosed(Exception):
     """The association is over (released, aborted by the peer, connection gone)."""
 
 
-class DirectAssociation:
+class DirectAssociation(abc.ABC):
     """One negotiated association on a connected socket, served until it ends.
 
     A subclass says what a whole command set starts (:meth:`_dispatch`), what a data
@@ -105,9 +106,9 @@ class DirectAssociation:
         return self._sock
 
     @property
+    @abc.abstractmethod
     def tally(self) -> str:
         """What the association did, for the log line at its end ("12 instances")."""
-        raise NotImplementedError
 
     def run(self) -> None:
         """Read PDUs until release, abort, timeout or a protocol error; never raises."""
@@ -144,11 +145,13 @@ class DirectAssociation:
 
     # -- what a subclass does ---------------------------------------------------------
 
+    @abc.abstractmethod
     def _dispatch(self, context: AcceptedContext, command: pdu.Command) -> None:
-        raise NotImplementedError
+        """A whole command set arrived on ``context``: start what it asks for."""
 
+    @abc.abstractmethod
     def _on_data_fragment(self, pdv: pdu.Pdv) -> None:
-        raise NotImplementedError
+        """A data fragment of what the last command set announced."""
 
     def _data_arriving(self) -> bool:
         return False
@@ -157,7 +160,7 @@ class DirectAssociation:
         """Log fields of the A-ABORT line (never a UID)."""
         return {}
 
-    def _ended(self) -> None:
+    def _ended(self) -> None:  # noqa: B027 (a hook only storage needs; optional)
         """The association is over, however it ended: let go of what it held."""
 
     # -- reading ----------------------------------------------------------------------

@@ -22,6 +22,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -138,24 +139,31 @@ def summary(result: dict[str, Any]) -> str:
 # --- docs/scale.md -----------------------------------------------------------------------
 
 
-def write_docs(result: dict[str, Any]) -> None:
+Plot = Callable[[dict[str, Any], str], Any]  # (result, command) -> a matplotlib figure
+
+
+def save_figures(result: dict[str, Any], plots: dict[str, Plot]) -> None:
+    """Draw each plot and save it as docs/scale/NAME, every figure naming the command."""
     import matplotlib
 
     matplotlib.use("Agg")
     FIGURES.mkdir(parents=True, exist_ok=True)
-    cmd = result["command"]
-    figures = {
-        "dht_hops.png": plot_hops(result, cmd),
-        "dht_latency.png": plot_latency(result, cmd),
-        "placement.png": plot_placement(result, cmd),
-        "repair_timeline.png": plot_timeline(result, cmd),
-        "repair_traffic.png": plot_traffic(result, cmd),
+    for name, plot in plots.items():
+        plot(result, result["command"]).savefig(FIGURES / name, dpi=110)
+
+
+def write_docs(result: dict[str, Any]) -> None:
+    plots: dict[str, Plot] = {
+        "dht_hops.png": plot_hops,
+        "dht_latency.png": plot_latency,
+        "placement.png": plot_placement,
+        "repair_timeline.png": plot_timeline,
+        "repair_traffic.png": plot_traffic,
     }
-    for name, figure in figures.items():
-        figure.savefig(FIGURES / name, dpi=110)
+    save_figures(result, plots)
     kept = DOC.read_text() if DOC.exists() else ""
     DOC.write_text(with_section(document(result), marked_section(kept)))
-    print(f"wrote {DOC.relative_to(ROOT)} and {len(figures)} figures in docs/scale/")
+    print(f"wrote {DOC.relative_to(ROOT)} and {len(plots)} figures in docs/scale/")
 
 
 def _figure(title: str, cmd: str) -> Any:
@@ -479,22 +487,16 @@ def durability_summary(result: dict[str, Any]) -> str:
 
 
 def write_durability_docs(result: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    cmd = result["command"]
-    figures = {
-        "durability_losses.png": plot_losses(result, cmd),
-        "durability_live.png": plot_live(result, cmd),
-        "durability_unreadable.png": plot_unreadable(result, cmd),
-        "durability_traffic.png": plot_durability_traffic(result, cmd),
+    plots: dict[str, Plot] = {
+        "durability_losses.png": plot_losses,
+        "durability_live.png": plot_live,
+        "durability_unreadable.png": plot_unreadable,
+        "durability_traffic.png": plot_durability_traffic,
     }
-    for name, figure in figures.items():
-        figure.savefig(FIGURES / name, dpi=110)
+    save_figures(result, plots)
     text = DOC.read_text() if DOC.exists() else ""
     DOC.write_text(with_section(text, durability_document(result)))
-    print(f"wrote the durability section of {DOC.relative_to(ROOT)} and {len(figures)} figures")
+    print(f"wrote the durability section of {DOC.relative_to(ROOT)} and {len(plots)} figures")
 
 
 def _panels(title: str, cmd: str, count: int) -> Any:

@@ -60,7 +60,8 @@ from meshpacs.erasure.layout import FragmentHeader
 from meshpacs.errors import PeerUnreachable
 from meshpacs.metadata.ledger import Placement
 from meshpacs.metadata.repair import BundleShares, bundles_below, good_shares, repair_threshold
-from meshpacs.sim.sites import LatencyModel, SimSite, make_sites
+from meshpacs.sim.federation import settings_figures
+from meshpacs.sim.sites import LatencyModel, SimSite, as_candidates, make_sites
 from meshpacs.upkeep.repair import RepairSettings
 from meshpacs.upkeep.targets import repair_sites, repair_targets
 
@@ -441,14 +442,7 @@ class DurabilitySim:
     def _candidates(self, key: bytes, count: int, owner: int) -> list[Candidate]:
         """The live members closest to ``key``, as ``DhtNode.closest_sites`` returns them."""
         nearest = self.closest.nearest(key, min(count, self.config.ksize), self.up, owner)
-        return [
-            Candidate(
-                self.sites[i].site_id,
-                self.sites[i].node_id,
-                self.sites[i].capacity_bytes - self.used[i],
-            )
-            for i in nearest
-        ]
+        return as_candidates(self.sites, self.used, nearest)
 
     async def _place(
         self, bundle: _Bundle, shares: Iterable[int], sites: Sequence[str], now: float
@@ -760,11 +754,7 @@ def _outcome(outcome: DurabilityOutcome, config: DurabilityConfig) -> dict[str, 
 
 def _config(config: DurabilityConfig) -> dict[str, Any]:
     out = asdict(config)
-    out["settings"] = {
-        name: out["settings"][name]
-        for name in ("threshold", "lost_after_seconds", "interval_seconds", "bundles_per_pass",
-                     "spare_sites")
-    }  # fmt: skip
+    out["settings"] = settings_figures(config.settings)
     out["audit_gap_seconds"] = config.upkeep.audit_gap
     out["churns"] = [
         {**asdict(c), "outages_past_grace": c.outage_over(config.settings.lost_after_seconds)}

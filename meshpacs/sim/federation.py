@@ -39,7 +39,7 @@ from meshpacs.erasure.layout import FragmentHeader
 from meshpacs.errors import PeerUnreachable
 from meshpacs.metadata.ledger import Placement
 from meshpacs.metadata.repair import BundleShares, bundles_below, good_shares
-from meshpacs.sim.sites import SimSite
+from meshpacs.sim.sites import SimSite, as_candidates
 from meshpacs.upkeep.repair import RepairSettings
 from meshpacs.upkeep.targets import repair_sites, repair_targets
 
@@ -48,6 +48,7 @@ __all__ = [
     "FailureOutcome",
     "Federation",
     "SimBundle",
+    "settings_figures",
 ]
 
 _GOOD = "ok"
@@ -168,14 +169,7 @@ class Federation:
         target = int.from_bytes(key, "big")
         live = (i for i in range(len(self.sites)) if i not in self.down and i != owner)
         nearest = heapq.nsmallest(min(count, self.ksize), live, key=lambda i: self._ids[i] ^ target)
-        return [
-            Candidate(
-                self.sites[i].site_id,
-                self.sites[i].node_id,
-                self.sites[i].capacity_bytes - self.used[i],
-            )
-            for i in nearest
-        ]
+        return as_candidates(self.sites, self.used, nearest)
 
     # --- placing --------------------------------------------------------------------------
 
@@ -362,3 +356,14 @@ def _running_total(changes: list[tuple[float, int]]) -> list[tuple[float, int]]:
         total += delta
         series.append((at, total))
     return series
+
+
+def settings_figures(settings: RepairSettings) -> dict[str, object]:
+    """The repair settings a report of a simulation names (the rest are the node's defaults)."""
+    return {
+        "threshold": settings.threshold,
+        "lost_after_seconds": settings.lost_after_seconds,
+        "interval_seconds": settings.interval_seconds,
+        "bundles_per_pass": settings.bundles_per_pass,
+        "spare_sites": settings.spare_sites,
+    }

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from meshpacs.sim.federation import FailureOutcome, Federation
+from meshpacs.sim.federation import FailureOutcome, Federation, settings_figures
 from meshpacs.sim.network import LookupResult, SimDht
 from meshpacs.sim.sites import make_sites
 from meshpacs.upkeep.repair import RepairSettings
@@ -135,11 +135,7 @@ async def _simulate(config: SimConfig) -> dict[str, Any]:
 
 def _config(config: SimConfig) -> dict[str, Any]:
     out = asdict(config)
-    out["settings"] = {
-        name: out["settings"][name]
-        for name in ("threshold", "lost_after_seconds", "interval_seconds", "bundles_per_pass",
-                     "spare_sites")
-    }  # fmt: skip
+    out["settings"] = settings_figures(config.settings)
     return out
 
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from meshpacs.backup.placement import Candidate
 from meshpacs.keys.identity import node_id_for
 
-__all__ = ["LatencyModel", "SimSite", "make_sites", "site_name"]
+__all__ = ["LatencyModel", "SimSite", "as_candidates", "make_sites", "site_name"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,16 @@ class LatencyModel:
     def rtt_ms(self, a: SimSite, b: SimSite) -> float:
         distance = math.hypot(a.x_km - b.x_km, a.y_km - b.y_km)
         return self.base_ms + 2 * distance * self.route_factor / self.km_per_ms
+
+
+def as_candidates(
+    sites: Sequence[SimSite], used: Sequence[int], chosen: Iterable[int]
+) -> list[Candidate]:
+    """The ``chosen`` sites as placement candidates, each offering what it has left."""
+    return [
+        Candidate(sites[i].site_id, sites[i].node_id, sites[i].capacity_bytes - used[i])
+        for i in chosen
+    ]
 
 
 def site_name(index: int) -> str:

@@ -24,7 +24,11 @@ stay. This is defence in depth: the code logs row numbers, digest prefixes, size
 titles, never UIDs. Dotted OIDs of five components or more (in a TLS error, say) are
 masked too. The net cannot catch patient names, patient IDs or dates, which have no
 shape to recognise: keeping those out rests on the log calls themselves (and on
-``configure_pynetdicom``, which keeps pynetdicom from logging identifiers).
+``configure_pynetdicom``, which keeps pynetdicom from logging identifiers). The DICOM
+libraries do quote the values they complain about, though ("Invalid value for VR DA:
+'20200101-2020'", pydicom's, even at WARNING): in records from ``pydicom``,
+``pynetdicom`` and ``py.warnings`` every single-quoted part of ``msg`` becomes
+``'<value>'``.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from typing import Any
 __all__ = [
     "FORMATS",
     "UID_MARKER",
+    "VALUE_MARKER",
     "JsonFormatter",
     "KeyValueFormatter",
     "StructuredFormatter",
@@ -51,6 +56,7 @@ __all__ = [
 
 FORMATS = ("kv", "json")
 UID_MARKER = "<uid>"
+VALUE_MARKER = "'<value>'"
 
 # Five or more dot-separated runs of digits; greedy, so a UID is masked whole.
 _UID = re.compile(r"\d+(?:\.\d+){4,}")
@@ -67,6 +73,9 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "taskName",
 }
 _FIXED = ("ts", "level", "logger", "msg", "exc", "stack")
+# Loggers whose messages quote DICOM values; py.warnings carries pydicom's UserWarnings.
+_QUOTING_LOGGERS = frozenset({"pydicom", "pynetdicom", "py"})
+_QUOTED = re.compile(r"'[^']*'")
 
 
 def scrub_uids(text: str) -> str:
@@ -105,7 +114,7 @@ class StructuredFormatter(logging.Formatter):
             ("ts", _timestamp(record)),
             ("level", record.levelname),
             ("logger", record.name),
-            ("msg", self.text(record.getMessage())),
+            ("msg", self.message(record)),
         ]
         fields.extend((key, self.value(value)) for key, value in _extras(record))
         if record.exc_info:
@@ -115,6 +124,12 @@ class StructuredFormatter(logging.Formatter):
         if record.stack_info:
             fields.append(("stack", self.text(self.formatStack(record.stack_info))))
         return fields
+
+    def message(self, record: logging.LogRecord) -> str:
+        text = self.text(record.getMessage())
+        if self.log_phi or record.name.split(".", 1)[0] not in _QUOTING_LOGGERS:
+            return text
+        return _QUOTED.sub(VALUE_MARKER, text)
 
     def value(self, value: Any) -> Any:
         """An extra's value as JSON would hold it, strings scrubbed."""

@@ -44,6 +44,7 @@ from meshpacs.dicom.association import MAX_COMMAND_BYTES
 from meshpacs.dicom.part10 import file_meta
 from meshpacs.dicom.storage import InstanceStore
 from meshpacs.errors import FormatError
+from meshpacs.node.logs import formatter_for
 
 from ..node.logfields import event_fields
 from .conftest import AE_TITLE, Node, running_node
@@ -487,3 +488,31 @@ async def test_refusals_and_aborts_are_logged_with_fields_and_no_uid(
     assert (aborted["calling_ae"], aborted["instances"]) == ("RAWPEER", 0)
     assert "0x09" in aborted["msg"]
     assert bad_uid not in caplog.text and "1.2.3.300.11" not in caplog.text
+
+
+async def test_the_pynetdicom_path_logs_refusals_with_the_same_fields(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad_uid = "1.2.840.10008.99..7"
+    async with running_node(
+        tmp_path / "node", max_instance_bytes=200_000, direct_storage=False
+    ) as node:
+
+        def refused() -> int | None:
+            with _raw_association(node.port) as sock:
+                sock.sendall(_p_data(1, 0x03, _store_command(sop_instance=bad_uid)))
+                sock.sendall(_p_data(1, 0x02, b"\x08\x00\x16\x00"))
+                return _c_store_status(sock)
+
+        assert await asyncio.to_thread(refused) == 0xC000
+        big = part10(tmp_path / "big.dcm", "1.2.3.300.12", pixels=1_000_000)
+        assert await asyncio.to_thread(store, node.port, big, "CAPPED") == 0xA700
+
+    invalid, too_large = event_fields(caplog.records, "instance_refused")
+    assert (invalid["calling_ae"], invalid["reason"]) == ("RAWPEER", "invalid_uid")
+    assert (too_large["calling_ae"], too_large["reason"]) == ("CAPPED", "too_large")
+    assert too_large["limit"] == 200_000
+    # pydicom and pynetdicom log the bad UID themselves: the node's log lines must not.
+    assert bad_uid in caplog.text
+    node_lines = [formatter_for("kv").format(r) for r in caplog.records]
+    assert not [line for line in node_lines if bad_uid in line or "1.2.3.300.12" in line]

@@ -21,7 +21,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from meshpacs.dicom.scp import configure_pynetdicom
 from meshpacs.metadata import ledger
 from meshpacs.node.daemon import configure_logging
-from meshpacs.node.logs import UID_MARKER, formatter_for, scrub_uids
+from meshpacs.node.logs import UID_MARKER, VALUE_MARKER, formatter_for, scrub_uids
 from meshpacs.testing.loopback import free_port
 from meshpacs.upkeep import Auditor, AuditSettings
 from tests.backup.helpers import open_site
@@ -158,6 +158,29 @@ def test_log_phi_lets_uids_through(form: str) -> None:
                  log_phi=True)  # fmt: skip
     assert got["msg"] == f"study {UID}" and got["study"] == UID
     assert UID in got["exc"] and UID_MARKER not in got["exc"]
+
+
+# What pydicom and pynetdicom log at WARNING, values and all.
+LIBRARY_LINES = {
+    "pydicom": "Invalid value for VR DA: '20200101-2020'. Please see <https://dicom.nema.org>",
+    "pynetdicom.utils": "Non-conformant 'Patient Name' value 'DOE^JANE'",
+    "py.warnings": "valuerep.py:440: UserWarning: Invalid value for VR PN: 'DOE^JANE'",
+}
+
+
+@pytest.mark.parametrize("name", LIBRARY_LINES)
+@pytest.mark.parametrize("form", FORMS)
+def test_values_the_dicom_libraries_quote_are_masked(form: str, name: str) -> None:
+    text = LIBRARY_LINES[name]
+    got = fields(form, record(text, name=name, level=logging.WARNING))["msg"]
+    assert "DOE^JANE" not in got and "20200101" not in got
+    assert VALUE_MARKER in got and got.split(VALUE_MARKER)[0] == text.split("'")[0]
+    assert fields(form, record(text, name=name), log_phi=True)["msg"] == text
+
+
+def test_quoted_parts_of_the_nodes_own_lines_are_kept() -> None:
+    text = "unknown option 'fast' in [backup]"
+    assert fields("kv", record(text, name="meshpacs.node"))["msg"] == text
 
 
 KEPT = [

@@ -236,14 +236,14 @@ class IngestService:
         if not (is_valid_uid(sop_class) and is_valid_uid(sop_instance)):
             LOG.warning(
                 "refused an instance from %s: invalid SOP Class or Instance UID", calling_ae,
-                extra=_refusal(calling_ae, "invalid_uid"),
+                extra=refusal_fields(calling_ae, "invalid_uid"),
             )  # fmt: skip
             return STATUS.CANNOT_UNDERSTAND
         try:
             stored = self._store.adopt(Path(event.dataset_path), self._max_bytes)
         except LimitExceeded as exc:
-            LOG.warning("refused an instance from %s: %s", calling_ae, exc,
-                        extra=_refusal(calling_ae, "too_large", limit=self._max_bytes))  # fmt: skip
+            fields = refusal_fields(calling_ae, "too_large", limit=self._max_bytes)
+            LOG.warning("refused an instance from %s: %s", calling_ae, exc, extra=fields)
             return STATUS.OUT_OF_RESOURCES
         except OSError as exc:
             LOG.error("could not store an instance from %s: %s", calling_ae, exc.strerror or exc)
@@ -418,6 +418,6 @@ class IngestService:
                             "result": result.value})  # fmt: skip
 
 
-def _refusal(calling_ae: str, reason: str, **more: int) -> dict[str, object]:
-    """Log fields of a refused instance, as the node's own receiver gives them: never a UID."""
+def refusal_fields(calling_ae: str, reason: str, **more: int) -> dict[str, object]:
+    """Log fields of a refused instance, on either receive path: never a UID."""
     return {"event": "instance_refused", "calling_ae": calling_ae, "reason": reason, **more}

@@ -38,7 +38,7 @@ from meshpacs.dicom.association import (
 )
 from meshpacs.dicom.attributes import HeaderAttributes, attributes_from_head
 from meshpacs.dicom.identifiers import is_valid_uid
-from meshpacs.dicom.ingest import STATUS, IngestService, ReceivedInstance
+from meshpacs.dicom.ingest import STATUS, IngestService, ReceivedInstance, refusal_fields
 from meshpacs.dicom.part10 import file_meta
 from meshpacs.dicom.storage import HEAD_BYTES, InstanceStore, PendingFile
 
@@ -124,8 +124,9 @@ class StorageAssociation(DirectAssociation):
         incoming = _Incoming(context, message_id, command)
         self._incoming = incoming
         if not (is_valid_uid(sop_class) and is_valid_uid(sop_instance)):
+            fields = refusal_fields(self.calling_ae, "invalid_uid")
             LOG.warning("refusing an instance from %s: invalid SOP Class or Instance UID",
-                        self.calling_ae, extra=self._refusal("invalid_uid"))  # fmt: skip
+                        self.calling_ae, extra=fields)  # fmt: skip
             incoming.status = STATUS.CANNOT_UNDERSTAND
             return
         meta = file_meta(
@@ -182,14 +183,9 @@ class StorageAssociation(DirectAssociation):
     def _refuse(self, incoming: _Incoming, code: str, reason: str, **more: int) -> None:
         """Stop writing this dataset: it will be drained and answered Out of Resources."""
         LOG.warning("refusing an instance from %s: %s", self.calling_ae, reason,
-                    extra=self._refusal(code, **more))  # fmt: skip
+                    extra=refusal_fields(self.calling_ae, code, **more))  # fmt: skip
         incoming.status = STATUS.OUT_OF_RESOURCES
         _drop(incoming)
-
-    def _refusal(self, code: str, **more: int) -> dict[str, object]:
-        """Log fields of a refused instance (as the pynetdicom path's): never a UID."""
-        return {"event": "instance_refused", "calling_ae": self.calling_ae, "reason": code,
-                **more}  # fmt: skip
 
     def _finish(self, incoming: _Incoming) -> None:
         status = incoming.status

@@ -47,7 +47,7 @@ from meshpacs.transport.frames import (
     encode_renewal,
     encode_request,
 )
-from meshpacs.transport.server import CHUNK, CLOSE_SECONDS, HAS_BODY
+from meshpacs.transport.server import CHUNK, HAS_BODY, hang_up
 
 __all__ = ["FragmentInfo", "PartnerConnection"]
 
@@ -116,10 +116,7 @@ class PartnerConnection:
         return cls(found, reader, writer, timeout)
 
     async def close(self) -> None:
-        self._writer.close()
-        # Bounded: a partner that never answers TLS close_notify must not hold us.
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._writer.wait_closed(), CLOSE_SECONDS)
+        await hang_up(self._writer)
 
     async def __aenter__(self) -> PartnerConnection:
         return self

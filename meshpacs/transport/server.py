@@ -188,7 +188,7 @@ class FragmentServer:
                 await self._serve(reader, writer)
         finally:
             self._connections.discard(task)
-            await _hang_up(writer, secured)
+            await hang_up(writer, wait=secured)
 
     async def _handshake(self, writer: asyncio.StreamWriter) -> bool:
         address = _address(writer)
@@ -572,15 +572,15 @@ class _HandshakeFirst(asyncio.StreamReaderProtocol):
         super().connection_made(transport)
 
 
-async def _hang_up(writer: asyncio.StreamWriter, secured: bool) -> None:
-    """Close the connection; wait for the close only once TLS was set up.
+async def hang_up(writer: asyncio.StreamWriter, *, wait: bool = True) -> None:
+    """Close the connection; ``wait`` (at most CLOSE_SECONDS) only once TLS was set up.
 
     After a ``start_tls`` that failed or was cancelled, CPython 3.11 never tells the stream
     the socket closed (the TLS layer keeps ``connection_lost`` from a protocol it never
     connected), so ``wait_closed`` would wait forever: a node stopping while a peer was
     mid-handshake hung in :meth:`FragmentServer.close`."""
     writer.close()
-    if secured:
+    if wait:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(writer.wait_closed(), CLOSE_SECONDS)
 

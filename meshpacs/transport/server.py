@@ -186,6 +186,11 @@ class FragmentServer:
                 return
             async with self._slots:
                 await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            # The node is stopping. The task ends quietly rather than cancelled: CPython
+            # 3.11's stream protocol calls exception() on it, which raises for a cancelled
+            # task, and the loop logs that as an unhandled error.
+            pass
         finally:
             self._connections.discard(task)
             await hang_up(writer, wait=secured)

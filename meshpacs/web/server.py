@@ -209,6 +209,8 @@ class DashboardServer:
             await self._answer(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass  # the client went away or stalled: nothing to tell it
+        except asyncio.CancelledError:
+            pass  # the node is stopping; a handler ending cancelled is logged by CPython 3.11
         except Exception:
             LOG.exception("dashboard: request failed")
         finally:

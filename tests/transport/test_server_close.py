@@ -7,7 +7,8 @@ tells a stream that a socket closed after its ``start_tls`` failed or was cancel
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,17 @@ async def served(tls: MutualTls, tmp_path: Path) -> AsyncIterator[tuple[Fragment
     yield server, port
     await asyncio.wait_for(server.close(), PROMPT)
     store.close()
+
+
+@pytest.fixture(autouse=True)
+def quiet_loop(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """However a connection ends, the event loop has nothing to report: CPython 3.11 logs
+    "Exception in callback" for a connection handler that ends cancelled."""
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        yield
+    records = caplog.get_records("setup") + caplog.get_records("call")
+    loop_errors = [r.getMessage() for r in records if r.name == "asyncio"]
+    assert not loop_errors, loop_errors
 
 
 async def _until(condition: Callable[[], bool], what: str) -> None:

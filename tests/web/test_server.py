@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -148,6 +149,24 @@ async def test_a_stalled_or_vanishing_client_costs_a_timeout_and_nothing_else(
         writer.close()
     code, _, _ = await get(server.port, f"/?token={TOKEN}")
     assert code == 200
+
+
+async def test_closing_with_a_client_mid_request_is_prompt_and_quiet(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    served = DashboardServer(token=TOKEN, status=full_status, limits=Limits(read_timeout=30.0))
+    port = await served.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\n")  # and then nothing: the handler waits for the rest
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        await asyncio.wait_for(served.close(), 5)
+        await asyncio.sleep(0.1)  # the loop runs the handler task's done callbacks
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    # CPython 3.11 logs "Exception in callback" for a connection handler that ends cancelled.
+    assert not [r.getMessage() for r in caplog.records if r.name == "asyncio"]
 
 
 async def test_a_failing_status_read_is_a_500_and_the_server_goes_on() -> None:

@@ -169,9 +169,25 @@ class SyslogSender:
 
 
 def _closed_by_peer(sock: ssl.SSLSocket) -> bool:
-    """Whether the collector ended the connection: it never sends, so readable means so."""
+    """Whether the collector ended the connection (it never sends application data).
+
+    Readable alone does not say so: a TLS 1.3 server sends its session tickets after the
+    handshake. Taking those for a hang-up cost a new connection for every record."""
     try:
         readable, _, _ = select.select([sock], [], [], 0)
     except (OSError, ValueError):
         return True
-    return bool(readable)
+    if not readable:
+        return False
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        sock.recv(1)
+    except ssl.SSLWantReadError:
+        return False  # only TLS housekeeping was waiting, now read
+    except OSError:
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(timeout)
+    return True  # the end of the stream, or data a collector does not send

@@ -1,4 +1,10 @@
-"""The ``meshpacs`` command: a thin layer over the library, for PACS administrators."""
+"""The ``meshpacs`` command: a thin layer over the library, for PACS administrators.
+
+Each command imports the library modules it runs in its own body, not here: loading the
+whole node (pydicom, pynetdicom, the web server, the mesh) takes most of a second, which
+``meshpacs --help``, ``status`` and above all ``recover``, timed against a PACS's own
+copy, should not wait for. ``tests/test_cli_imports.py`` keeps it so.
+"""
 
 from __future__ import annotations
 
@@ -25,11 +31,7 @@ from meshpacs.cli.testbed import testbed_app
 from meshpacs.cli.trail import trail_app
 from meshpacs.errors import MeshError
 from meshpacs.node.config import load_config
-from meshpacs.node.daemon import configure_logging, run_node
-from meshpacs.node.site import create_site, load_site_secret
-from meshpacs.node.status import site_status
-from meshpacs.recovery.report import format_size
-from meshpacs.selftest import run_selftest
+from meshpacs.node.logs import configure_logging
 
 app = typer.Typer(
     name="meshpacs",
@@ -87,6 +89,8 @@ def selftest(
         raise typer.BadParameter(
             f"{workdir} already exists; name a new directory", param_hint="--workdir"
         )
+    from meshpacs.selftest import run_selftest
+
     say = (lambda line: None) if as_json else typer.echo
     try:
         if workdir is None:
@@ -182,6 +186,8 @@ def init(
     does not store it anywhere. The fingerprint printed with it lets you
     check later that a typed phrase belongs to this site.
     """
+    from meshpacs.node.site import create_site
+
     try:
         secret = read_phrase_file(phrase_file, "init") if phrase_file is not None else None
         created = create_site(directory, site_id, ae_title, dicom_port, secret=secret)
@@ -248,6 +254,9 @@ def node_run(
     (those still running after 10 s are aborted; the PACS sends them again).
     Suitable for a systemd service with Type=simple.
     """
+    from meshpacs.node.daemon import run_node
+    from meshpacs.node.site import load_site_secret
+
     try:
         node_config = load_config(config)
         load_site_secret(node_config.key_file)  # refuse a site whose key is missing or exposed
@@ -292,6 +301,8 @@ def status(
     each with a stable code (in --json: "warnings", a list of {code, message}). Works
     whether or not the node is running.
     """
+    from meshpacs.node.status import site_status
+
     try:
         report = site_status(load_config(config))
     except MeshError as exc:
@@ -344,6 +355,8 @@ def _echo_backlog(backlog: dict[str, Any]) -> None:
 
 
 def _peer_space(space: dict[str, Any]) -> str:
+    from meshpacs.recovery.report import format_size
+
     held_for, held_by = space["held_for_them"], space["held_by_them"]
     return (
         f"{held_for['fragments']} of its shares held here ({format_size(held_for['bytes'])}),"

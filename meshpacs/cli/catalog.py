@@ -13,9 +13,8 @@ import typer
 from meshpacs.durable import read_bounded
 from meshpacs.errors import MeshError
 from meshpacs.keys import SiteSecret
-from meshpacs.node.catalog_restore import restore_catalog as restore_site_catalog
 from meshpacs.node.config import load_config
-from meshpacs.node.daemon import configure_logging
+from meshpacs.node.logs import configure_logging
 
 __all__ = ["read_phrase_file", "restore_catalog"]
 
@@ -57,6 +56,8 @@ def restore_catalog(
     twice. Exit status 0 when a peer answered and every record it sent was
     imported.
     """
+    from meshpacs.node.catalog_restore import restore_catalog as restore_site_catalog
+
     if not logging.getLogger().handlers:  # as basicConfig: an embedding keeps its own
         configure_logging("WARNING")
 

@@ -21,8 +21,6 @@ from meshpacs.durable import read_bounded
 from meshpacs.errors import MeshError
 from meshpacs.federation.authorisation import MAX_AUTHORISATION_BYTES
 from meshpacs.node.config import load_config
-from meshpacs.node.escrow_release import AUDIT_FILE, release_escrow_share
-from meshpacs.recovery.escrow import create_request
 
 __all__ = ["escrow_app"]
 
@@ -74,6 +72,8 @@ def escrow_request(
     printed here over the phone or in person: they authorise only a request whose
     code you confirmed.
     """
+    from meshpacs.recovery.escrow import create_request
+
     try:
         created = create_request(workdir, site_id, int(time.time()))
     except MeshError as exc:
@@ -125,6 +125,8 @@ def escrow_release(
     state/escrow-audit.log. Before releasing, you may confirm the printed code with
     the recovering site's administrator. Send the release file to them.
     """
+    from meshpacs.node.escrow_release import AUDIT_FILE, release_escrow_share
+
     try:
         node_config = load_config(config)
         data = read_bounded(authorisation, MAX_AUTHORISATION_BYTES, "authorisation file")

@@ -11,7 +11,6 @@ import typer
 
 from meshpacs.errors import MeshError
 from meshpacs.node.config import load_config
-from meshpacs.node.forget import file_request, forget_here, wait_for
 
 __all__ = ["forget"]
 
@@ -47,6 +46,8 @@ def forget(
     Exit status: 0 done, 1 still in progress after --wait (the node carries on), 2 no
     such study or an unusable config.
     """
+    from meshpacs.node.forget import file_request, forget_here, wait_for
+
     try:
         site = load_config(config)
         if not yes and not typer.confirm(

@@ -10,7 +10,6 @@ import typer
 
 from meshpacs.errors import MeshError
 from meshpacs.node.config import load_config
-from meshpacs.node.leave import HeldNow, request_leave, wait_until_empty
 
 __all__ = ["node_leave"]
 
@@ -40,6 +39,8 @@ def node_leave(
     study at once). Exit status: 0 when nothing is held any more, 1 when shares are still
     held at --timeout (the node carries on), 2 for an unusable config.
     """
+    from meshpacs.node.leave import HeldNow, request_leave, wait_until_empty
+
     try:
         site = load_config(config)
         if not site.mesh.enabled:

@@ -1,4 +1,8 @@
-"""``meshpacs recover``: rebuild a lost archive from the federation, for a tired administrator."""
+"""``meshpacs recover``: rebuild a lost archive from the federation, for a tired administrator.
+
+The recovery itself (pydicom, pynetdicom, the DHT, the transport) is imported when a
+recovery runs, not with the ``meshpacs`` command (see :mod:`meshpacs.cli`).
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,16 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from meshpacs.dicom.scu import Target
 from meshpacs.errors import MeshError
 from meshpacs.keys import SiteSecret
 from meshpacs.keys.secret import audit_trail_key
 from meshpacs.node.config import AuditTrailConfig, NodeConfig, load_config
-from meshpacs.node.daemon import configure_logging, trail_forwarder
-from meshpacs.recovery.command import RecoverRequest, dry_run, run_recovery
+from meshpacs.node.forwarding import trail_forwarder
+from meshpacs.node.logs import configure_logging
 from meshpacs.recovery.escrow import (
     ESCROW_KEY_FILE,
     keep_regained_phrase,
@@ -25,8 +28,6 @@ from meshpacs.recovery.escrow import (
     regain_secret,
 )
 from meshpacs.recovery.plan import PlanFilter
-from meshpacs.recovery.report import RecoveryReport
-from meshpacs.recovery.session import RecoveryCredentials
 from meshpacs.trail import TrailLog, TrailWriter, local_user, trail_dir
 from meshpacs.trail.messages import (
     AuditEvent,
@@ -36,6 +37,12 @@ from meshpacs.trail.messages import (
     StudyCount,
     import_,
 )
+
+if TYPE_CHECKING:
+    from meshpacs.dicom.scu import Target
+    from meshpacs.recovery.command import RecoverRequest
+    from meshpacs.recovery.report import RecoveryReport
+    from meshpacs.recovery.session import RecoveryCredentials
 
 __all__ = ["recover"]
 
@@ -65,6 +72,8 @@ def _address(text: str) -> tuple[str, int]:
 
 
 def _target(text: str) -> Target:
+    from meshpacs.dicom.scu import Target
+
     title, sep, rest = text.partition("@")
     host, sep2, port = rest.rpartition(":")
     if not sep or not sep2 or not port.isdigit():
@@ -284,6 +293,9 @@ def recover(
     with --show-on-dashboard, in that node's state/recovery.json for its dashboard.
     The run is an audit event in WORKDIR/trail, forwarded as that node's events are.
     """
+    from meshpacs.recovery.command import RecoverRequest, dry_run, run_recovery
+    from meshpacs.recovery.session import RecoveryCredentials
+
     if not logging.getLogger().handlers:  # as basicConfig: an embedding keeps its own
         configure_logging("WARNING")
     if (to_ae is None) == (to_dir is None) and not dry:

@@ -8,18 +8,16 @@ import secrets
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from meshpacs.errors import MeshError
-from meshpacs.testbed import create_testbed, load_testbed
-from meshpacs.testbed.demo import run_demo
-from meshpacs.testbed.drill import DRILL_MIX, DrillReport, run_drill
-from meshpacs.testbed.layout import FAST_MAINTENANCE
-from meshpacs.testbed.orthanc import start_orthancs
-from meshpacs.testbed.processes import start_nodes, stop_testbed
-from meshpacs.testbed.push import push_generated
+
+if TYPE_CHECKING:
+    from meshpacs.testbed.drill import DrillReport
+
+# Each command imports the testbed (pydicom, the node) itself: see meshpacs.cli.
 
 __all__ = ["testbed_app"]
 
@@ -95,6 +93,11 @@ def testbed_up(
     with `meshpacs testbed down`. If starting fails half-way, what did start is stopped
     again.
     """
+    from meshpacs.testbed import create_testbed
+    from meshpacs.testbed.layout import FAST_MAINTENANCE
+    from meshpacs.testbed.orthanc import start_orthancs
+    from meshpacs.testbed.processes import start_nodes, stop_testbed
+
     try:
         plan = create_testbed(
             root,
@@ -143,6 +146,9 @@ def testbed_down(
     A PID is signalled only while it still runs that site's node or Orthanc with that
     site's config; a PID since reused by another program is left alone.
     """
+    from meshpacs.testbed import load_testbed
+    from meshpacs.testbed.processes import stop_testbed
+
     try:
         stopped = stop_testbed(load_testbed(root))
     except MeshError as exc:
@@ -178,6 +184,10 @@ def testbed_push(
     site's dashboard (its URL is in testbed.json) or `meshpacs status`: each study goes from
     receiving to protected. A later `testbed drill` recovers these studies too.
     """
+    from meshpacs.testbed import load_testbed
+    from meshpacs.testbed.drill import DRILL_MIX
+    from meshpacs.testbed.push import push_generated
+
     chosen_seed = secrets.randbelow(2**31) if seed is None else seed
     try:
         plan = load_testbed(root)
@@ -222,6 +232,8 @@ def testbed_demo(
 ) -> None:
     """The local-federation drill: push studies to one site, see them protected across
     the others, and check that no patient data reached any other site or log."""
+    from meshpacs.testbed.demo import run_demo
+
     with contextlib.ExitStack() as stack:
         if root is None:
             root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="meshpacs-demo-")))
@@ -276,6 +288,9 @@ def testbed_drill(
     Exit code 0 only if every step passed. Site A's node stays gone afterwards; stop the
     rest with `meshpacs testbed down`. Working files are kept in ROOT/drill.
     """
+    from meshpacs.testbed import load_testbed
+    from meshpacs.testbed.drill import run_drill
+
     try:
         report = run_drill(
             load_testbed(root),

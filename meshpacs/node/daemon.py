@@ -27,10 +27,7 @@ import contextlib
 import functools
 import logging
 import signal
-import ssl
-import sys
 import tempfile
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,17 +38,15 @@ from meshpacs.dicom.scp import AeSettings, DicomAE, configure_pynetdicom
 from meshpacs.dicom.storage import InstanceStore
 from meshpacs.errors import MeshError
 from meshpacs.metadata.catalog import Catalog
-from meshpacs.node.config import AuditTrailConfig, NodeConfig
-from meshpacs.node.logs import formatter_for, log_thread_exceptions
+from meshpacs.node.config import NodeConfig
+from meshpacs.node.forwarding import trail_forwarder
 from meshpacs.node.mesh import MeshNode
 from meshpacs.node.mesh_retrieve import RestoreCounts, retriever_for
 from meshpacs.node.site import load_site_secret
 from meshpacs.node.status import site_status
 from meshpacs.store.store import INDEX_NAME
 from meshpacs.trail import TrailWriter, local_user
-from meshpacs.trail.forward import QueuedForwarder
 from meshpacs.trail.messages import AuditSource, Outcome, application_activity
-from meshpacs.trail.syslog import SyslogSender
 from meshpacs.web import (
     HISTORY_FILE,
     TOKEN_FILE,
@@ -64,11 +59,9 @@ from meshpacs.web import (
 
 __all__ = [
     "NodeStarted",
-    "configure_logging",
     "node_figures",
     "open_trail",
     "run_node",
-    "trail_forwarder",
 ]
 
 LOG = logging.getLogger("meshpacs.node")
@@ -84,25 +77,6 @@ class NodeStarted:
     dht_port: int = 0  # 0: the mesh is off
     transport_port: int = 0
     web_port: int = 0  # 0: no dashboard ([web] enabled = false, or it could not start)
-
-
-def configure_logging(level: str, format: str = "kv", log_phi: bool = False) -> None:
-    """One structured line per event on standard error (:mod:`meshpacs.node.logs`).
-
-    Every library's records (pynetdicom's included) reach the root handler, so they come
-    out in the same format, through the same UID net; so do warnings and the uncaught
-    exceptions of threads, which Python would otherwise print over several lines.
-    """
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter_for(format, log_phi=log_phi))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    logging.captureWarnings(True)
-    threading.excepthook = log_thread_exceptions
-    # kademlia logs every crawl step at INFO: its own warnings are what an operator needs.
-    for chatty in ("kademlia", "rpcudp"):
-        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
 
 
 def _ae_settings(config: NodeConfig) -> AeSettings:
@@ -279,28 +253,6 @@ def open_trail(config: NodeConfig) -> TrailWriter | None:
         include_uids=config.audit_trail.include_uids,
         forward=trail_forwarder(config.audit_trail),
     )
-
-
-def trail_forwarder(settings: AuditTrailConfig) -> QueuedForwarder | None:
-    """A forwarder to ``[audit_trail] syslog_host``; None (logged) when off or unusable."""
-    if not settings.syslog_host:
-        return None
-    ca = str(settings.syslog_ca) if settings.syslog_ca is not None else None
-    try:
-        context = ssl.create_default_context(cafile=ca)
-    except (OSError, ssl.SSLError) as exc:
-        # The local trail is the record: the node runs on and keeps it, and says so.
-        LOG.error("audit trail forwarding off: cannot load syslog_ca %s: %s", ca,
-                  exc.strerror or exc)  # fmt: skip
-        return None
-    sender = SyslogSender(
-        settings.syslog_host,
-        settings.syslog_port,
-        context,
-        server_hostname=settings.syslog_server_name or settings.syslog_host,
-    )
-    LOG.info("audit trail forwarded to %s:%d over TLS", settings.syslog_host, settings.syslog_port)
-    return QueuedForwarder(sender)
 
 
 async def _record_activity(

@@ -25,7 +25,7 @@ from meshpacs.metadata import Catalog
 from meshpacs.metadata import forget as ledger
 from meshpacs.metadata.replica import study_record_id
 from meshpacs.node.config import NodeConfig
-from meshpacs.node.daemon import trail_forwarder
+from meshpacs.node.forwarding import trail_forwarder
 from meshpacs.node.site import load_site_secret
 from meshpacs.trail import TrailWriter
 from meshpacs.trail.messages import AuditSource, Outcome, Participant, StudyRef, study_deleted

@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import re
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -49,6 +50,7 @@ __all__ = [
     "JsonFormatter",
     "KeyValueFormatter",
     "StructuredFormatter",
+    "configure_logging",
     "formatter_for",
     "log_thread_exceptions",
     "scrub_uids",
@@ -212,3 +214,22 @@ def log_thread_exceptions(args: threading.ExceptHookArgs) -> None:
         name,
         exc_info=exc_info,  # type: ignore[arg-type]
     )
+
+
+def configure_logging(level: str, format: str = "kv", log_phi: bool = False) -> None:
+    """One structured line per event on standard error (:mod:`meshpacs.node.logs`).
+
+    Every library's records (pynetdicom's included) reach the root handler, so they come
+    out in the same format, through the same UID net; so do warnings and the uncaught
+    exceptions of threads, which Python would otherwise print over several lines.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter_for(format, log_phi=log_phi))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.captureWarnings(True)
+    threading.excepthook = log_thread_exceptions
+    # kademlia logs every crawl step at INFO: its own warnings are what an operator needs.
+    for chatty in ("kademlia", "rpcudp"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

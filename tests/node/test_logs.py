@@ -20,8 +20,13 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from meshpacs.dicom.scp import configure_pynetdicom
 from meshpacs.metadata import ledger
-from meshpacs.node.daemon import configure_logging
-from meshpacs.node.logs import UID_MARKER, VALUE_MARKER, formatter_for, scrub_uids
+from meshpacs.node.logs import (
+    UID_MARKER,
+    VALUE_MARKER,
+    configure_logging,
+    formatter_for,
+    scrub_uids,
+)
 from meshpacs.testing.loopback import free_port
 from meshpacs.upkeep import Auditor, AuditSettings
 from tests.backup.helpers import open_site

@@ -348,15 +348,15 @@ def _negotiate(
     calling = str(request.calling_ae_title).strip()
     rejection = _ae_rejection(request, hub.settings)
     if rejection is not None:
-        peer = _peer_address(sock)  # before the rejection closes the socket
-        _reject(sock, request_length, rejection, f"association from {calling} rejected")
         if calling_ae_refused(calling, hub.settings):
+            # In the trail before the caller hears no: what it was told has been recorded.
             record_rejected_caller(
                 hub.trail,
                 calling_ae=calling,
-                address=peer,
+                address=_peer_address(sock),
                 called_ae=str(request.called_ae_title).strip(),
             )
+        _reject(sock, request_length, rejection, f"association from {calling} rejected")
         return None
     negotiate = getattr(acse, "negotiate_unrestricted")  # noqa: B009 - wrapped at run time
     results, _roles = negotiate(request.presentation_context_definition_list, supported, None)

@@ -217,7 +217,7 @@ def log_thread_exceptions(args: threading.ExceptHookArgs) -> None:
 
 
 def configure_logging(level: str, format: str = "kv", log_phi: bool = False) -> None:
-    """One structured line per event on standard error (:mod:`meshpacs.node.logs`).
+    """One structured line per event on standard error, in ``format`` (described above).
 
     Every library's records (pynetdicom's included) reach the root handler, so they come
     out in the same format, through the same UID net; so do warnings and the uncaught
